@@ -1,0 +1,64 @@
+# The two commands of the README: `make demo` and `make test`. Both install into .venv on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# CPU build from the local wheel on CPU-only machines; set TORCH_SPEC for another build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP_BASE := $(VENV)/.installed-base
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: demo test install install-dev export check-export nbtest pytest readme
+
+$(PY):
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python venv module missing; installing python3-venv"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv python3-pip >/dev/null && $(PYTHON) -m venv $(VENV); }
+
+$(STAMP_BASE): settings.ini setup.py | $(PY)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e .
+	@touch $@
+
+$(STAMP_DEV): $(STAMP_BASE)
+	$(PIP) install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP_BASE)
+install-dev: $(STAMP_DEV)
+
+## The main job: runs nbs/runs/demo.ipynb through papermill and records it in experiment_results/runs/.
+demo: install
+	$(PY) -m swebench_lab.runs demo
+
+export: install-dev
+	$(VENV)/bin/nbdev_export
+	$(VENV)/bin/nbdev_clean
+
+## nbdev_export must leave the library exactly as it is (the notebooks are the source).
+check-export: install-dev
+	@before=$$(sha256sum swebench_lab/*.py); \
+	$(VENV)/bin/nbdev_export; \
+	after=$$(sha256sum swebench_lab/*.py); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "error: nbdev_export changed swebench_lab/: the library differs from the notebooks."; \
+	  echo "Edit the notebook, run 'make export', and commit notebook and module together."; \
+	  diff <(echo "$$before") <(echo "$$after") || true; exit 1; \
+	else echo "nbdev_export: library matches the notebooks"; fi
+
+nbtest: install-dev
+	$(VENV)/bin/nbdev_test --path nbs --n_workers 2
+
+pytest: install-dev
+	$(VENV)/bin/pytest tests
+
+## Everything CI runs; ends with pytest's summary line.
+test: check-export nbtest pytest
+
+## README.md is generated from nbs/index.ipynb.
+readme: install-dev
+	$(VENV)/bin/jupyter nbconvert --to markdown --execute nbs/index.ipynb --output-dir . --output README --log-level WARN
+	@sed -i -e '/^#| /d' README.md
