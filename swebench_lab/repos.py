@@ -171,6 +171,26 @@ class GitRepo:
             data = p.stdout.read(size); p.stdout.read(1)  # trailing LF
             return data
 
+    def read_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        "Stream `(oid, bytes)` for many blobs through one dedicated `git cat-file --batch` (missing ones skipped)."
+        oids = list(oids)
+        if not oids: return
+        p = subprocess.Popen(['git', 'cat-file', '--batch'], cwd=self.path, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=_git_env())
+        def feed():
+            try:
+                p.stdin.write(''.join(o + '\n' for o in oids).encode()); p.stdin.close()
+            except BrokenPipeError: pass
+        t = threading.Thread(target=feed, daemon=True); t.start()
+        try:
+            for oid in oids:
+                header = p.stdout.readline().split()
+                if len(header) == 2: continue  # missing
+                data = p.stdout.read(int(header[2])); p.stdout.read(1)
+                yield oid, data
+        finally:
+            t.join(); p.stdout.close(); p.wait()
+
     def read_file(self, rev: str, path: str, errors: str = 'replace') -> str | None:
         "Text of `path` at commit/tree `rev`; None when the file does not exist there."
         data = self.read_object(f'{rev}:{path}')
