@@ -287,6 +287,7 @@ def atomic_path(path: str | Path):
     "Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are ordinary files
     os.close(fd)
     try:
         yield Path(tmp)
