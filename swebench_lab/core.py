@@ -351,7 +351,7 @@ def setup_logging(level: str | int = 'INFO', log_file: str | Path | None = None,
 
 # %% ../nbs/00_core.ipynb #core-prov
 PROVENANCE_PACKAGES = ('swebench_lab', 'swebench', 'torch', 'transformers', 'peft', 'trl', 'datasets',
-                       'openai', 'litellm', 'tiktoken', 'bm25s', 'rank-bm25', 'docker', 'papermill',
+                       'openai', 'litellm', 'tiktoken', 'rank-bm25', 'docker', 'papermill',
                        'nbdev', 'vllm', 'bitsandbytes', 'mini-swe-agent', 'numpy', 'pandas')
 
 def package_versions(names: Iterable[str] = PROVENANCE_PACKAGES) -> dict[str, str | None]:
