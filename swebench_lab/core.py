@@ -26,16 +26,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKAGES', 'main', 'SwebenchLabError', 'cli_entry',
-           'project_root', 'settings', 'crawled_data_dir', 'results_dir', 'safe_name', 'format_temperature',
-           'run_output_dir', 'mask', 'secret_values', 'redact', 'JSONLError', 'iter_jsonl', 'read_jsonl', 'JSONLWriter',
-           'append_jsonl', 'resume_keys', 'atomic_path', 'atomic_write_text', 'write_json', 'write_jsonl_atomic',
-           'RedactingFilter', 'setup_logging', 'package_versions', 'git_info', 'utcnow', 'provenance',
-           'write_provenance', 'info']
+__all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKAGES', 'main', 'SwebenchLabError', 'one_line',
+           'cli_entry', 'project_root', 'settings', 'crawled_data_dir', 'results_dir', 'safe_name',
+           'format_temperature', 'run_output_dir', 'mask', 'secret_values', 'redact', 'JSONLError', 'iter_jsonl',
+           'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys', 'atomic_path', 'atomic_write_text', 'write_json',
+           'write_jsonl_atomic', 'RedactingFilter', 'setup_logging', 'package_versions', 'git_info', 'utcnow',
+           'provenance', 'write_provenance', 'info']
 
 # %% ../nbs/00_core.ipynb #core-errors
 class SwebenchLabError(Exception):
     "An error caused by the user's input or environment; its message is meant to be read by a person."
+
+def one_line(text: str) -> str:
+    "Fold a multi-line message into one line (a command line prints errors as one line)."
+    return '; '.join(l.strip() for l in str(text).splitlines() if l.strip())
 
 def cli_entry(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
     "Wrap a command's `main(argv)` so a `SwebenchLabError` prints one line on stderr and exits 2."
@@ -43,7 +47,7 @@ def cli_entry(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | 
     def _run(argv: list[str] | None = None) -> int:
         try: rc = main(argv)
         except SwebenchLabError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             raise SystemExit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

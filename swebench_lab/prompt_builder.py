@@ -168,7 +168,7 @@ def split_task(repo: GitRepo, rec: dict, info_pct: float | None) -> Split:
     k = split_index(len(steps), info_pct)
     pre_edits = [join_diffs(step) for step in steps[:k]]
     base_tree = repo.tree_of(rec['base_commit'])
-    pre_tree = repo.apply_diffs(base_tree, pre_edits, what='pre_edit step')
+    pre_tree = repo.apply_diffs(rec['base_commit'], pre_edits, what='pre_edit step')
     final_tree = repo.apply_diffs(pre_tree, [join_diffs(s) for s in steps[k:]], what=f'history step (after {k})')
     return Split(k, pre_edits, repo.diff(pre_tree, final_tree), base_tree, pre_tree, final_tree)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .core import SwebenchLabError, crawled_data_dir, logger
+from .core import SwebenchLabError, crawled_data_dir, logger, one_line
 
 # %% auto #0
 __all__ = ['unquote_path', 'FilePatch', 'split_diff', 'normalize_patch', 'join_diffs', 'files_touched', 'RepoError',
@@ -135,7 +135,7 @@ class GitRepo:
                            env=_git_env(env), timeout=timeout)
         if check and r.returncode != 0:
             err = r.stderr if text else r.stderr.decode(errors='replace')
-            raise RepoError(f"{self.name}: git {' '.join(args[:3])} failed: {err.strip()[:2000]}")
+            raise RepoError(f"{self.name}: git {' '.join(args[:3])} failed: {one_line(err)[:2000]}")
         return r
 
     def resolve(self, rev: str) -> str:
@@ -227,7 +227,7 @@ class GitRepo:
                     try: files = files_touched(d)
                     except SwebenchLabError: files = []
                     raise PatchApplyError(f"{self.name}: {what} {i} ({', '.join(files) or 'no files'}) does not apply "
-                                          f"at {rev[:12]}: {r.stderr.strip()[:1500]}", index=i, files=files)
+                                          f"at {rev[:12]}: {one_line(r.stderr)[:1500]}", index=i, files=files)
             return self.git('write-tree', env=env).stdout.strip()
 
     def diff(self, a: str, b: str, paths: Iterable[str] | None = None) -> str:

@@ -1,12 +1,25 @@
 """Each run notebook in nbs/runs/ runs through papermill with tiny parameters and leaves a complete
 run record; secrets in the environment appear in none of its outputs."""
 import json
+import shutil
 
 import pytest
 
+from conftest import ROOT
 from swebench_lab.runs import execute_run, list_runs
 
-TINY = {'demo': {'n_records': 50, 'workers': 2}}
+TINY = {'demo': {'info_pct': 0.5, 'topn': 1},
+        'build_infbench': {'info_pct': 0.5, 'use_bm25': True, 'topn': 2},
+        'bench_retrieval': {'max_files': 40, 'n_queries': 5}}
+def _scratch_crawled_data(tmp_path):
+    "A copy of the committed inputs, so runs never write into the project's crawled_data/."
+    d = tmp_path / 'crawled_data'
+    shutil.copytree(ROOT / 'crawled_data' / 'bench', d / 'bench')
+    (d / 'repos').mkdir()
+    shutil.copy(ROOT / 'crawled_data' / 'repos' / 'demo__textkit.bundle', d / 'repos')
+    return d
+
+
 FAKE_KEY = 'sk-proj-FAKEFAKEFAKEfake0123456789abcdefXYZ'
 
 
@@ -15,14 +28,21 @@ def test_every_run_notebook_has_tiny_parameters():
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
-def test_run_notebook(name, results_tmp, monkeypatch):
+def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
+    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(_scratch_crawled_data(tmp_path)))
     monkeypatch.setenv('OPENAI_KEYS', f'{FAKE_KEY},sk-proj-SECONDfakeKEY0123456789abcdef')
     rdir = execute_run(name, TINY[name], log_to_console=False)
     rec = json.loads((rdir / 'run.json').read_text())
     assert rec['status'] == 'ok' and rec['parameters'].items() >= TINY[name].items()
     assert rec['provenance']['packages']['swebench_lab']
     assert (rdir / f'{name}.ipynb').exists() and (rdir / 'run.log').exists()
+    if name == 'build_infbench':
+        assert (tmp_path / 'crawled_data' / 'infbench' / 'demo-task-instances_0.5_body_issue_bm25_2.jsonl').exists()
+        assert (rdir / 'prompt_tokens.png').stat().st_size > 5000
+    if name == 'bench_retrieval':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_retrieval.json').read_text())
+        assert summary['identical_topn'] == '5/5' and summary['max_score_diff'] < 1e-6
     for f in results_tmp.rglob('*'):
         if f.is_file():
             data = f.read_bytes()
