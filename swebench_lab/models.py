@@ -9,12 +9,16 @@ import functools
 import importlib.util
 import os
 from pathlib import Path
+from dataclasses import dataclass, asdict, replace
 from typing import Callable
 
-from .core import logger
+import yaml
+
+from .core import SwebenchLabError, logger, project_root
 
 # %% auto #0
-__all__ = ['get_encoding', 'count_tokens']
+__all__ = ['DEFAULT_MODELS_YAML', 'get_encoding', 'count_tokens', 'ModelSpec', 'user_models_file', 'load_registry',
+           'discover_model', 'get_model']
 
 # %% ../nbs/05_models.ipynb #models-tokens
 def _bundled_tiktoken_dir() -> str | None:
@@ -48,3 +52,107 @@ def count_tokens(text: str, encoding: str | Callable[[str], int] | None = 'o200k
     enc = get_encoding(encoding or 'o200k_base')
     if enc is None: return (len(text) + 3) // 4
     return len(enc.encode(text, disallowed_special=()))
+
+# %% ../nbs/05_models.ipynb #models-reg
+DEFAULT_MODELS_YAML = '''
+claude-sonnet-4-5: {context_limit: 200000, price_in: 3.0e-06, price_out: 1.5e-05, api_key_env: ANTHROPIC_API_KEY}
+qwen3-235b-a22b: {context_limit: 128000, price_in: 5.56e-07, price_out: 5.556e-06}
+gemini-2.5-pro: {context_limit: 1000000, price_in: 1.25e-06, price_out: 1.0e-05, api_key_env: GEMINI_API_KEY}
+deepseek-v3.2: {context_limit: 128000, price_in: 2.22e-07, price_out: 3.33e-07, api_key_env: DEEPSEEK_API_KEY}
+gpt-4.1: {context_limit: 128000, price_in: 2.0e-06, price_out: 8.0e-06}
+gpt-5-codex: {context_limit: 400000, price_in: 1.25e-06, price_out: 1.0e-05, temperature: 1, top_p: 1, api_style: responses}
+'''
+
+@dataclass
+class ModelSpec:
+    "One model's settings (see the registry above)."
+    name: str
+    model: str | None = None
+    api_style: str = 'chat'
+    base_url: str | None = None
+    api_key_env: str = 'OPENAI_API_KEY'
+    temperature: float = 0.0
+    top_p: float = 0.95
+    n: int = 1
+    context_limit: int | None = None
+    max_output_tokens: int = 4096
+    price_in: float = 0.0
+    price_out: float = 0.0
+    tokenizer: str = 'o200k_base'
+    source: str = 'defaults'
+
+    @property
+    def api_model(self) -> str: return self.model or self.name
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        "USD for one call."
+        return prompt_tokens * self.price_in + completion_tokens * self.price_out
+    def count_tokens(self, text: str) -> int:
+        "Tokens of `text` with this model's tokenizer (a tiktoken encoding, or a local tokenizer folder)."
+        if Path(self.tokenizer).is_dir(): return count_tokens(text, _hf_counter(self.tokenizer))
+        return count_tokens(text, self.tokenizer)
+
+@functools.lru_cache(maxsize=8)
+def _hf_counter(path: str):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    return lambda s: len(tok(s, add_special_tokens=False)['input_ids'])
+
+_FIELDS = set(ModelSpec.__dataclass_fields__) - {'name', 'source'}
+
+def user_models_file() -> Path | None:
+    "The user's registry file, if there is one."
+    for p in (os.environ.get('SWEBENCH_LAB_MODELS'), project_root() / 'models.yaml',
+              Path.home() / '.config' / 'swebench_lab' / 'models.yaml'):
+        if p and Path(p).is_file(): return Path(p)
+    if os.environ.get('SWEBENCH_LAB_MODELS'):
+        raise SwebenchLabError(f"SWEBENCH_LAB_MODELS points at {os.environ['SWEBENCH_LAB_MODELS']}, which does not exist")
+    return None
+
+def _parse_registry(text: str, source: str) -> dict[str, dict]:
+    try: data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e: raise SwebenchLabError(f"{source}: invalid YAML ({e})") from None
+    if not isinstance(data, dict): raise SwebenchLabError(f"{source}: expected a mapping of model names to settings")
+    for name, entry in data.items():
+        if not isinstance(entry, dict): raise SwebenchLabError(f"{source}: model {name!r}: expected a mapping of settings")
+        if bad := sorted(set(entry) - _FIELDS):
+            raise SwebenchLabError(f"{source}: model {name!r}: unknown setting(s) {', '.join(bad)}; known: {', '.join(sorted(_FIELDS))}")
+        if entry.get('api_style', 'chat') not in ('chat', 'responses'):
+            raise SwebenchLabError(f"{source}: model {name!r}: api_style must be chat or responses")
+    return data
+
+def load_registry(path: str | Path | None = None) -> dict[str, ModelSpec]:
+    "Shipped defaults, extended/overridden by the user's models.yaml (or `path`)."
+    reg = {n: ModelSpec(name=n, **e) for n, e in _parse_registry(DEFAULT_MODELS_YAML, 'defaults').items()}
+    p = Path(path) if path else user_models_file()
+    if p:
+        for n, e in _parse_registry(p.read_text(), str(p)).items():
+            reg[n] = replace(reg[n], **e, source=str(p)) if n in reg else ModelSpec(name=n, **e, source=str(p))
+    return reg
+
+def discover_model(base_url: str, name: str, api_key: str | None = None, timeout: float = 10) -> dict | None:
+    "The `/v1/models` card of `name` at an OpenAI-compatible endpoint (None when absent or unreachable)."
+    import httpx
+    try:
+        r = httpx.get(base_url.rstrip('/') + '/models', timeout=timeout,
+                      headers={'Authorization': f'Bearer {api_key}'} if api_key else {})
+        r.raise_for_status()
+        return next((m for m in r.json().get('data', []) if m.get('id') == name), None)
+    except Exception: return None
+
+def get_model(name: str, context_limit: int | None = None, base_url: str | None = None,
+              registry: dict[str, ModelSpec] | None = None) -> ModelSpec:
+    "The spec of `name`; an unknown name needs `context_limit` or an endpoint that reports it."
+    reg = registry if registry is not None else load_registry()
+    if name in reg:
+        spec = reg[name]
+        return replace(spec, context_limit=context_limit) if context_limit else spec
+    if context_limit:
+        logger.warning("model %r is not registered: using context_limit=%d and no prices", name, context_limit)
+        return ModelSpec(name=name, context_limit=context_limit, base_url=base_url, source='command line')
+    if base_url and (card := discover_model(base_url, name)) and card.get('max_model_len'):
+        tok = card.get('tokenizer_path') or 'o200k_base'
+        return ModelSpec(name=name, context_limit=int(card['max_model_len']), base_url=base_url,
+                         tokenizer=tok if Path(tok).is_dir() else 'o200k_base', source=f'{base_url}/models')
+    where = user_models_file() or project_root() / 'models.yaml'
+    raise SwebenchLabError(f"unknown model {name!r}: register it in {where} (e.g. '{name}: {{context_limit: 128000, "
+                           f"price_in: 1.0e-06, price_out: 4.0e-06}}'), or pass its context limit (--context_limit N)")
