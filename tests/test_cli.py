@@ -23,9 +23,9 @@ def test_unknown_command_is_one_line_exit_2():
 
 
 def test_unknown_run_parameter_refused(results_tmp):
-    r = run_cli(sys.executable, '-m', 'swebench_lab.runs', 'demo', '-p', 'n_recordz', '5')
+    r = run_cli(sys.executable, '-m', 'swebench_lab.runs', 'demo', '-p', 'topnn', '5')
     assert r.returncode == 2
-    assert "has no parameter(s) n_recordz" in r.stderr and 'n_records' in r.stderr
+    assert "has no parameter(s) topnn" in r.stderr and 'topn' in r.stderr
     assert not results_tmp.exists() or not any(results_tmp.rglob('run.json'))
 
 
