@@ -22,9 +22,9 @@ from .models import count_tokens
 
 # %% auto #0
 __all__ = ['SYSTEM_LINE', 'PATCH_EXAMPLE', 'SHAPES', 'main', 'split_index', 'clean_message', 'requirement_text', 'format_pct',
-           'make_run_id', 'infbench_path', 'dataset_label', 'number_lines', 'PromptParts', 'fit_to_budget', 'Split',
-           'split_task', 'oracle_files', 'bm25_files', 'BuildOptions', 'build_infbench_record', 'build_infbench',
-           'build_swebench_record', 'build_swebench_prompts']
+           'make_run_id', 'infbench_path', 'dataset_label', 'number_lines', 'PromptParts', 'ContextTooLong',
+           'context_files_in', 'trim_last_file', 'fit_prompt', 'Split', 'split_task', 'oracle_files', 'bm25_files',
+           'BuildOptions', 'build_infbench_record', 'build_infbench', 'build_swebench_record', 'build_swebench_prompts']
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-split
 def split_index(n_steps: int, info_pct: float | None) -> int:
@@ -134,23 +134,52 @@ class PromptParts:
                 'in the format shown above, inside <patch></patch> tags.']
         return '\n'.join(out)
 
-def fit_to_budget(parts: PromptParts, max_tokens: int | None, counter=None) -> tuple[str, list[str]]:
-    "Render `parts`, dropping whole files from the end (and halving a last, lone file) while over `max_tokens`."
+class ContextTooLong(SwebenchLabError):
+    "The prompt is over the budget with no code context left to trim."
+
+_START = re.compile(r'^\[start of (.+)\]$', re.M)
+
+def _code_span(prompt: str) -> tuple[int, int] | None:
+    "Start and end offsets of the text inside the prompt's last `<code>` … `</code>` section."
+    s, e = prompt.rfind('\n<code>\n'), prompt.rfind('\n</code>')
+    if s < 0 or e < s + len('\n<code>\n'): return None  # no section, or an empty one
+    return s + len('\n<code>\n'), e
+
+def context_files_in(prompt: str) -> list[str]:
+    "Paths of the file blocks in a prompt's code context, in order."
+    span = _code_span(prompt)
+    return _START.findall(prompt[span[0]:span[1]]) if span else []
+
+def trim_last_file(prompt: str) -> tuple[str, str | None]:
+    "Drop the last file block of the code context (halve it when it is the only one); `(prompt, what)`, what=None when nothing is left."
+    span = _code_span(prompt)
+    if not span: return prompt, None
+    a, b = span
+    code = prompt[a:b]
+    starts = list(_START.finditer(code))
+    if not starts: return prompt, None
+    last = starts[-1]; path = last[1]
+    end = re.search(r'^\[end of ' + re.escape(path) + r'\]$', code[last.end():], re.M)
+    body = code[last.end() + 1: last.end() + end.start() - 1] if end else ''
+    lines = body.split('\n') if body else []
+    if len(starts) > 1 or len(lines) <= 1:
+        keep = code[:last.start()].rstrip('\n')
+        return (prompt[:a] + keep if keep else prompt[:a - 1]) + prompt[b:], path
+    half = '\n'.join(lines[: len(lines) // 2])
+    new_code = code[:last.end()] + '\n' + half + '\n' + code[last.end() + end.start():]
+    return prompt[:a] + new_code + prompt[b:], f'{path} (halved)'
+
+def fit_prompt(prompt: str, max_tokens: int | None, counter: Callable[[str], int] | None = None) -> tuple[str, list[str]]:
+    "Trim whole files from the end of the code context (halving a lone last file) until `prompt` fits `max_tokens`."
     counter = counter or count_tokens
-    text, dropped = parts.render(), []
-    if not max_tokens: return text, dropped
-    while counter(text) > max_tokens and parts.files:
-        if len(parts.files) > 1:
-            dropped.append(parts.files.pop()[0])
-        else:
-            path, body = parts.files[0]
-            lines = body.split('\n')
-            if len(lines) <= 1: dropped.append(parts.files.pop()[0])
-            else: parts.files[0] = (path, '\n'.join(lines[: len(lines) // 2]))
-        text = parts.render()
-    if counter(text) > max_tokens:
-        raise SwebenchLabError(f"prompt is {counter(text)} tokens with no code context left; --max-tokens {max_tokens} is too small")
-    return text, dropped
+    dropped: list[str] = []
+    if not max_tokens: return prompt, dropped
+    while (n := counter(prompt)) > max_tokens:
+        prompt, what = trim_last_file(prompt)
+        if what is None:
+            raise ContextTooLong(f"prompt is {n} tokens with no code context left to trim; the limit is {max_tokens}")
+        dropped.append(what)
+    return prompt, dropped
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-ctx
 @dataclass
@@ -212,10 +241,10 @@ def build_infbench_record(rec: dict, repo: GitRepo, opts: BuildOptions, retrieve
         files = bm25_files(repo, sp.pre_tree, query, opts.topn, retriever or BM25Retriever(), always=touched_pre)
     else:
         files = oracle_files(repo, sp.pre_tree, files_touched(rec.get('work_patch') or join_diffs(d for s in rec['work_patch_list'] for d in s)))
-    parts = PromptParts(shape, req, sp.pre_edits, files)
-    prompt, dropped = fit_to_budget(parts, opts.max_tokens, lambda t: count_tokens(t, opts.encoding))
+    prompt, dropped = fit_prompt(PromptParts(shape, req, sp.pre_edits, files).render(), opts.max_tokens,
+                                 lambda t: count_tokens(t, opts.encoding))
     return {**rec, 'prompt': prompt, 'split_idx': sp.split_idx, 'pre_edits': sp.pre_edits, 'ground_truth': sp.ground_truth,
-            'run_id': opts.run_id, 'prompt_shape': shape, 'context_files': [p for p, _ in parts.files],
+            'run_id': opts.run_id, 'prompt_shape': shape, 'context_files': context_files_in(prompt),
             'context_dropped': dropped}
 
 def _build_many(records, make_one, desc: str, skip_errors: bool):
@@ -249,11 +278,11 @@ def build_swebench_record(rec: dict, repo: GitRepo | None, context: str = 'oracl
         if context == 'oracle': files = oracle_files(repo, tree, files_touched(rec['patch']))
         elif context == 'bm25': files = bm25_files(repo, tree, rec['problem_statement'], topn, retriever or BM25Retriever())
         else: raise SwebenchLabError(f"unknown context {context!r}: use oracle, bm25 or none")
-    parts = PromptParts('issue', rec['problem_statement'].replace('\r\n', '\n').strip(), [], files)
-    prompt, dropped = fit_to_budget(parts, max_tokens, lambda t: count_tokens(t, encoding))
+    prompt, dropped = fit_prompt(PromptParts('issue', rec['problem_statement'].replace('\r\n', '\n').strip(), [], files).render(),
+                                 max_tokens, lambda t: count_tokens(t, encoding))
     run_id = f'bm25_{topn}' if context == 'bm25' else context
     return {**rec, 'prompt': prompt, 'run_id': run_id, 'prompt_shape': 'issue',
-            'context_files': [p for p, _ in parts.files], 'context_dropped': dropped}
+            'context_files': context_files_in(prompt), 'context_dropped': dropped}
 
 def build_swebench_prompts(records: list[dict], context: str = 'oracle', topn: int = 10, store: RepoStore | None = None,
                            max_tokens: int | None = None, skip_errors: bool = False) -> tuple[list[dict], list[dict]]:
