@@ -1,0 +1,137 @@
+"""The workbench's model server over real HTTP on loopback: the openai client, LiteLLM, streaming,
+OpenAI-shaped errors, a bounded concurrent load, and the refusals (quantization without CUDA)."""
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from conftest import run_cli
+from swebench_lab.serving import serve_in_background, vllm_command
+from swebench_lab.tiny import ensure_tiny
+
+MSG = [{'role': 'user', 'content': 'Write a patch that fixes slugify.'}]
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    return ensure_tiny(tmp_path_factory.mktemp('tiny'))
+
+
+@pytest.fixture(scope='module')
+def server(tiny, tmp_path_factory):
+    log = tmp_path_factory.mktemp('srv') / 'server.log'
+    with serve_in_background(tiny['base'], f"baseline:{tiny['baseline']},trained:{tiny['trained']}", log_path=log,
+                             extra_args=['--served-model-name', 'tiny', '--default-max-tokens', '16']) as h:
+        yield h
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key='anything', max_retries=0, timeout=60)
+
+
+def test_models_and_health(server, client):
+    assert httpx.get(server.url + '/health').json()['models'] == ['tiny', 'baseline', 'trained']
+    cards = {m.id: m for m in client.models.list().data}
+    assert set(cards) == {'tiny', 'baseline', 'trained'}
+    assert cards['trained'].model_extra['parent'] == 'tiny' and cards['tiny'].model_extra['max_model_len'] == 8192
+
+
+def test_openai_client_each_model(client):
+    texts = {}
+    for m in ('tiny', 'baseline', 'trained'):
+        r = client.chat.completions.create(model=m, messages=MSG, max_tokens=12, temperature=0)
+        assert r.model == m and r.choices[0].finish_reason in ('stop', 'length')
+        assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 12
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        texts[m] = r.choices[0].message.content
+    assert len(set(texts.values())) > 1  # the adapters really change the model
+
+
+def test_sampling_options(client):
+    a = client.chat.completions.create(model='trained', messages=MSG, max_tokens=10, temperature=0.9, top_p=0.9, seed=7, n=3)
+    b = client.chat.completions.create(model='trained', messages=MSG, max_tokens=10, temperature=0.9, top_p=0.9, seed=7, n=3)
+    assert len(a.choices) == 3 and [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    full = client.chat.completions.create(model='tiny', messages=MSG, max_tokens=12, temperature=0).choices[0].message.content
+    if len(full) > 3:
+        stop = full[2:4]
+        cut = client.chat.completions.create(model='tiny', messages=MSG, max_tokens=12, temperature=0, stop=[stop])
+        assert stop not in cut.choices[0].message.content and cut.choices[0].finish_reason == 'stop'
+
+
+def test_streaming_matches_non_streaming(client):
+    whole = client.chat.completions.create(model='baseline', messages=MSG, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model='baseline', messages=MSG, max_tokens=12, temperature=0, stream=True,
+                                                 stream_options={'include_usage': True}))
+    text = ''.join(c.choices[0].delta.content or '' for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_litellm(server, client):
+    import litellm
+    r = litellm.completion(model='openai/trained', api_base=server.base_url, api_key='anything', messages=MSG,
+                           max_tokens=10, temperature=0)
+    ref = client.chat.completions.create(model='trained', messages=MSG, max_tokens=10, temperature=0)
+    assert r.choices[0].message.content == ref.choices[0].message.content
+    assert r.usage.completion_tokens == ref.usage.completion_tokens
+
+
+def test_errors_are_openai_shaped(server, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model='nope', messages=MSG)
+    assert e.value.code == 'model_not_found'
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model='tiny', messages=[{'role': 'user', 'content': 'x ' * 9000}], max_tokens=5)
+    assert e.value.code == 'context_length_exceeded' and 'maximum context length is 8192 tokens' in str(e.value)
+    for body in ({'model': 'tiny', 'messages': MSG, 'temperature': 3}, {'model': 'tiny', 'messages': []},
+                 {'model': 'tiny'}, {'model': 'tiny', 'messages': MSG, 'n': 0}, {'model': 'tiny', 'messages': [{'role': 'robot', 'content': 'x'}]}):
+        r = httpx.post(server.base_url + '/chat/completions', json=body)
+        assert r.status_code == 400 and r.json()['error']['type'] == 'invalid_request_error', (body, r.text)
+    r = httpx.post(server.base_url + '/chat/completions', content=b'{"model": "tiny", ', headers={'content-type': 'application/json'})
+    assert r.status_code == 400 and 'error' in r.json()
+
+
+def test_bounded_concurrent_load(server):
+    "200 requests from 16 clients: every answer is a 200 with usage, no 5xx."
+    def one(i):
+        with httpx.Client(timeout=120) as c:
+            r = c.post(server.base_url + '/chat/completions',
+                       json={'model': ['tiny', 'baseline', 'trained'][i % 3], 'messages': [{'role': 'user', 'content': f'request {i}'}],
+                             'max_tokens': 4, 'temperature': 0})
+            return r.status_code, r.json().get('usage', {}).get('completion_tokens')
+    t = time.perf_counter()
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(one, range(200)))
+    codes = [c for c, _ in results]
+    assert codes.count(200) == 200, {c: codes.count(c) for c in set(codes)}
+    assert all(u and u > 0 for _, u in results)
+    assert time.perf_counter() - t < 300
+
+
+def test_api_key_required_when_set(tiny, tmp_path):
+    with serve_in_background(tiny['base'], extra_args=['--api-key', 'sekrit-key-123', '--served-model-name', 'tiny'],
+                             log_path=tmp_path / 'log') as h:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=h.base_url, api_key='wrong', max_retries=0).models.list()
+        assert openai.OpenAI(base_url=h.base_url, api_key='sekrit-key-123').models.list().data[0].id == 'tiny'
+
+
+def test_quantization_refused_without_cuda(tiny):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    r = run_cli(sys.executable, '-m', 'swebench_lab.serving', '--base-model', str(tiny['base']), '--load-in-4bit')
+    assert r.returncode == 2 and r.stderr.startswith('error: --load-in-4bit needs an NVIDIA GPU with CUDA')
+
+
+def test_vllm_mode_command(tiny):
+    r = run_cli(sys.executable, '-m', 'swebench_lab.serving', '--serving-mode', 'vllm', '--base-model', str(tiny['base']),
+                '--lora-modules', f"baseline:{tiny['baseline']},trained:{tiny['trained']}", '--gpu-memory', '0.7', '--dry-run')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == vllm_command(str(tiny['base']), {'baseline': str(tiny['baseline']), 'trained': str(tiny['trained'])},
+                                            gpu_memory=0.7)
+    assert f"--enable-lora --lora-modules baseline={tiny['baseline'].resolve()} trained={tiny['trained'].resolve()}" in r.stdout
