@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 from typing import Callable
@@ -28,23 +29,28 @@ def _bundled_tiktoken_dir() -> str | None:
     d = Path(next(iter(spec.submodule_search_locations))) / 'litellm_core_utils' / 'tokenizers'
     return str(d) if d.is_dir() else None
 
+_ENC_LOCK = threading.Lock()
+
 @functools.lru_cache(maxsize=8)
-def get_encoding(name: str = 'o200k_base'):
-    "A tiktoken encoding, from tiktoken's cache, LiteLLM's bundled copy, or None when neither works."
+def _load_encoding(name: str):
     import tiktoken
+    d = _bundled_tiktoken_dir()
+    if d:  # LiteLLM's copy first: no network round trip (tiktoken checks the files' hashes either way)
+        old = os.environ.get('TIKTOKEN_CACHE_DIR')
+        os.environ['TIKTOKEN_CACHE_DIR'] = d
+        try: return tiktoken.get_encoding(name)
+        except Exception: pass
+        finally:
+            if old is None: os.environ.pop('TIKTOKEN_CACHE_DIR', None)
+            else: os.environ['TIKTOKEN_CACHE_DIR'] = old
     try: return tiktoken.get_encoding(name)
-    except Exception as first:
-        d = _bundled_tiktoken_dir()
-        if d and os.environ.get('TIKTOKEN_CACHE_DIR') != d:
-            old = os.environ.get('TIKTOKEN_CACHE_DIR')
-            os.environ['TIKTOKEN_CACHE_DIR'] = d
-            try: return tiktoken.get_encoding(name)
-            except Exception: pass
-            finally:
-                if old is None: os.environ.pop('TIKTOKEN_CACHE_DIR', None)
-                else: os.environ['TIKTOKEN_CACHE_DIR'] = old
-        logger.warning("tiktoken encoding %s unavailable (%s); counting tokens as characters/4", name, type(first).__name__)
+    except Exception as e:
+        logger.warning("tiktoken encoding %s unavailable (%s); counting tokens as characters/4", name, type(e).__name__)
         return None
+
+def get_encoding(name: str = 'o200k_base'):
+    "A tiktoken encoding (LiteLLM's bundled copy, else tiktoken's cache or download), or None when neither works. Thread-safe."
+    with _ENC_LOCK: return _load_encoding(name)
 
 def count_tokens(text: str, encoding: str | Callable[[str], int] | None = 'o200k_base') -> int:
     "Tokens in `text`: a tiktoken encoding name, or any callable (e.g. a local tokenizer's `len(tok.encode(x))`)."
@@ -91,11 +97,19 @@ class ModelSpec:
         if Path(self.tokenizer).is_dir(): return count_tokens(text, _hf_counter(self.tokenizer))
         return count_tokens(text, self.tokenizer)
 
-@functools.lru_cache(maxsize=8)
-def _hf_counter(path: str):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
-    return lambda s: len(tok(s, add_special_tokens=False)['input_ids'])
+_HF_LOCK = threading.Lock()
+_HF_COUNTERS: dict[str, Callable[[str], int]] = {}
+
+def _hf_counter(path: str) -> Callable[[str], int]:
+    "A token counter for a local tokenizer folder; loading and counting are serialised (the lazy import and the Rust tokenizer are not thread-safe)."
+    with _HF_LOCK:
+        if path not in _HF_COUNTERS:
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(path)
+            def count(s: str, tok=tok) -> int:
+                with _HF_LOCK: return len(tok(s, add_special_tokens=False)['input_ids'])
+            _HF_COUNTERS[path] = count
+        return _HF_COUNTERS[path]
 
 _FIELDS = set(ModelSpec.__dataclass_fields__) - {'name', 'source'}
 
