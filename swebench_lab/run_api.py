@@ -31,8 +31,8 @@ from .repos import normalize_patch
 
 # %% auto #0
 __all__ = ['main', 'extract_patch', 'RetryPolicy', 'MalformedResponse', 'retry_after_seconds', 'classify_error', 'split_prompt',
-           'Completion', 'call_model', 'RunParams', 'run_instance', 'input_path', 'api_keys', 'compact_failed',
-           'PassSummary', 'run_pass', 'format_summary', 'run_api']
+           'Completion', 'call_model', 'RunParams', 'run_instance', 'input_path', 'api_keys', 'scan_results',
+           'drop_records', 'PassSummary', 'run_pass', 'format_summary', 'run_api']
 
 # %% ../nbs/06_run_api.ipynb #api-extract
 _TAG = re.compile(r'<(patch|diff)>\n?(.*?)</\1>', re.S)
@@ -210,15 +210,32 @@ def api_keys(spec: ModelSpec, base_url: str | None) -> list[str]:
     if base_url and re.match(r'https?://(127\.|localhost|\[::1\])', base_url): return ['EMPTY']
     raise SwebenchLabError(f"no API key for {spec.name}: set OPENAI_KEYS (comma-separated), OPENAI_KEY or {spec.api_key_env}")
 
-def compact_failed(path: Path) -> set[str]:
-    "Drop the failed records of `path` (atomically); returns the ids that were removed."
-    if not path.exists(): return set()
-    keep, failed = [], set()
-    for r in iter_jsonl(path):
-        if r.get('status') == 'failed': failed.add(r['instance_id'])
-        else: keep.append(r)
-    if failed: write_jsonl_atomic(path, keep)
-    return failed
+_ID_HEAD = re.compile(rb'^\{"instance_id": "((?:[^"\\]|\\.)*)", ')
+
+def scan_results(path: Path) -> tuple[set[str], set[str]]:
+    """`(done, failed)` instance ids of a results file, in one pass.
+
+    Records this module writes start with `{"instance_id": "…", ` — their id is read from that head
+    without parsing the rest; only lines that may be failures (they contain `"status": "failed"`) or
+    that start otherwise are parsed in full. A torn final line is ignored, as `iter_jsonl` does."""
+    done, failed = set(), set()
+    if not path.exists(): return done, failed
+    with open(path, 'rb') as f:
+        for ln, line in enumerate(f, 1):
+            if not line.endswith(b'\n'):
+                logger.warning("%s:%d: ignoring an incomplete final line", path, ln); break
+            if not line.strip(): continue
+            m = None if b'"status": "failed"' in line else _ID_HEAD.match(line)
+            if m:
+                done.add(json.loads(b'"' + m[1] + b'"')); continue
+            try: r = json.loads(line)
+            except json.JSONDecodeError as e: raise SwebenchLabError(f"{path}:{ln}: invalid JSON ({e.msg})") from None
+            (failed if r.get('status') == 'failed' else done).add(r['instance_id'])
+    return done - failed, failed
+
+def drop_records(path: Path, ids: set[str]) -> None:
+    "Rewrite `path` without the records of `ids` (atomically)."
+    write_jsonl_atomic(path, (r for r in iter_jsonl(path) if r.get('instance_id') not in ids))
 
 @dataclass
 class PassSummary:
@@ -229,11 +246,13 @@ def run_pass(records: list[dict], spec: ModelSpec, params: RunParams, out_path: 
              max_workers: int = 10, run_id: str = '', retry_failed: bool = True, progress: bool = True) -> PassSummary:
     "Complete `out_path` for one model: skip done ids, call the rest with `max_workers` threads, append as they finish."
     summ = PassSummary(spec.name, run_id, str(out_path), len(records))
-    retried = compact_failed(out_path) if retry_failed else set()
-    done = {r['instance_id'] for r in iter_jsonl(out_path)} if out_path.exists() else set()
+    done, failed = scan_results(out_path)
+    if failed and retry_failed:
+        drop_records(out_path, failed)
+        logger.info("%s: retrying %d failed instance(s)", out_path.name, len(failed))
+    else: done |= failed
     todo = [r for r in records if r['instance_id'] not in done]
     summ.skipped = len(records) - len(todo)
-    if retried: logger.info("%s: retrying %d failed instance(s)", out_path.name, len(retried & {r['instance_id'] for r in todo}))
     if not todo: return summ
     keys = api_keys(spec, base_url)
     clients = [openai.OpenAI(api_key=k, base_url=base_url, max_retries=0, timeout=params.timeout) for k in keys]
