@@ -10,7 +10,9 @@ from swebench_lab.runs import execute_run, list_runs
 
 TINY = {'demo': {'info_pct': 0.5, 'topn': 1},
         'build_infbench': {'info_pct': 0.5, 'use_bm25': True, 'topn': 2},
-        'bench_retrieval': {'max_files': 40, 'n_queries': 5}}
+        'bench_retrieval': {'max_files': 40, 'n_queries': 5},
+        'inference': {'max_tokens': 8, 'run_ids': ['0.5']},
+        'bench_inference': {'latency_s': 0.01, 'n_requests': 16, 'workers': [1, 4], 'repeats': 1, 'resume_lines': 500}}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
@@ -30,7 +32,15 @@ def test_every_run_notebook_has_tiny_parameters():
 @pytest.mark.parametrize('name', sorted(TINY))
 def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(_scratch_crawled_data(tmp_path)))
+    crawled = _scratch_crawled_data(tmp_path)
+    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(crawled))
+    if name == 'inference':  # its input: the demo's prompts
+        from swebench_lab.core import write_jsonl_atomic
+        from swebench_lab.data import load_instances
+        from swebench_lab.prompt_builder import BuildOptions, build_infbench, infbench_path
+        recs, _ = build_infbench(load_instances(crawled / 'bench' / 'demo-task-instances.jsonl'),
+                                 BuildOptions(info_pct=0.5, pr_mes=False, issue_mes=False))
+        write_jsonl_atomic(infbench_path('demo', '0.5'), recs)
     monkeypatch.setenv('OPENAI_KEYS', f'{FAKE_KEY},sk-proj-SECONDfakeKEY0123456789abcdef')
     rdir = execute_run(name, TINY[name], log_to_console=False)
     rec = json.loads((rdir / 'run.json').read_text())
@@ -40,6 +50,14 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'build_infbench':
         assert (tmp_path / 'crawled_data' / 'infbench' / 'demo-task-instances_0.5_body_issue_bm25_2.jsonl').exists()
         assert (rdir / 'prompt_tokens.png').stat().st_size > 5000
+    if name == 'inference':
+        for m in ('baseline', 'trained'):
+            preds = results_tmp / m / 'T=0' / 'n=1' / 'demo-task-instances_0.5.jsonl'
+            assert sorted(json.loads(l)['status'] for l in preds.read_text().splitlines()) == ['ok'] * 4
+        assert (rdir / 'inference.png').exists()
+    if name == 'bench_inference':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_inference.json').read_text())
+        assert [r['workers'] for r in summary['throughput']] == [1, 4] and summary['resume'][0]['file_lines'] == 500
     if name == 'bench_retrieval':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_retrieval.json').read_text())
         assert summary['identical_topn'] == '5/5' and summary['max_score_diff'] < 1e-6
