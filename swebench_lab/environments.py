@@ -148,12 +148,17 @@ def registry_reachable(client, timeout: float = 20) -> bool:
     return box.get('ok', False)
 
 _BUILD_LOCK = threading.Lock()
+_TAG_LOCKS: dict[str, threading.Lock] = {}
+
+def _tag_lock(tag: str) -> threading.Lock:
+    "One lock per image tag, so parallel evaluations build a shared layer once."
+    with _BUILD_LOCK: return _TAG_LOCKS.setdefault(tag, threading.Lock())
 
 def build_base_image(distro: str = 'bookworm', client=None, log_dir: Path | None = None, use_registry: bool | None = None) -> str:
     "The base image of a Debian suite: bootstrapped from packages (no registry) or built FROM debian:<suite>-slim."
     client = client or docker_client()
     tag = base_image_tag(distro)
-    with _BUILD_LOCK:
+    with _tag_lock(tag):
         if image_exists(client, tag): return tag
         if use_registry is None: use_registry = os.environ.get('SWEBENCH_LAB_USE_REGISTRY') == '1'
         ca = host_ca_bundle()
@@ -192,6 +197,7 @@ def build_base_image(distro: str = 'bookworm', client=None, log_dir: Path | None
 def _build(client, context: str | Path, tag: str, log: Path, layer: str) -> None:
     "docker build of `context` as `tag`, streaming the log to `log`; raises with the log's tail on failure."
     import docker
+    log.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     try:
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
@@ -259,10 +265,11 @@ def build_env_image(spec: InstanceSpec, client=None) -> str:
     client = client or docker_client()
     base = build_base_image(spec.recipe.distro, client)
     tag = env_tag(base, spec)
-    if image_exists(client, tag): return tag
-    with tempfile.TemporaryDirectory(prefix='swebench_lab-env-') as td:
-        (Path(td) / 'Dockerfile').write_text(env_dockerfile(base, spec.recipe))
-        _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env')
+    with _tag_lock(tag):
+        if image_exists(client, tag): return tag
+        with tempfile.TemporaryDirectory(prefix='swebench_lab-env-') as td:
+            (Path(td) / 'Dockerfile').write_text(env_dockerfile(base, spec.recipe))
+            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env')
     return tag
 
 def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, client=None) -> str:
@@ -275,12 +282,13 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
     d.mkdir(parents=True, exist_ok=True)
     df = instance_dockerfile(env, spec.recipe, spec.instance_id)
     (d / 'Dockerfile').write_text(df)
-    if image_exists(client, tag): return tag
-    repo = (store or RepoStore()).get(spec.repo)
-    with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
-        clone_at(repo.path, spec.base_commit, Path(td) / 'testbed')
-        (Path(td) / 'Dockerfile').write_text(df)
-        _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance')
+    with _tag_lock(tag):
+        if image_exists(client, tag): return tag
+        repo = (store or RepoStore()).get(spec.repo)
+        with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
+            clone_at(repo.path, spec.base_commit, Path(td) / 'testbed')
+            (Path(td) / 'Dockerfile').write_text(df)
+            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance')
     return tag
 
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:

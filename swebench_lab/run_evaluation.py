@@ -282,20 +282,26 @@ def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, pre
 
     stop = _Interrupt(run_label, backend)
     with stop:
-        with ThreadPoolExecutor(max_workers) as ex:
-            futs = {ex.submit(one, r): r['instance_id'] for r in todo}
-            bar = tqdm(total=len(futs), desc=f'eval {model} {run_id or label}', unit='inst', disable=not progress)
-            ok = res = 0
+        ex = ThreadPoolExecutor(max_workers)
+        futs = {ex.submit(one, r): r['instance_id'] for r in todo}
+        bar = tqdm(total=len(futs), desc=f'eval {model} {run_id or label}', unit='inst', disable=not progress)
+        ok = res = 0
+        try:
             for f in as_completed(futs):
                 iid = futs[f]
                 try:
                     rep = f.result()[iid]; ok += 1; res += bool(rep.get('resolved'))
                 except Exception as e:
-                    if stop.interrupted: break
                     errors[iid] = one_line(f'{type(e).__name__}: {e}')[:1000]
                     logger.warning('%s: evaluation error: %s', iid, errors[iid])
                 bar.update(1); bar.set_postfix(done=ok, resolved=res, errors=len(errors), refresh=False)
+        except KeyboardInterrupt:
             bar.close()
+            ex.shutdown(wait=False, cancel_futures=True)
+            stop.drain(futs)          # remove this run's containers until every running worker has let go
+            raise
+        bar.close()
+        ex.shutdown()
     summary = summarize(recs, preds, out, errors)
     summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend,
                     'predictions': str(predictions_path or path)})
@@ -312,6 +318,15 @@ class _Interrupt:
             for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={self.run_label}'}):
                 c.remove(force=True)
         except Exception as e: logger.warning('cleanup after interrupt: %s', e)
+    def drain(self, futs, limit: float = 120):
+        "Remove the run's containers again and again until the running evaluations have ended (they fail fast)."
+        self.interrupted = True
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            self._cleanup()
+            if all(f.done() for f in futs): break
+            time.sleep(0.5)
+        self._cleanup()
     def __enter__(self):
         self._old = None
         if threading.current_thread() is threading.main_thread():
@@ -319,9 +334,7 @@ class _Interrupt:
         return self
     def __exit__(self, et, ev, tb):
         if self._old is not None: signal.signal(signal.SIGTERM, self._old)
-        if et is KeyboardInterrupt:
-            self.interrupted = True
-            self._cleanup()
+        if et is KeyboardInterrupt and not self.interrupted: self._cleanup()
         return False
 
 def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = None) -> dict:
@@ -397,6 +410,9 @@ def _main(argv=None):
     a = ap.parse_args(argv)
     setup_logging()
     if a.cmd == 'run':
+        # Ctrl-C must stop a run even when this process was started in the background of a non-interactive
+        # shell, which hands SIGINT down as ignored
+        if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGINT, signal.default_int_handler)
         try: s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
                                 a.rerun, a.instance_ids)
         except KeyboardInterrupt:

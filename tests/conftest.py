@@ -22,3 +22,18 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=600):
     "Run a command with this interpreter's environment; returns CompletedProcess (text)."
     e = {**os.environ, **(env or {})}
     return subprocess.run(list(args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    "Docker tests skip where no engine answers, unless SWEBENCH_LAB_REQUIRE_DOCKER=1 (CI), where they fail."
+    if not any('docker' in i.keywords for i in items): return
+    from swebench_lab.environments import docker_available
+    if docker_available(): return
+    if os.environ.get('SWEBENCH_LAB_REQUIRE_DOCKER') == '1':
+        for i in items:
+            if 'docker' in i.keywords:
+                i.add_marker(pytest.mark.xfail(reason='no Docker engine answers', strict=True, run=False))
+        raise pytest.UsageError('SWEBENCH_LAB_REQUIRE_DOCKER=1 but no Docker engine answers '
+                                '(python -m swebench_lab.environments provision)')
+    for i in items:
+        if 'docker' in i.keywords: i.add_marker(pytest.mark.skip(reason='no Docker engine answers'))
