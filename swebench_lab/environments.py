@@ -62,14 +62,15 @@ def docker_available() -> bool:
 
 def provision_docker(wait: float = 120, log_path: str = '/tmp/swebench_lab-dockerd.log') -> str:
     "Make a Docker engine answer on this Debian/Ubuntu host (install docker.io, start dockerd); returns its version."
-    if docker_available(): return docker_client().version()['Version']
-    if shutil.which('dockerd') is None:
-        if shutil.which('apt-get') is None: raise DockerUnavailable('dockerd is not installed and this is not a Debian/Ubuntu host')
-        logger.info('installing docker.io')
+    missing = [pkg for pkg, exe in (('docker.io', 'dockerd'), ('debootstrap', 'debootstrap')) if shutil.which(exe) is None]
+    if missing and shutil.which('apt-get'):  # debootstrap builds base images where no registry answers
+        logger.info('installing %s', ' '.join(missing))
         env = {**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'}
-        for cmd in (['apt-get', 'update', '-qq'], ['apt-get', 'install', '-y', '-qq', 'docker.io']):
+        for cmd in (['apt-get', 'update', '-qq'], ['apt-get', 'install', '-y', '-qq', *missing]):
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode: raise DockerUnavailable(f"{' '.join(cmd)} failed: {r.stderr[-500:]}")
+    if docker_available(): return docker_client().version()['Version']
+    if shutil.which('dockerd') is None: raise DockerUnavailable('dockerd is not installed and this is not a Debian/Ubuntu host')
     logger.info('starting dockerd (log: %s)', log_path)
     subprocess.Popen(['dockerd'], stdout=open(log_path, 'ab'), stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
