@@ -89,7 +89,7 @@ class Recipe:
     apt: list[str] = field(default_factory=lambda: ['python3-pytest'])
     pip: list[str] = field(default_factory=list)
     pre_install: list[str] = field(default_factory=list)
-    install: str = 'pip install --no-build-isolation --no-deps -e .'
+    install: str = 'pip install --no-deps -e .'
     test_cmd: str = 'python -m pytest -rA -p no:cacheprovider'
     @property
     def distro(self) -> str:
@@ -195,14 +195,14 @@ def build_base_image(distro: str = 'bookworm', client=None, log_dir: Path | None
         logger.info("built %s in %.0fs", tag, time.time() - t0)
         return tag
 
-def _build(client, context: str | Path, tag: str, log: Path, layer: str) -> None:
+def _build(client, context: str | Path, tag: str, log: Path, layer: str, nocache: bool = False) -> None:
     "docker build of `context` as `tag`, streaming the log to `log`; raises with the log's tail on failure."
     import docker
     log.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     try:
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                      labels={LABEL: layer}, network_mode='host'):
+                                      labels={LABEL: layer}, network_mode='host', nocache=nocache):
             if 'stream' in chunk: lines.append(chunk['stream'])
             if 'error' in chunk:
                 lines.append(chunk['error'])
@@ -262,7 +262,7 @@ def instance_tag(env: str, spec: InstanceSpec) -> str:
 # %% ../nbs/08_environments.ipynb #env-build
 def env_dir() -> Path: return results_dir() / 'environments'
 
-def build_env_image(spec: InstanceSpec, client=None) -> str:
+def build_env_image(spec: InstanceSpec, client=None, nocache: bool = False) -> str:
     client = client or docker_client()
     base = build_base_image(spec.recipe.distro, client)
     tag = env_tag(base, spec)
@@ -270,14 +270,14 @@ def build_env_image(spec: InstanceSpec, client=None) -> str:
         if image_exists(client, tag): return tag
         with tempfile.TemporaryDirectory(prefix='swebench_lab-env-') as td:
             (Path(td) / 'Dockerfile').write_text(env_dockerfile(base, spec.recipe))
-            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env')
+            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env', nocache)
     return tag
 
-def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, client=None) -> str:
+def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, client=None, nocache: bool = False) -> str:
     "The instance image of `spec` (built with its env and base layers when missing)."
     if spec.image: return spec.image
     client = client or docker_client()
-    env = build_env_image(spec, client)
+    env = build_env_image(spec, client, nocache)
     tag = instance_tag(env, spec)
     d = env_dir() / 'instances' / spec.instance_id
     d.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
         with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
             clone_at(repo.path, spec.base_commit, Path(td) / 'testbed')
             (Path(td) / 'Dockerfile').write_text(df)
-            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance')
+            _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance', nocache)
     return tag
 
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
@@ -304,16 +304,16 @@ def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
     return dest
 
 def build_instance_images(specs: list[InstanceSpec], max_workers: int = 4, store: RepoStore | None = None,
-                          progress: bool = True) -> dict[str, str | Exception]:
-    "Build the images of many instances; `{instance_id: tag or the exception}`."
+                          progress: bool = True, nocache: bool = False) -> dict[str, str | Exception]:
+    "Build the images of many instances; `{instance_id: tag or the exception}`. `nocache` ignores Docker's layer cache."
     client = docker_client()
     envs = {}
     for s in specs:  # each env layer once, before the instances that share it
         if s.image is None: envs.setdefault((s.repo, s.version, s.recipe.distro, json.dumps(asdict(s.recipe))), s)
-    for s in envs.values(): build_env_image(s, client)
+    for s in envs.values(): build_env_image(s, client, nocache)
     out: dict[str, str | Exception] = {}
     with ThreadPoolExecutor(max_workers) as ex:
-        futs = {ex.submit(build_instance_image, s, store, client): s.instance_id for s in specs}
+        futs = {ex.submit(build_instance_image, s, store, client, nocache): s.instance_id for s in specs}
         for f in tqdm(as_completed(futs), total=len(futs), desc='images', unit='img', disable=not progress):
             try: out[futs[f]] = f.result()
             except Exception as e: out[futs[f]] = e
@@ -403,8 +403,8 @@ class LocalSandbox(Sandbox):
         with open(Path(self.testbed) / '.git' / 'info' / 'exclude', 'a') as f: f.write('\n'.join(EXCLUDES) + '\n')
         self.venv = local_venv(spec.recipe)
         self.env = {**os.environ, 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
-                    'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir)}
-        self.env.pop('PYTHONPATH', None)
+                    'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
+        for k in ('PYTHONPATH', 'FORCE_COLOR', 'CLICOLOR_FORCE'): self.env.pop(k, None)
         if spec.recipe.install:
             r = self.run(spec.recipe.install, timeout=1800)
             if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: install failed in the local sandbox: {r.output[-1500:]}")

@@ -62,8 +62,11 @@ _PYTEST_PARSERS = {'parse_log_pytest', 'parse_log_pytest_options', 'parse_log_py
 _SUMMARY_HDR = re.compile(r'^=+ short test summary info =+\s*$', re.M)
 _SUMMARY_END = re.compile(r'^=+ .*\b(passed|failed|error|errors|skipped|xfailed|xpassed|deselected|no tests ran)\b.* in [\d.]+s.* =+\s*$', re.M)
 
+_ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
+
 def test_output(log: str) -> str:
-    "The part of a log between the start and end markers (the whole log when they are missing)."
+    "The part of a log between the start and end markers (the whole log when they are missing), ANSI colours removed."
+    log = _ANSI.sub('', log)
     s, e = log.find(START), log.rfind(END)
     if s < 0: return log
     return log[s + len(START): e if e > s else len(log)]

@@ -12,11 +12,15 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1},
         'build_infbench': {'info_pct': 0.5, 'use_bm25': True, 'topn': 2},
         'bench_retrieval': {'max_files': 40, 'n_queries': 5},
         'inference': {'max_tokens': 8, 'run_ids': ['0.5']},
-        'bench_inference': {'latency_s': 0.01, 'n_requests': 16, 'workers': [1, 4], 'repeats': 1, 'resume_lines': 500}}
+        'bench_inference': {'latency_s': 0.01, 'n_requests': 16, 'workers': [1, 4], 'repeats': 1, 'resume_lines': 500},
+        'evaluate': {'backend': 'local', 'max_workers': 2},
+        'bench_evaluation': {'n_instances': 2, 'workers': [1, 2], 'repeats': 1, 'n_build': 1}}
+DOCKER = {'bench_evaluation'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
     shutil.copytree(ROOT / 'crawled_data' / 'bench', d / 'bench')
+    shutil.copytree(ROOT / 'crawled_data' / 'envs', d / 'envs')
     (d / 'repos').mkdir()
     shutil.copy(ROOT / 'crawled_data' / 'repos' / 'demo__textkit.bundle', d / 'repos')
     return d
@@ -29,7 +33,7 @@ def test_every_run_notebook_has_tiny_parameters():
     assert set(list_runs()) <= set(TINY), f"add tiny parameters for: {set(list_runs()) - set(TINY)}"
 
 
-@pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.docker) if n in DOCKER else n for n in sorted(TINY)])
 def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     crawled = _scratch_crawled_data(tmp_path)
@@ -58,6 +62,12 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_inference':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_inference.json').read_text())
         assert [r['workers'] for r in summary['throughput']] == [1, 4] and summary['resume'][0]['file_lines'] == 500
+    if name == 'evaluate':
+        summary = json.loads((rdir / 'summary.json').read_text())
+        assert summary['resolved_instances'] == 4 and (rdir / 'evaluation.png').exists()
+    if name == 'bench_evaluation':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_evaluation.json').read_text())
+        assert summary['overhead']['samples'] == 2 and [r['workers'] for r in summary['throughput']] == [1, 2]
     if name == 'bench_retrieval':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_retrieval.json').read_text())
         assert summary['identical_topn'] == '5/5' and summary['max_score_diff'] < 1e-6
