@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 # %% auto #0
 __all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKAGES', 'main', 'SwebenchLabError', 'one_line',
            'cli_entry', 'project_root', 'settings', 'crawled_data_dir', 'results_dir', 'safe_name',
-           'format_temperature', 'run_output_dir', 'mask', 'secret_values', 'redact', 'JSONLError', 'iter_jsonl',
-           'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys', 'atomic_path', 'atomic_write_text', 'write_json',
-           'write_jsonl_atomic', 'RedactingFilter', 'setup_logging', 'package_versions', 'git_info', 'utcnow',
-           'provenance', 'write_provenance', 'info']
+           'format_temperature', 'run_output_dir', 'mask', 'secret_values', 'redact', 'located', 'JSONLError',
+           'iter_jsonl', 'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys', 'atomic_path', 'atomic_write_text',
+           'write_json', 'write_jsonl_atomic', 'RedactingFilter', 'setup_logging', 'package_versions', 'git_info',
+           'utcnow', 'provenance', 'write_provenance', 'info']
 
 # %% ../nbs/00_core.ipynb #core-errors
 class SwebenchLabError(Exception):
@@ -163,14 +163,18 @@ def _redact(o, secrets):
 # %% ../nbs/00_core.ipynb #core-jsonl-read
 logger = logging.getLogger('swebench_lab')
 
+def located(source, where, problem: str, record_id: str | None = None, field: str | None = None) -> str:
+    "`file:where (instance_id X): field 'f': problem`, the one shape of every bad-input message."
+    loc = f"{source}:{where}" if where else str(source)
+    who = f" (instance_id {record_id})" if record_id else ''
+    what = f"field {field!r}: " if field else ''
+    return f"{loc}{who}: {what}{problem}"
+
 class JSONLError(SwebenchLabError, ValueError):
     "Bad JSONL input; `path`, `line` and `field` say where."
     def __init__(self, path, line: int | None, problem: str, field: str | None = None, record_id: str | None = None):
         self.path, self.line, self.field, self.problem, self.record_id = str(path), line, field, problem, record_id
-        where = f"{path}:{line}" if line else str(path)
-        who = f" (instance_id {record_id})" if record_id else ''
-        what = f"field {field!r}: " if field else ''
-        super().__init__(f"{where}{who}: {what}{problem}")
+        super().__init__(located(path, line, problem, record_id, field))
 
 def iter_jsonl(path: str | Path, required: Iterable[str] = (), id_field: str = 'instance_id',
                with_lineno: bool = False) -> Iterator[dict | tuple[int, dict]]:

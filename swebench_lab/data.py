@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from .core import SwebenchLabError, JSONLError, iter_jsonl, crawled_data_dir, logger
+from .core import SwebenchLabError, JSONLError, iter_jsonl, crawled_data_dir, logger, located
 
 # %% auto #0
 __all__ = ['SWEBENCH_REQUIRED', 'SWEBENCH_OPTIONAL', 'PRO_REQUIRED', 'PRO_OPTIONAL', 'BENCH_REQUIRED', 'BENCH_OPTIONAL',
@@ -23,10 +23,7 @@ class DataError(SwebenchLabError, ValueError):
     "A benchmark record failed validation: says file, line/row, instance_id and field."
     def __init__(self, source, where: str | None, problem: str, instance_id: str | None = None, field: str | None = None):
         self.source, self.where, self.problem, self.instance_id, self.field = str(source), where, problem, instance_id, field
-        loc = f"{source}:{where}" if where else str(source)
-        who = f" (instance_id {instance_id})" if instance_id else ''
-        what = f"field {field!r}: " if field else ''
-        super().__init__(f"{loc}{who}: {what}{problem}")
+        super().__init__(located(source, where, problem, instance_id, field))
 
 # %% ../nbs/01_data.ipynb #data-schema
 SWEBENCH_REQUIRED = {'instance_id': str, 'repo': str, 'base_commit': str, 'patch': str, 'test_patch': str,
