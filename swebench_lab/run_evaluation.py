@@ -173,10 +173,10 @@ def _report(iid, patch, **kw) -> dict:
 
 def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', timeout: float = 600,
                       limits: Limits | None = None, store: RepoStore | None = None, out_dir: Path | None = None,
-                      labels: dict | None = None) -> dict:
+                      labels: dict | None = None, prebuilt: bool = False) -> dict:
     "Run one instance's tests with `patch` applied; returns the per-instance report (official shape, extra keys)."
     iid = rec['instance_id']
-    spec = InstanceSpec.from_record(rec)
+    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
     f2p = rec.get('FAIL_TO_PASS', rec.get('fail_to_pass', []))
     p2p = rec.get('PASS_TO_PASS', rec.get('pass_to_pass', []))
     if rec.get('eval_script'): script = rec['eval_script']
@@ -261,8 +261,10 @@ def _truth(rec: dict) -> str:
 
 def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, predictions_path: str | None = None,
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
-                   instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True) -> dict:
-    "Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json)."
+                   instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
+                   prebuilt: bool = False) -> dict:
+    """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
+    `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them."""
     recs, label = dataset_records(dataset_name, run_id)
     if instance_ids: recs = [r for r in recs if r['instance_id'] in set(instance_ids)]
     if predictions_path in ('gold', 'empty'):
@@ -279,7 +281,7 @@ def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, pre
     def one(rec):
         iid = rec['instance_id']
         rep = evaluate_instance(rec, preds.get(iid), backend, timeout, limits, store, out / iid,
-                                labels={f'{LABEL}.run': run_label})
+                                labels={f'{LABEL}.run': run_label}, prebuilt=prebuilt)
         write_json(out / iid / 'report.json', rep)
         return rep
 
@@ -410,6 +412,7 @@ def _main(argv=None):
             p.add_argument('--timeout', type=float, default=600)
             p.add_argument('--rerun', action='store_true', help='evaluate instances that already have a report')
             p.add_argument('--instance_ids', '--instance-ids', nargs='*')
+            p.add_argument('--prebuilt', action='store_true', help="use each record's prebuilt `image` as is (needs a registry)")
     a = ap.parse_args(argv)
     setup_logging()
     if a.cmd == 'run':
@@ -417,7 +420,7 @@ def _main(argv=None):
         # shell, which hands SIGINT down as ignored
         if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGINT, signal.default_int_handler)
         try: s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
-                                a.rerun, a.instance_ids)
+                                a.rerun, a.instance_ids, prebuilt=a.prebuilt)
         except KeyboardInterrupt:
             print('interrupted: containers removed; reports written so far are kept (run again to continue)')
             return 130
