@@ -306,7 +306,7 @@ def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
 def build_instance_images(specs: list[InstanceSpec], max_workers: int = 4, store: RepoStore | None = None,
                           progress: bool = True, nocache: bool = False) -> dict[str, str | Exception]:
     "Build the images of many instances; `{instance_id: tag or the exception}`. `nocache` ignores Docker's layer cache."
-    client = docker_client()
+    client, store = docker_client(), store or RepoStore()
     envs = {}
     for s in specs:  # each env layer once, before the instances that share it
         if s.image is None: envs.setdefault((s.repo, s.version, s.recipe.distro, json.dumps(asdict(s.recipe))), s)

@@ -262,6 +262,23 @@ def repo_key(repo: str) -> str:
         raise RepoError(f"repository names look like 'owner/name', got {repo!r}")
     return repo.replace('/', '__')
 
+_MIRROR_LOCK = threading.Lock()
+
+def _mirror_bundle(bundle: Path, mirror: Path) -> Path:
+    "Clone a git bundle into a bare mirror once: into a temporary folder, renamed into place (safe across threads and processes)."
+    with _MIRROR_LOCK:
+        if mirror.is_dir(): return mirror
+        tmp = mirror.with_name(f'{mirror.name}.tmp-{os.getpid()}-{threading.get_ident()}')
+        logger.info("cloning %s into %s", bundle, mirror)
+        r = subprocess.run(['git', 'clone', '--quiet', '--mirror', str(bundle), str(tmp)], capture_output=True, text=True, env=_git_env())
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RepoError(f"could not clone bundle {bundle}: {one_line(r.stderr)}")
+        try: os.rename(tmp, mirror)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return mirror
+
 class RepoStore:
     "Finds local repositories by `owner/name`; `get` returns a cached `GitRepo`."
     def __init__(self, root: str | Path | None = None, repo_map: dict[str, str] | str | Path | None = None):
@@ -294,12 +311,7 @@ class RepoStore:
             if repo in self._repos: return self._repos[repo]
             for c in self.candidates(repo):
                 if c.suffix == '.bundle' and c.is_file():
-                    mirror = self.root / f'{repo_key(repo)}.git'
-                    logger.info("cloning %s into %s", c, mirror)
-                    r = subprocess.run(['git', 'clone', '--quiet', '--mirror', str(c), str(mirror)],
-                                       capture_output=True, text=True, env=_git_env())
-                    if r.returncode != 0: raise RepoError(f"could not clone bundle {c}: {r.stderr.strip()}")
-                    c = mirror
+                    c = _mirror_bundle(c, self.root / f'{repo_key(repo)}.git')
                 if c.is_dir():
                     self._repos[repo] = GitRepo(c, name=repo)
                     return self._repos[repo]
