@@ -8,7 +8,8 @@ import pytest
 from conftest import ROOT
 from swebench_lab.runs import execute_run, list_runs
 
-TINY = {'demo': {'info_pct': 0.5, 'topn': 1},
+TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'},
+        'results': {},
         'build_infbench': {'info_pct': 0.5, 'use_bm25': True, 'topn': 2},
         'bench_retrieval': {'max_files': 40, 'n_queries': 5},
         'inference': {'max_tokens': 8, 'run_ids': ['0.5']},
@@ -38,6 +39,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     crawled = _scratch_crawled_data(tmp_path)
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(crawled))
+    if name == 'results':  # its input: some evaluation reports
+        from swebench_lab.run_evaluation import run_evaluation
+        for m in ('gold', 'empty'):
+            run_evaluation(str(crawled / 'bench' / 'demo-swebench.jsonl'), m, 'demo', m, backend='local', progress=False)
     if name == 'inference':  # its input: the demo's prompts
         from swebench_lab.core import write_jsonl_atomic
         from swebench_lab.data import load_instances
@@ -62,6 +67,16 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_inference':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_inference.json').read_text())
         assert [r['workers'] for r in summary['throughput']] == [1, 4] and summary['resume'][0]['file_lines'] == 500
+    if name == 'demo':
+        out = json.loads((rdir / 'outputs.json').read_text())
+        assert out['backend'] == 'local' and (rdir / 'resolved_rates.png').stat().st_size > 10000
+        import csv
+        rates = {(r['model'], r['run_id']): int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
+        assert rates[('gold', '0.5_body_issue')] == 4 and rates[('empty', '0.5_body_issue')] == 0 and len(rates) == 8
+    if name == 'results':
+        import csv
+        rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
+        assert rates == {'gold': 4, 'empty': 0} and (rdir / 'resolved_by_repo.png').exists()
     if name == 'evaluate':
         summary = json.loads((rdir / 'summary.json').read_text())
         assert summary['resolved_instances'] == 4 and (rdir / 'evaluation.png').exists()
