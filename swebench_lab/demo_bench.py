@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .core import SwebenchLabError, crawled_data_dir, write_jsonl_atomic, atomic_path, logger, cli_entry
 from .repos import GitRepo, split_diff, files_touched, join_diffs
+from .run_evaluation import make_eval_script
 
 # %% auto #0
-__all__ = ['REPO', 'BASE_FILES', 'TASKS', 'main', 'run_pytest', 'eval_script', 'build_demo']
+__all__ = ['REPO', 'BASE_FILES', 'TASKS', 'main', 'run_pytest', 'build_demo']
 
 # %% ../nbs/11_demo_bench.ipynb #demo-files
 REPO = 'demo/textkit'
@@ -440,19 +441,6 @@ def run_pytest(repo: GitRepo, tree: str, python: str = sys.executable, timeout: 
     if not status: raise SwebenchLabError(f"pytest produced no results:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return status
 
-def eval_script(rec: dict) -> str:
-    "A SWE-bench-style eval script for a demo task (python on PATH, repo in /testbed)."
-    tests = [f for f in files_touched(rec['test_patch'])]
-    return '\n'.join([
-        '#!/bin/bash', 'set -uxo pipefail', 'cd /testbed',
-        'git config --global --add safe.directory /testbed',
-        'git status', f"git checkout {rec['base_commit']} -- {' '.join(tests)}",
-        "git apply -v - <<'EOF_114329324912'", rec['test_patch'].rstrip('\n'), 'EOF_114329324912',
-        ": '>>>>> Start Test Output'",
-        f"python -m pytest -rA -p no:cacheprovider {' '.join(tests)}",
-        ": '>>>>> End Test Output'",
-        f"git checkout {rec['base_commit']} -- {' '.join(tests)}", ''])
-
 def build_demo(root: str | Path | None = None, run_tests: bool = True) -> dict[str, Path]:
     "Build the textkit repository and its tasks; write bundle, bench JSONL and SWE-bench JSONL under `root`."
     root = Path(root) if root else crawled_data_dir()
@@ -514,7 +502,7 @@ def build_demo(root: str | Path | None = None, run_tests: bool = True) -> dict[s
                   'created_at': t['created_at'], 'version': '0.1',
                   'FAIL_TO_PASS': json.dumps(rec.get('fail_to_pass', [])), 'PASS_TO_PASS': json.dumps(rec.get('pass_to_pass', [])),
                   'environment_setup_commit': first, 'log_parser': 'parse_log_pytest', 'eval_type': 'pass_and_fail', 'image': None}
-            sw['eval_script'] = eval_script(rec)
+            sw['eval_script'] = make_eval_script(base, test_patch)
             sweb.append(sw)
         out['bundle'].parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out['bundle']) as tmp:
