@@ -90,3 +90,27 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         if f.is_file():
             data = f.read_bytes()
             assert FAKE_KEY.encode() not in data and b'SECONDfakeKEY' not in data, f
+
+
+def test_demo_with_an_api_model(results_tmp, tmp_path, monkeypatch):
+    "One parameter adds an API model: registered in the user's models.yaml, key from its variable, never written out."
+    from faulty_server import FaultyOpenAIServer
+    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(_scratch_crawled_data(tmp_path)))
+    for v in ('OPENAI_KEYS', 'OPENAI_KEY', 'OPENAI_API_KEY', 'BASE_URL'): monkeypatch.delenv(v, raising=False)
+    key = 'sk-proj-LOOPBACKkey0123456789abcdefXYZ'
+    monkeypatch.setenv('LOOPBACK_API_KEY', key)
+    with FaultyOpenAIServer() as srv:
+        (tmp_path / 'models.yaml').write_text(
+            f'loopback-api: {{base_url: "{srv.base_url}", api_key_env: LOOPBACK_API_KEY, context_limit: 100000, '
+            f'price_in: 1.0e-06, price_out: 2.0e-06}}\n')
+        monkeypatch.setenv('SWEBENCH_LAB_MODELS', str(tmp_path / 'models.yaml'))
+        rdir = execute_run('demo', {**TINY['demo'], 'api_model': 'loopback-api'}, log_to_console=False)
+        assert sum(srv.calls.values()) == 8            # 4 tasks x 2 prompt variants
+    import csv
+    rates = {(r['model'], r['run_id']): r for r in csv.DictReader(open(rdir / 'rates.csv'))}
+    assert {m for m, _ in rates} == {'base', 'trained', 'gold', 'empty', 'loopback-api'}
+    preds = results_tmp / 'loopback-api' / 'T=0' / 'n=1' / 'demo-task-instances_0.5_body_issue.jsonl'
+    recs = [json.loads(l) for l in preds.read_text().splitlines()]
+    assert len(recs) == 4 and all(r['status'] == 'ok' and r['cost'] == 100 * 1e-6 + 20 * 2e-6 for r in recs)
+    for f in results_tmp.rglob('*'):
+        if f.is_file(): assert key.encode() not in f.read_bytes(), f
