@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def cli_entry(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | 
     "Wrap a command's `main(argv)` so a `SwebenchLabError` prints one line on stderr and exits 2."
     @functools.wraps(main)
     def _run(argv: list[str] | None = None) -> int:
+        # Ctrl-C must reach a command even when it was started in the background of a non-interactive
+        # shell, which hands SIGINT down as ignored
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try: rc = main(argv)
         except SwebenchLabError as e:
             print(f"error: {one_line(str(e))}", file=sys.stderr)

@@ -416,9 +416,6 @@ def _main(argv=None):
     a = ap.parse_args(argv)
     setup_logging()
     if a.cmd == 'run':
-        # Ctrl-C must stop a run even when this process was started in the background of a non-interactive
-        # shell, which hands SIGINT down as ignored
-        if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGINT, signal.default_int_handler)
         try: s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
                                 a.rerun, a.instance_ids, prebuilt=a.prebuilt)
         except KeyboardInterrupt:
