@@ -35,7 +35,7 @@ def collect_results(eval_root: str | Path | None = None, predictions_root: str |
     for rep in sorted(root.glob('*/*/*/report.json')):
         run_id, model, iid = rep.parts[-4], rep.parts[-3], rep.parts[-2]
         r = json.loads(rep.read_text()).get(iid, {})
-        rows.append({'run_id': run_id, 'model': model, 'instance_id': iid, 'repo': _repo_of(iid),
+        rows.append({'run_id': run_id, 'model': model, 'instance_id': iid, 'repo': r.get('repo') or _repo_of(iid),
                      'resolved': bool(r.get('resolved')), 'applied': bool(r.get('patch_successfully_applied')),
                      'empty': not r.get('patch_exists', True), 'status': r.get('status'), 'duration_s': r.get('duration_s')})
     df = pd.DataFrame(rows, columns=['run_id', 'model', 'instance_id', 'repo', 'resolved', 'applied', 'empty', 'status', 'duration_s'])
@@ -44,7 +44,7 @@ def collect_results(eval_root: str | Path | None = None, predictions_root: str |
     return df.merge(cost, on=['model', 'instance_id', 'run_id'], how='left') if not cost.empty else df.assign(cost=None, prompt_tokens=None, completion_tokens=None)
 
 def _repo_of(instance_id: str) -> str:
-    "`owner/repo` from `owner__repo-N` / `owner__repo-pull-N` ids."
+    "`owner/repo` from `owner__repo-N` / `owner__repo-pull-N` ids (for reports that do not name their repo)."
     head = instance_id.rsplit('-pull-', 1)[0] if '-pull-' in instance_id else instance_id.rsplit('-', 1)[0]
     return head.replace('__', '/', 1)
 

@@ -282,6 +282,7 @@ def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, pre
         iid = rec['instance_id']
         rep = evaluate_instance(rec, preds.get(iid), backend, timeout, limits, store, out / iid,
                                 labels={f'{LABEL}.run': run_label}, prebuilt=prebuilt)
+        rep[iid]['repo'] = rec['repo']
         write_json(out / iid / 'report.json', rep)
         return rep
 

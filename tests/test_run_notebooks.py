@@ -77,6 +77,7 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         import csv
         rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
         assert rates == {'gold': 4, 'empty': 0} and (rdir / 'resolved_by_repo.png').exists()
+        assert {r['repo'] for r in csv.DictReader(open(rdir / 'rates_by_repo.csv'))} == {'demo/textkit'}
     if name == 'evaluate':
         summary = json.loads((rdir / 'summary.json').read_text())
         assert summary['resolved_instances'] == 4 and (rdir / 'evaluation.png').exists()
