@@ -199,8 +199,8 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
             if out_dir: atomic_write_text(out_dir / 'test_output.log', apply_log)
             return _report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3))
         removed = remove_added_test_files(box)
-        has_conda = box.run('test -x /opt/miniconda3/bin/conda', timeout=30).exit_code == 0
-        script = adapt_eval_script(script, has_conda)
+        if _CONDA.search(script):  # only official scripts activate conda: probe the image just for them
+            script = adapt_eval_script(script, box.run('test -x /opt/miniconda3/bin/conda', timeout=30).exit_code == 0)
         box.write_file(f'{box.tmp}/eval.sh', script)
         t1 = time.perf_counter()
         r = box.run(f'bash {box.tmp}/eval.sh', timeout=timeout)
