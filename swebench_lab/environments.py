@@ -6,20 +6,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
 import time
-import venv
+import weakref
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
@@ -33,12 +38,17 @@ from .core import SwebenchLabError, cli_entry, crawled_data_dir, logger, results
 from .repos import RepoStore, repo_key
 
 # %% auto #0
-__all__ = ['LABEL', 'DISTROS', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'EXCLUDES', 'main', 'DockerUnavailable', 'docker_client',
-           'docker_available', 'provision_docker', 'Recipe', 'load_recipe', 'host_ca_bundle', 'base_image_tag',
-           'image_exists', 'registry_reachable', 'build_base_image', 'InstanceSpec', 'env_dockerfile',
-           'instance_dockerfile', 'env_tag', 'instance_tag', 'env_dir', 'build_env_image', 'build_instance_image',
-           'clone_at', 'build_instance_images', 'Limits', 'RunResult', 'Sandbox', 'DockerSandbox', 'LocalSandbox',
-           'local_venv', 'open_sandbox', 'list_resources', 'remove_resources']
+__all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'CONDA_SHIM', 'EXCLUDES',
+           'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'main', 'DockerUnavailable', 'docker_client',
+           'docker_available', 'provision_docker', 'RecipeError', 'Recipe', 'shipped_recipes', 'load_recipe',
+           'recipes_from_swebench', 'write_shipped_recipes', 'recipe_coverage', 'host_ca_bundle', 'base_image_tag',
+           'image_exists', 'registry_reachable', 'build_base_image', 'InstanceSpec', 'resolve_requirements',
+           'resolve_env_yml', 'env_context', 'env_dockerfile', 'exclude_lines', 'instance_context',
+           'instance_dockerfile', 'env_tag', 'instance_tag', 'env_dir', 'base_for', 'build_env_image',
+           'build_instance_image', 'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult',
+           'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'DockerSandbox',
+           'host_python', 'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox',
+           'list_resources', 'reap_orphans', 'remove_resources']
 
 # %% ../nbs/08_environments.ipynb #env-engine
 LABEL = 'swebench_lab'
@@ -82,33 +92,138 @@ def provision_docker(wait: float = 120, log_path: str = '/tmp/swebench_lab-docke
 # %% ../nbs/08_environments.ipynb #env-recipes
 DISTROS = {'3.9': 'bullseye', '3.11': 'bookworm', '3.13': 'trixie'}
 
+class RecipeError(SwebenchLabError): "A recipe is missing or malformed."
+
 @dataclass
 class Recipe:
-    "How to build the environment of one repository version."
+    "How to build the environment of one repository version (keys follow SWE-bench's install specs)."
     python: str = '3.11'
-    apt: list[str] = field(default_factory=lambda: ['python3-pytest'])
+    apt: list[str] = field(default_factory=list)
+    packages: str = ''
     pip: list[str] = field(default_factory=list)
+    env_setup: list[str] = field(default_factory=list)
     pre_install: list[str] = field(default_factory=list)
-    install: str = 'pip install --no-deps -e .'
+    install: str = 'python -m pip install -e .'
     test_cmd: str = 'python -m pytest -rA -p no:cacheprovider'
+    requirements_paths: list[str] = field(default_factory=lambda: ['requirements.txt'])
+    env_yml_paths: list[str] = field(default_factory=lambda: ['environment.yml'])
+    base_image: str | None = None
+    system_site_packages: bool = False
+    source: str = field(default='', compare=False)   # file and key it came from (for messages)
+
     @property
     def distro(self) -> str:
+        "The Debian suite whose Python this recipe asks for (or raises, naming the Python and the ways out)."
         if self.python not in DISTROS:
-            raise SwebenchLabError(f"python {self.python} has no Debian base image; use one of {', '.join(DISTROS)}")
+            raise RecipeError(f"{self.source or 'recipe'}: Python {self.python} cannot be provided here: the base images bring "
+                              f"only Debian's Pythons ({', '.join(f'{v} ({d})' for v, d in DISTROS.items())}). Use the record's "
+                              f"prebuilt image (--prebuilt), or set `base_image:` in the recipe to an image of yours with Python {self.python}")
         return DISTROS[self.python]
 
+_LIST_KEYS = {'apt', 'pip', 'env_setup', 'pre_install', 'requirements_paths', 'env_yml_paths'}
+_ALIASES = {'pip_packages': 'pip'}
+
+def _recipe_from(entry, where: str) -> Recipe:
+    "A Recipe from one YAML entry, every key checked (unknown keys, numbers where text is meant, wrong types)."
+    if not isinstance(entry, dict): raise RecipeError(f"{where}: must be a mapping of recipe keys, got {type(entry).__name__}")
+    kw = {}
+    for k, v in entry.items():
+        k = _ALIASES.get(k, k)
+        if k not in Recipe.__dataclass_fields__ or k == 'source':
+            raise RecipeError(f"{where}: unknown key {k!r} (known: {', '.join(f for f in Recipe.__dataclass_fields__ if f != 'source')})")
+        if k == 'python':
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                raise RecipeError(f"{where}: python: {v!r} is a number (YAML reads 3.10 as 3.1); quote it: python: \"{v}\"")
+            if not isinstance(v, str): raise RecipeError(f"{where}: python must be a string like \"3.9\"")
+        elif k in _LIST_KEYS:
+            if isinstance(v, str): v = [v]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise RecipeError(f"{where}: {k} must be a list of strings")
+        elif k == 'packages':
+            if isinstance(v, list) and all(isinstance(x, str) for x in v): v = ' '.join(shlex.quote(x) for x in v)
+            if not isinstance(v, str): raise RecipeError(f"{where}: packages must be a string or a list of strings")
+        elif k == 'system_site_packages':
+            if not isinstance(v, bool): raise RecipeError(f"{where}: system_site_packages must be true or false")
+        elif v is not None and not isinstance(v, str): raise RecipeError(f"{where}: {k} must be a string")
+        kw[k] = v if v is not None or k == 'base_image' else ''
+    return Recipe(**kw, source=where)
+
+def _recipe_file(path: Path) -> dict:
+    "The version -> entry mapping of a recipe file; version keys must be strings."
+    try: data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e: raise RecipeError(f"{path}: invalid YAML ({one_line(str(e))})") from None
+    data = data or {}
+    if not isinstance(data, dict): raise RecipeError(f"{path}: must map versions to recipes")
+    for k in data:
+        if not isinstance(k, str):
+            raise RecipeError(f"{path}: version key {k!r} is a {type(k).__name__}, not a string (YAML reads 1.10 as the number 1.1); "
+                              f"quote every version key: \"{k}\":")
+    return data
+
+@functools.lru_cache(maxsize=1)
+def shipped_recipes() -> dict:
+    "The recipes that ship with the workbench (`swebench_lab/swebench_recipes.yaml`): {repo: {version: entry}}."
+    import swebench_lab
+    p = Path(swebench_lab.__file__).parent / 'swebench_recipes.yaml'
+    return yaml.safe_load(p.read_text())['recipes'] if p.exists() else {}
+
 def load_recipe(repo: str, version: str | None, envs_dir: str | Path | None = None) -> Recipe:
-    "The recipe of `repo` at `version` (the default recipe when the file or the version is missing)."
+    "The recipe of `repo` at `version`: yours (crawled_data/envs/owner__repo.yaml) over the shipped one; an error when neither has it."
     f = Path(envs_dir or crawled_data_dir() / 'envs') / f'{repo_key(repo)}.yaml'
-    if not f.exists(): return Recipe()
-    try: data = yaml.safe_load(f.read_text()) or {}
-    except yaml.YAMLError as e: raise SwebenchLabError(f"{f}: invalid YAML ({e})") from None
-    entry = data.get(str(version)) if version is not None else None
-    if entry is None: entry = data.get('default', {})
-    if not isinstance(entry, dict): raise SwebenchLabError(f"{f}: version {version!r} must be a mapping")
-    bad = set(entry) - set(Recipe.__dataclass_fields__)
-    if bad: raise SwebenchLabError(f"{f}: version {version!r}: unknown key(s) {', '.join(sorted(bad))}")
-    return Recipe(**{k: (str(v) if k == 'python' else v) for k, v in entry.items()})
+    user = _recipe_file(f) if f.exists() else {}
+    shipped = shipped_recipes().get(repo, {})
+    v = None if version is None else str(version)
+    if v is not None and v in user: return _recipe_from(user[v], f"{f}: {v!r}")
+    if v is not None and v in shipped: return _recipe_from(shipped[v], f"shipped recipe {repo} {v!r}")
+    if 'default' in user: return _recipe_from(user['default'], f"{f}: 'default'")
+    where = f"{f} ({'versions ' + ', '.join(map(repr, user)) if user else 'no such file' if not f.exists() else 'empty'})"
+    also = f"; shipped recipes have versions {', '.join(map(repr, shipped))}" if shipped else '; no shipped recipe for this repository'
+    raise RecipeError(f"no recipe for {repo} version {v!r}: looked in {where}{also}. Add an entry for {v!r} to {f} "
+                      "(see crawled_data/README.md), or use the record's prebuilt image (--prebuilt)")
+
+# %% ../nbs/08_environments.ipynb #env-shipped
+SWEBENCH_SPECS_SOURCE = ('swebench 4.1.0 (PyPI), swebench/harness/constants/python.py: MAP_REPO_VERSION_TO_SPECS_PY, '
+                         'MAP_REPO_TO_REQS_PATHS, MAP_REPO_TO_ENV_YML_PATHS, MAP_REPO_TO_INSTALL_PY (MIT licence)')
+_COMPILES = {'astropy/astropy', 'matplotlib/matplotlib', 'scikit-learn/scikit-learn', 'django/django', 'pydata/xarray',
+             'mwaskom/seaborn', 'pvlib/pvlib-python', 'pyvista/pyvista', 'sympy/sympy'}
+
+def recipes_from_swebench(ns: dict) -> dict:
+    "Recipes (`{repo: {version: entry}}`) from the namespace of SWE-bench's `constants/python.py`."
+    out = {}
+    reqs, ymls, repo_install = ns['MAP_REPO_TO_REQS_PATHS'], ns['MAP_REPO_TO_ENV_YML_PATHS'], ns.get('MAP_REPO_TO_INSTALL_PY', {})
+    for repo, versions in ns['MAP_REPO_VERSION_TO_SPECS_PY'].items():
+        for v, s in versions.items():
+            e = {'python': str(s['python'])}
+            if repo in _COMPILES: e['apt'] = ['build-essential', 'python3-dev']
+            if s.get('packages'): e['packages'] = s['packages']
+            if s.get('packages') == 'requirements.txt': e['requirements_paths'] = list(reqs[repo])
+            if s.get('packages') == 'environment.yml': e['env_yml_paths'] = list(ymls[repo])
+            if s.get('pip_packages'): e['pip'] = list(s['pip_packages'])
+            pre = ([repo_install[repo]] if repo in repo_install else []) + list(s.get('pre_install', []))
+            if pre: e['pre_install'] = pre
+            e['install'] = s.get('install', '')
+            tc = s.get('test_cmd', '')
+            e['test_cmd'] = ' && '.join(tc) if isinstance(tc, list) else tc
+            out.setdefault(repo, {})[str(v)] = e
+    return out
+
+def write_shipped_recipes(ns: dict, path: str | Path) -> Path:
+    "Write the shipped recipes file from SWE-bench's specs namespace (see the cell below for how it is made)."
+    header = (f"# Environment recipes for SWE-bench's Python repositories, converted by swebench_lab.environments.recipes_from_swebench\n"
+              f"# from {SWEBENCH_SPECS_SOURCE}.\n# Override a version in crawled_data/envs/owner__repo.yaml.\n")
+    body = yaml.safe_dump({'source': SWEBENCH_SPECS_SOURCE, 'recipes': recipes_from_swebench(ns)}, sort_keys=False, width=120)
+    Path(path).write_text(header + body)
+    shipped_recipes.cache_clear()
+    return Path(path)
+
+def recipe_coverage(records: list[dict], envs_dir=None) -> dict:
+    "For benchmark records: how many have a recipe whose Python the base images provide, and why the others do not."
+    ok, why = [], {}
+    for r in records:
+        try: rec = load_recipe(r['repo'], r.get('version'), envs_dir); rec.distro; ok.append(r['instance_id'])
+        except RecipeError as e: why[r['instance_id']] = (f"Python {rec.python}" if 'cannot be provided' in str(e) else 'no recipe')
+    from collections import Counter
+    return {'total': len(records), 'buildable': len(ok), 'not_buildable': len(why), 'reasons': dict(Counter(why.values()))}
 
 # %% ../nbs/08_environments.ipynb #env-base
 BASE_PACKAGES = ('python3', 'python3-venv', 'python3-pip', 'git', 'patch', 'ca-certificates', 'procps')
@@ -223,97 +338,251 @@ class InstanceSpec:
     version: str | None = None
     recipe: Recipe = field(default_factory=Recipe)
     image: str | None = None          # a prebuilt image to use as is
+    environment_setup_commit: str | None = None
 
     @classmethod
     def from_record(cls, rec: dict, envs_dir=None, prebuilt: bool = False) -> 'InstanceSpec':
-        return cls(rec['instance_id'], rec['repo'], rec['base_commit'], rec.get('version'),
-                   load_recipe(rec['repo'], rec.get('version'), envs_dir), rec.get('image') if prebuilt else None)
+        iid = rec['instance_id']
+        if prebuilt:
+            if not rec.get('image'): raise SwebenchLabError(f"{iid}: --prebuilt, but the record has no `image`")
+            return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), Recipe(source='prebuilt image'), rec['image'])
+        return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), load_recipe(rec['repo'], rec.get('version'), envs_dir),
+                   None, rec.get('environment_setup_commit'))
 
-def env_dockerfile(base_tag: str, r: Recipe) -> str:
-    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env']
+    @property
+    def setup_commit(self) -> str: return self.environment_setup_commit or self.base_commit
+
+# The stand-in for conda's activation script (sourced by the official eval scripts).
+CONDA_SHIM = '''# swebench_lab: stands in for conda's activate script. The environment is the virtualenv /opt/venv.
+export VIRTUAL_ENV=/opt/venv
+case ":$PATH:" in *":/opt/venv/bin:"*) ;; *) export PATH="/opt/venv/bin:$PATH" ;; esac
+export CONDA_DEFAULT_ENV=testbed
+conda() {
+  case "${1:-}" in
+    activate|deactivate) return 0 ;;
+    *) echo "conda is not installed in this image (swebench_lab environments use the virtualenv /opt/venv)" >&2; return 127 ;;
+  esac
+}
+'''
+_REQ_SKIP = ('-e .', '#', '.[test')
+_REQ_REPLACE = [('types-pkg_resources', 'types-setuptools')]   # yanked from PyPI (as SWE-bench replaces it)
+
+def resolve_requirements(recipe: Recipe, repo, commit: str) -> str:
+    "The requirements text of a `packages: requirements.txt` recipe, read from `repo` at `commit` (`-r` includes followed)."
+    for path in recipe.requirements_paths:
+        text = repo.read_file(commit, path)
+        if text is not None: break
+    else:
+        raise RecipeError(f"{recipe.source}: packages: requirements.txt, but none of {recipe.requirements_paths} exists at "
+                          f"{commit[:12]} of {repo.name}; set requirements_paths in the recipe")
+    req_dir = posixpath.dirname(path)
+    extra, own = [], []
+    for line in text.splitlines():
+        if line.strip().startswith('-r'):
+            inc = repo.read_file(commit, posixpath.normpath(posixpath.join(req_dir, line.strip()[2:].strip())))
+            extra += [l for l in (inc or '').splitlines() if not l.strip().startswith(_REQ_SKIP)]
+        elif not line.strip().startswith(_REQ_SKIP): own.append(line)
+    out = '\n'.join(extra + own)
+    for old, new in _REQ_REPLACE: out = re.sub(rf'(?m)^{re.escape(old)}([<>=!~]=?.*|$)', new, out)
+    return out.strip() + '\n'
+
+_CONDA_ONLY = {'python', 'pip', 'compilers', 'c-compiler', 'cxx-compiler', 'fortran-compiler', 'pkg-config', 'make', 'cmake',
+               'ffmpeg', 'graphviz', 'imagemagick', 'nodejs', 'ghostscript', 'inkscape', 'texlive-core', 'libgdal', 'gdal'}
+
+def resolve_env_yml(recipe: Recipe, repo, commit: str) -> str:
+    "A conda environment.yml (from `repo` at `commit`) as pip requirements: conda-only packages dropped, `=` pins made `==`."
+    for path in recipe.env_yml_paths:
+        text = repo.read_file(commit, path)
+        if text is not None: break
+    else:
+        raise RecipeError(f"{recipe.source}: packages: environment.yml, but none of {recipe.env_yml_paths} exists at {commit[:12]} of {repo.name}")
+    deps = (yaml.safe_load(text) or {}).get('dependencies') or []
+    out = []
+    for d in deps:
+        if isinstance(d, dict): out += [str(x) for x in d.get('pip', [])]
+        elif isinstance(d, str):
+            m = re.match(r'^\s*([A-Za-z0-9_.\-]+)\s*(.*)$', d.split('::')[-1])
+            if not m or m[1].lower() in _CONDA_ONLY: continue
+            spec = m[2].strip().replace(' ', '')
+            if re.match(r'^=[^=]', spec): spec = '=' + spec
+            out.append(m[1] + spec.rstrip('*').rstrip('.'))
+    return '\n'.join(out) + '\n'
+
+_REQ_CACHE: dict[tuple, str] = {}
+
+def _requirements(spec: InstanceSpec, store: RepoStore | None) -> str:
+    "The resolved requirements of a spec whose recipe reads them from the repository (cached per repository, commit and recipe)."
+    r = spec.recipe
+    key = (spec.repo, spec.setup_commit, r.packages, tuple(r.requirements_paths), tuple(r.env_yml_paths))
+    if key not in _REQ_CACHE:
+        repo = (store or RepoStore()).get(spec.repo)
+        _REQ_CACHE[key] = (resolve_requirements if r.packages == 'requirements.txt' else resolve_env_yml)(r, repo, spec.setup_commit)
+    return _REQ_CACHE[key]
+
+def _pip(args: str) -> str: return f'python -m pip install --no-cache-dir --progress-bar off {args}'
+
+def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> dict[str, str]:
+    "The env layer's build context: `{file name: text}`, with the Dockerfile."
+    r = spec.recipe
+    files = {'activate': CONDA_SHIM}
+    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env', *[f'ENV {e}' for e in _IMAGE_ENV]]
     if r.apt:
         lines.append("RUN printf 'deb %s %s main\\n' " + f"'{DEBIAN_MIRROR}' '{r.distro}' > /etc/apt/sources.list && apt-get update -qq && "
                      f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {' '.join(map(shlex.quote, r.apt))} "
                      "&& rm -rf /var/lib/apt/lists/*")
-    lines.append('RUN python3 -m venv --system-site-packages /opt/venv')
-    if r.pip: lines.append(f"RUN pip install --no-cache-dir {' '.join(map(shlex.quote, r.pip))}")
-    for c in r.pre_install: lines.append(f'RUN {c}')
-    return '\n'.join(lines) + '\n'
+    py = shlex.quote(f'python{r.python}')
+    lines.append(f'RUN PY=$(command -v {py} || command -v python3) && "$PY" -m venv {"--system-site-packages " if r.system_site_packages else ""}'
+                 f'/opt/venv && {_pip("--upgrade pip setuptools wheel")}')
+    lines.append('COPY activate /opt/miniconda3/bin/activate')
+    if r.packages in ('requirements.txt', 'environment.yml'):
+        files['requirements.txt'] = _requirements(spec, store)
+        lines.append('COPY requirements.txt /tmp/swebench_lab-requirements.txt')
+        lines.append(f'RUN {_pip("-r /tmp/swebench_lab-requirements.txt")} && rm /tmp/swebench_lab-requirements.txt')
+    elif r.packages.strip(): lines.append(f'RUN {_pip(r.packages)}')
+    if r.pip: lines.append(f"RUN {_pip(' '.join(map(shlex.quote, r.pip)))}")
+    lines += [f'RUN {c}' for c in r.env_setup]
+    files['Dockerfile'] = '\n'.join(lines) + '\n'
+    return files
+
+def env_dockerfile(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> str:
+    return env_context(base_tag, spec, store)['Dockerfile']
 
 EXCLUDES = ['.venv/', 'venv/', '__pycache__/', '*.pyc', '*.egg-info/', 'build/', 'dist/', '.pytest_cache/', '.eggs/', '.tox/']
 
-def instance_dockerfile(env_tag: str, r: Recipe, instance_id: str) -> str:
-    lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
-             'COPY testbed /testbed', 'WORKDIR /testbed',
-             "RUN git config --global --add safe.directory /testbed && git config --global user.email eval@swebench-lab.invalid "
-             "&& git config --global user.name swebench_lab && git config --global advice.detachedHead false "
-             f"&& printf '{chr(92) + 'n'.join(EXCLUDES)}\\n' >> .git/info/exclude"]
-    if r.install: lines.append(f'RUN {r.install}')
-    lines.append('RUN test -z "$(git status --porcelain)" || (git status --porcelain; echo "install left the tree dirty"; exit 1)')
-    return '\n'.join(lines) + '\n'
+GIT_IDENTITY = ('git config --global --add safe.directory /testbed && git config --global user.email eval@swebench-lab.invalid '
+                '&& git config --global user.name swebench_lab && git config --global advice.detachedHead false')
 
-def env_tag(base_tag: str, spec: InstanceSpec) -> str:
-    return f"swebench-lab/env:{repo_key(spec.repo).lower()}-{(spec.version or 'default').lower()}-{_h(env_dockerfile(base_tag, spec.recipe))}"
+# After pre_install and install: commit what they changed in tracked files, hide what they left behind, insist on a clean tree.
+SETTLE_SETUP = ("if [ -n \"$(git status --porcelain --untracked-files=no)\" ]; then git commit -q -a -m 'swebench_lab: environment setup'; fi"
+                " && git status --porcelain --untracked-files=normal | sed -n 's|^?? |/|p' >> .git/info/exclude"
+                " && { test -z \"$(git status --porcelain)\" || { git status --porcelain; echo 'setup left the tree dirty'; exit 1; }; }")
+
+def exclude_lines() -> str:
+    "A shell command appending EXCLUDES to .git/info/exclude, one pattern per line."
+    return "printf '%s\\n' " + ' '.join(shlex.quote(e) for e in EXCLUDES) + ' >> .git/info/exclude'
+
+# Build requirements of the repository, saved as wheels in the image: the official eval scripts reinstall the package
+# (`pip install -e .`) in a container with no network; pip then takes its isolated build environment from here.
+WHEELHOUSE = '/opt/swebench_lab/wheels'
+WHEELHOUSE_PY = r'''import os, subprocess, sys
+try: import tomllib
+except ImportError:
+    try: from pip._vendor import tomli as tomllib
+    except ImportError: tomllib = None
+reqs = ['setuptools>=40.8.0', 'wheel']
+if os.path.exists('pyproject.toml') and tomllib is not None:
+    with open('pyproject.toml', 'rb') as f: reqs = tomllib.load(f).get('build-system', {}).get('requires', reqs) + ['wheel']
+sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'download', '--no-cache-dir', '--progress-bar', 'off', '--prefer-binary',
+                          '-d', sys.argv[1], *reqs]))
+'''
+
+def instance_context(env_tag: str, r: Recipe, instance_id: str) -> dict[str, str]:
+    "The instance layer's build context without the repository (`testbed/`, added at build time): `{file name: text}`."
+    lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
+             f'ENV PIP_FIND_LINKS={WHEELHOUSE}', 'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py',
+             'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}']
+    lines += [f'RUN {c}' for c in r.pre_install]
+    if r.install: lines.append(f'RUN {r.install}')
+    lines.append(f'RUN python /opt/swebench_lab/wheelhouse.py {WHEELHOUSE} && {SETTLE_SETUP}')
+    return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}
+
+def instance_dockerfile(env_tag: str, r: Recipe, instance_id: str) -> str:
+    return instance_context(env_tag, r, instance_id)['Dockerfile']
+
+_LAYOUT = 2   # bump when what goes into an image changes in a way its Dockerfile does not show
+
+def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> str:
+    ctx = env_context(base_tag, spec, store)
+    return f"swebench-lab/env:{repo_key(spec.repo).lower()}-{(spec.version or 'default').lower()}-{_h(*sorted(ctx.items()), _LAYOUT)}"
 
 def instance_tag(env: str, spec: InstanceSpec) -> str:
     name = ''.join(c if c.isalnum() or c in '._-' else '_' for c in spec.instance_id.lower())[:80]
-    return f"swebench-lab/inst:{name}-{_h(instance_dockerfile(env, spec.recipe, spec.instance_id), spec.base_commit)}"
+    ctx = instance_context(env, spec.recipe, spec.instance_id)
+    return f"swebench-lab/inst:{name}-{_h(*sorted(ctx.items()), spec.base_commit, _LAYOUT)}"
 
 # %% ../nbs/08_environments.ipynb #env-build
 def env_dir() -> Path: return results_dir() / 'environments'
 
-def build_env_image(spec: InstanceSpec, client=None, nocache: bool = False) -> str:
+def base_for(recipe: Recipe, client=None) -> str:
+    "The base image of a recipe: the user's `base_image`, or the Debian base image of its Python."
     client = client or docker_client()
-    base = build_base_image(spec.recipe.distro, client)
-    tag = env_tag(base, spec)
+    if recipe.base_image:
+        if not image_exists(client, recipe.base_image):
+            try: client.images.pull(recipe.base_image)
+            except Exception as e:
+                raise RecipeError(f"{recipe.source}: base_image {recipe.base_image!r} is not here and cannot be pulled ({one_line(str(e))[:200]})") from None
+        return recipe.base_image
+    return build_base_image(recipe.distro, client)
+
+def build_env_image(spec: InstanceSpec, client=None, nocache: bool = False, store: RepoStore | None = None) -> str:
+    client = client or docker_client()
+    base = base_for(spec.recipe, client)
+    ctx = env_context(base, spec, store)
+    tag = env_tag(base, spec, store)
     with _tag_lock(tag):
         if image_exists(client, tag): return tag
         with tempfile.TemporaryDirectory(prefix='swebench_lab-env-') as td:
-            (Path(td) / 'Dockerfile').write_text(env_dockerfile(base, spec.recipe))
+            for name, text in ctx.items(): (Path(td) / name).write_text(text)
+            t0 = time.time()
             _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env', nocache)
+            logger.info("built %s in %.0fs", tag, time.time() - t0)
     return tag
 
 def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, client=None, nocache: bool = False) -> str:
     "The instance image of `spec` (built with its env and base layers when missing)."
     if spec.image: return spec.image
-    client = client or docker_client()
-    env = build_env_image(spec, client, nocache)
+    client, store = client or docker_client(), store or RepoStore()
+    env = build_env_image(spec, client, nocache, store)
     tag = instance_tag(env, spec)
     d = env_dir() / 'instances' / spec.instance_id
     d.mkdir(parents=True, exist_ok=True)
-    df = instance_dockerfile(env, spec.recipe, spec.instance_id)
-    (d / 'Dockerfile').write_text(df)
+    ctx = instance_context(env, spec.recipe, spec.instance_id)
+    (d / 'Dockerfile').write_text(ctx['Dockerfile'])
     with _tag_lock(tag):
         if image_exists(client, tag): return tag
-        repo = (store or RepoStore()).get(spec.repo)
+        repo = store.get(spec.repo)
         with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
             clone_at(repo.path, spec.base_commit, Path(td) / 'testbed')
-            (Path(td) / 'Dockerfile').write_text(df)
+            for name, text in ctx.items(): (Path(td) / name).write_text(text)
             _build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance', nocache)
     return tag
 
+def resolve_image(spec: InstanceSpec, store: RepoStore | None = None) -> str:
+    "The tag the instance image of `spec` has (or will have once built), without building anything but the base image."
+    if spec.image: return spec.image
+    base = spec.recipe.base_image or base_image_tag(spec.recipe.distro)
+    return instance_tag(env_tag(base, spec, store), spec)
+
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
-    "A standalone clone of `repo_path` at `commit` (detached, no remote, clean)."
+    "A fresh repository at `dest` holding `commit` and its past only (no branches, tags, remotes or later commits), checked out detached."
     dest = Path(dest)
-    def git(*a, cwd=None):
+    def git(*a, cwd=dest):
         r = subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True)
         if r.returncode: raise SwebenchLabError(f"git {' '.join(a[:2])} failed: {one_line(r.stderr)[:400]}")
-    git('clone', '--quiet', '--no-checkout', str(repo_path), str(dest))
-    git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', commit, cwd=dest)
-    git('remote', 'remove', 'origin', cwd=dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    git('init', '--quiet')
+    git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', str(Path(repo_path).resolve()), commit)
+    git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', '--detach', 'FETCH_HEAD')
+    for ref in ('FETCH_HEAD', 'ORIG_HEAD'): (dest / '.git' / ref).unlink(missing_ok=True)
     return dest
 
 def build_instance_images(specs: list[InstanceSpec], max_workers: int = 4, store: RepoStore | None = None,
                           progress: bool = True, nocache: bool = False) -> dict[str, str | Exception]:
     "Build the images of many instances; `{instance_id: tag or the exception}`. `nocache` ignores Docker's layer cache."
     client, store = docker_client(), store or RepoStore()
-    envs = {}
-    for s in specs:  # each env layer once, before the instances that share it
-        if s.image is None: envs.setdefault((s.repo, s.version, s.recipe.distro, json.dumps(asdict(s.recipe))), s)
-    for s in envs.values(): build_env_image(s, client, nocache)
     out: dict[str, str | Exception] = {}
+    envs: dict[str, list[InstanceSpec]] = {}
+    for s in specs:  # each env layer once, before the instances that share it
+        if s.image is not None: continue
+        try: envs.setdefault(env_tag(base_for(s.recipe, client), s, store), []).append(s)
+        except Exception as e: out[s.instance_id] = e
+    for group in envs.values():
+        try: build_env_image(group[0], client, nocache, store)
+        except Exception as e:
+            for s in group: out[s.instance_id] = e
+    todo = [s for s in specs if s.instance_id not in out]
     with ThreadPoolExecutor(max_workers) as ex:
-        futs = {ex.submit(build_instance_image, s, store, client, nocache): s.instance_id for s in specs}
+        futs = {ex.submit(build_instance_image, s, store, client, nocache): s.instance_id for s in todo}
         for f in tqdm(as_completed(futs), total=len(futs), desc='images', unit='img', disable=not progress):
             try: out[futs[f]] = f.result()
             except Exception as e: out[futs[f]] = e
@@ -322,11 +591,12 @@ def build_instance_images(specs: list[InstanceSpec], max_workers: int = 4, store
 # %% ../nbs/08_environments.ipynb #env-sandbox
 @dataclass
 class Limits:
-    "Resource limits of an evaluation sandbox."
+    "Resource limits of a sandbox."
     memory: str = field(default_factory=lambda: os.environ.get('SWEBENCH_LAB_EVAL_MEMORY', '4g'))
     cpus: float = field(default_factory=lambda: float(os.environ.get('SWEBENCH_LAB_EVAL_CPUS', '2')))
     pids: int = field(default_factory=lambda: int(os.environ.get('SWEBENCH_LAB_EVAL_PIDS', '1024')))
     network: bool = False
+    lifetime: int = field(default_factory=lambda: int(os.environ.get('SWEBENCH_LAB_SANDBOX_LIFETIME', str(6 * 3600))))
 
 @dataclass
 class RunResult:
@@ -334,40 +604,113 @@ class RunResult:
     output: str
     timed_out: bool
     duration: float
+    output_bytes: int = 0      # everything the command printed
+    truncated: bool = False    # the middle of the output was dropped (the cap)
+
+class SandboxGone(SwebenchLabError): "The sandbox went away while a command ran (removed on an interrupt, or the engine failed)."
+
+def output_cap() -> int:
+    "Bytes of a command's output that are kept (head and tail halves); `SWEBENCH_LAB_OUTPUT_CAP_MB`, default 16."
+    return int(float(os.environ.get('SWEBENCH_LAB_OUTPUT_CAP_MB', '16')) * 2**20)
+
+class OutputCapture:
+    "Output kept with bounded memory: the first half of the cap as it comes (also to `path`), and a rolling last half."
+    def __init__(self, cap: int | None = None, path: str | Path | None = None):
+        cap = output_cap() if cap is None else cap
+        self.head_cap, self.tail_cap = cap // 2, cap - cap // 2
+        self.head, self.tail, self.tail_len, self.total = bytearray(), deque(), 0, 0
+        self.f = open(path, 'wb') if path else None
+
+    def feed(self, b: bytes) -> None:
+        self.total += len(b)
+        if len(self.head) < self.head_cap:
+            n = self.head_cap - len(self.head)
+            self.head += b[:n]
+            if self.f: self.f.write(b[:n]); self.f.flush()
+            b = b[n:]
+        if b:
+            self.tail.append(b); self.tail_len += len(b)
+            while self.tail and self.tail_len - len(self.tail[0]) >= self.tail_cap:
+                self.tail_len -= len(self.tail.popleft())
+
+    def finish(self) -> tuple[str, bool]:
+        "The kept output as text, and whether a middle part was dropped."
+        tail = b''.join(self.tail)[-self.tail_cap:] if self.tail else b''
+        omitted = self.total - len(self.head) - len(tail)
+        mid = (f'\n[swebench_lab: {omitted} bytes of output omitted here; the first and last '
+               f'{self.head_cap // 2**20} MiB are kept (SWEBENCH_LAB_OUTPUT_CAP_MB)]\n').encode() if omitted > 0 else b''
+        if self.f: self.f.write(mid + tail); self.f.close(); self.f = None
+        return (bytes(self.head) + mid + tail).decode('utf-8', errors='replace'), omitted > 0
 
 class Sandbox:
     "The interface both backends implement."
     testbed: str = '/testbed'
     tmp: str = '/tmp/swebench_lab'
     isolated: bool = True
-    def run(self, cmd: str, timeout: float = 600, workdir: str | None = None) -> RunResult: raise NotImplementedError
+    def run(self, cmd: str, timeout: float = 600, workdir: str | None = None, env: dict | None = None,
+            log_path: str | Path | None = None) -> RunResult: raise NotImplementedError
     def write_file(self, path: str, text: str | bytes) -> None: raise NotImplementedError
     def read_file(self, path: str) -> bytes: raise NotImplementedError
     def close(self) -> None: pass
+    def write_files(self, dest: str, files: dict[str, str | bytes]) -> None:
+        "Write `{relative path: content}` under the folder `dest` (folders made as needed)."
+        for rel, text in files.items(): self.write_file(f'{dest}/{rel}', text)
+    def _script(self, text: str) -> str: return text
+    def run_script(self, script: str, timeout: float = 600, env: dict | None = None, log_path: str | Path | None = None,
+                   name: str = 'script.sh') -> RunResult:
+        "Run a bash script (written to the scratch folder) under the time limit."
+        self.write_file(f'{self.tmp}/{name}', self._script(script))
+        return self.run(f'bash {self.tmp}/{name}', timeout=timeout, env=env, log_path=log_path)
 
 def _timeout_wrap(cmd: str, timeout: float) -> str:
     "Run `cmd` under coreutils timeout (TERM, then KILL 5 s later) in its own process group."
     return f"timeout --kill-after=5 {max(1, int(round(timeout)))} bash -c {shlex.quote(cmd)}"
 
+def _proc_start(pid: int) -> str:
+    "A process's start time in clock ticks since boot ('' when unknown): with the pid, it names one process."
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError): return ''
+
+def owner_label(pid: int | None = None) -> str:
+    "`host:pid:start` of this process (or `pid`), the owner label of the containers it starts."
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_proc_start(pid)}"
+
+def owner_alive(owner: str) -> bool | None:
+    "Whether the process named by an owner label still runs (None when it is another host's: unknown)."
+    try: host, pid, start = owner.rsplit(':', 2)
+    except ValueError: return None
+    if host != socket.gethostname(): return None
+    return Path(f'/proc/{pid}').exists() and _proc_start(int(pid)) == start
+
 class DockerSandbox(Sandbox):
-    "A container from the instance image: no network, bounded memory/CPU/processes; removed on close."
+    "A container from the instance image: no network, bounded memory/CPU/processes, a lifetime; removed on close."
     def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None):
         self.client, self.limits = client or docker_client(), limits or Limits()
         self.container = None
         self.container = self.client.containers.run(
-            image, command=['sleep', 'infinity'], detach=True, working_dir='/testbed', init=True,
+            image, command=['sleep', str(int(self.limits.lifetime))], detach=True, working_dir='/testbed', init=True, auto_remove=True,
             network_mode=None if self.limits.network else 'none', mem_limit=self.limits.memory,
             nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids,
-            labels={LABEL: '1', **(labels or {})})
+            labels={LABEL: '1', f'{LABEL}.owner': owner_label(), **(labels or {})})
         self.run(f'mkdir -p {self.tmp}', timeout=30)
 
-    def run(self, cmd, timeout=600, workdir=None):
-        t0 = time.perf_counter()
-        res = self.container.exec_run(['bash', '-c', _timeout_wrap(cmd, timeout)], workdir=workdir or self.testbed, demux=False)
+    def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
+        import docker
+        api, t0 = self.client.api, time.perf_counter()
+        cap = OutputCapture(path=log_path)
+        try:
+            eid = api.exec_create(self.container.id, ['bash', '-c', _timeout_wrap(cmd, timeout)], workdir=workdir or self.testbed,
+                                  environment={k: str(v) for k, v in (env or {}).items()} or None)['Id']
+            for chunk in api.exec_start(eid, stream=True): cap.feed(chunk)
+            code = api.exec_inspect(eid)['ExitCode']
+        except (docker.errors.NotFound, docker.errors.APIError) as e:
+            cap.finish()
+            raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
+        if code is None: cap.finish(); raise SandboxGone(f"container {self.container.short_id}: {cmd[:80]!r} did not finish")
         dur = time.perf_counter() - t0
-        out = (res.output or b'').decode('utf-8', errors='replace')
-        timed_out = res.exit_code in (124, 137) and dur >= timeout - 0.5
-        return RunResult(res.exit_code, out, timed_out, dur)
+        out, trunc = cap.finish()
+        return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5, dur, cap.total, trunc)
 
     def write_file(self, path, text):
         data = text.encode() if isinstance(text, str) else text
@@ -377,6 +720,19 @@ class DockerSandbox(Sandbox):
             tf.addfile(info, io.BytesIO(data))
         self.container.put_archive(str(Path(path).parent), buf.getvalue())
 
+    def write_files(self, dest, files):
+        buf, dirs = io.BytesIO(), set()
+        with tarfile.open(fileobj=buf, mode='w') as tf:
+            for rel, text in files.items():
+                for parent in list(Path(rel).parents)[::-1][1:]:
+                    if str(parent) not in dirs:
+                        dirs.add(str(parent)); info = tarfile.TarInfo(str(parent)); info.type = tarfile.DIRTYPE; info.mode = 0o755
+                        tf.addfile(info)
+                data = text.encode() if isinstance(text, str) else text
+                info = tarfile.TarInfo(rel); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
+                tf.addfile(info, io.BytesIO(data))
+        self.container.put_archive(dest, buf.getvalue())
+
     def read_file(self, path):
         bits, _ = self.container.get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b''.join(bits))) as tf:
@@ -384,45 +740,79 @@ class DockerSandbox(Sandbox):
 
     def close(self):
         if self.container is not None:
+            import docker
             try: self.container.remove(force=True)
-            except Exception as e: logger.warning('could not remove container %s: %s', self.container.short_id, e)
+            except docker.errors.NotFound: pass
+            except Exception as e:
+                if 'already in progress' not in str(e): logger.warning('could not remove container %s: %s', self.container.short_id, e)
             self.container = None
 
+def host_python(recipe: Recipe) -> str:
+    "The host's interpreter for the recipe's Python (`pythonX.Y` on PATH, or this one when it matches); refuses otherwise."
+    v = recipe.python
+    if f'{sys.version_info[0]}.{sys.version_info[1]}' == v: return getattr(sys, '_base_executable', None) or sys.executable
+    exe = shutil.which(f'python{v}')
+    if exe: return exe
+    raise RecipeError(f"{recipe.source}: the local backend needs Python {v}, and this host has no python{v} on PATH; "
+                      f"install it, or use the docker backend")
+
 class LocalSandbox(Sandbox):
-    """A fresh clone and a virtualenv on the host. It isolates nothing: commands run as the current
-    user with the host's network and files. For machines without a container engine."""
+    """A fresh clone and a fresh copy of the recipe's virtualenv on the host. It isolates nothing else: commands run as
+    the current user with the host's network and files. For machines without a container engine."""
     isolated = False
     def __init__(self, spec: InstanceSpec, store: RepoStore | None = None):
+        store = store or RepoStore()
+        python = host_python(spec.recipe)
+        template = local_env_template(spec, python, store)
         self.dir = Path(tempfile.mkdtemp(prefix='swblab-local-'))
+        self._procs: set = set()
+        _LOCAL_BOXES.add(self)
+        try: self._setup(spec, store, template)
+        except BaseException: self.close(); raise
+
+    def _setup(self, spec, store, template):
         self.testbed = str(self.dir / 'testbed'); self.tmp = str(self.dir / 'tmp')
         Path(self.tmp).mkdir()
-        repo = (store or RepoStore()).get(spec.repo)
-        clone_at(repo.path, spec.base_commit, self.testbed)
-        subprocess.run(['git', 'config', 'user.email', 'eval@swebench-lab.invalid'], cwd=self.testbed)
-        subprocess.run(['git', 'config', 'user.name', 'swebench_lab'], cwd=self.testbed)
+        clone_at(store.get(spec.repo).path, spec.base_commit, self.testbed)
+        for k, v in (('user.email', 'eval@swebench-lab.invalid'), ('user.name', 'swebench_lab'), ('advice.detachedHead', 'false')):
+            subprocess.run(['git', 'config', k, v], cwd=self.testbed, check=True)
         with open(Path(self.testbed) / '.git' / 'info' / 'exclude', 'a') as f: f.write('\n'.join(EXCLUDES) + '\n')
-        self.venv = local_venv(spec.recipe)
+        self.venv = copy_venv(template, self.dir / 'venv')
+        shim = self.dir / 'conda-activate'
+        shim.write_text(CONDA_SHIM.replace('/opt/venv', str(self.venv)))
+        self._paths = {'/testbed': self.testbed, '/tmp/swebench_lab': self.tmp, '/opt/miniconda3/bin/activate': str(shim),
+                       '/opt/venv': str(self.venv)}
+        self._re = re.compile(r'(?<![\w./-])(' + '|'.join(map(re.escape, sorted(self._paths, key=len, reverse=True))) + r')(?![\w.-])')
         self.env = {**os.environ, 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
                     'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
-        for k in ('PYTHONPATH', 'FORCE_COLOR', 'CLICOLOR_FORCE'): self.env.pop(k, None)
-        if spec.recipe.install:
-            r = self.run(spec.recipe.install, timeout=1800)
-            if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: install failed in the local sandbox: {r.output[-1500:]}")
+        for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
+        for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
+            if not c: continue
+            r = self.run(c, timeout=1800)
+            if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
 
-    _PATHS = re.compile(r'(?<![\w./-])(/testbed|/tmp/swebench_lab)(?![\w.-])')
     def _map(self, text: str) -> str:
-        "Sandbox paths (`/testbed`, `/tmp/swebench_lab`) as they are on the host; host paths pass unchanged."
-        return self._PATHS.sub(lambda m: self.testbed if m[1] == '/testbed' else self.tmp, text)
+        "Sandbox paths (`/testbed`, `/tmp/swebench_lab`, `/opt/venv`, conda's activate) as they are on the host; host paths pass unchanged."
+        return self._re.sub(lambda m: self._paths[m[1]], text)
+    _script = _map
 
-    def run(self, cmd, timeout=600, workdir=None):
+    def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
         t0 = time.perf_counter()
-        p = subprocess.Popen(['bash', '-c', self._map(cmd)], cwd=self._map(workdir or self.testbed), env=self.env,
+        cap = OutputCapture(path=log_path)
+        p = subprocess.Popen(['bash', '-c', self._map(cmd)], cwd=self._map(workdir or self.testbed), env={**self.env, **(env or {})},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        try: out, _ = p.communicate(timeout=timeout); timed_out = False
+        self._procs.add(p)
+        reader = threading.Thread(target=lambda: [cap.feed(b) for b in iter(lambda: p.stdout.read1(1 << 16), b'')], daemon=True)
+        reader.start()
+        try: p.wait(timeout=timeout); timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL); out, _ = p.communicate(); timed_out = True
-        return RunResult(p.returncode if not timed_out else 137, out.decode('utf-8', errors='replace'), timed_out,
-                         time.perf_counter() - t0)
+            timed_out = True
+        try: os.killpg(p.pid, signal.SIGKILL)   # the command's leftovers (background children) too
+        except ProcessLookupError: pass
+        p.wait(); reader.join(30); self._procs.discard(p)
+        out, trunc = cap.finish()
+        if self.killed: raise SandboxGone(f"local sandbox {self.dir} was stopped during {cmd[:80]!r}")
+        return RunResult(137 if timed_out else p.returncode, out, timed_out, time.perf_counter() - t0, cap.total, trunc)
 
     def write_file(self, path, text):
         p = Path(self._map(path)); p.parent.mkdir(parents=True, exist_ok=True)
@@ -430,27 +820,93 @@ class LocalSandbox(Sandbox):
 
     def read_file(self, path): return Path(self._map(path)).read_bytes()
 
-    def close(self): shutil.rmtree(self.dir, ignore_errors=True)
+    killed = False
+    def kill(self):
+        "Stop whatever runs in this sandbox now (an interrupt); the command in flight raises SandboxGone."
+        self.killed = True
+        for p in list(self._procs):
+            try: os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+
+    def close(self):
+        _LOCAL_BOXES.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+_LOCAL_BOXES: 'weakref.WeakSet[LocalSandbox]' = weakref.WeakSet()
+
+def kill_local_sandboxes() -> int:
+    "Stop the commands of every open local sandbox of this process (on Ctrl-C); how many sandboxes."
+    boxes = list(_LOCAL_BOXES)
+    for b in boxes: b.kill()
+    return len(boxes)
 
 _VENV_LOCK = threading.Lock()
 
-def local_venv(r: Recipe) -> Path:
-    "A virtualenv for a recipe, shared by every local sandbox with the same recipe (built once)."
-    pkgs = sorted(set(r.pip) | {p[len('python3-'):] for p in r.apt if p.startswith('python3-')})
-    d = env_dir() / 'venvs' / _h(pkgs, r.pre_install)
-    with _VENV_LOCK:
-        if (d / '.complete').exists(): return d
+def _manifest(d: Path) -> str:
+    "A fingerprint of every file under `d` (path, size, modification time), for telling whether anything changed."
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(d):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if p.name in ('.manifest', '.complete') and p.parent == d: continue
+            try: st = p.lstat()
+            except OSError: continue
+            h.update(f'{p.relative_to(d)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    for root, dirs, _ in os.walk(d): h.update(f'{len(dirs)}'.encode())
+    return h.hexdigest()
+
+def local_env_template(spec: InstanceSpec, python: str, store: RepoStore | None = None) -> Path:
+    "The recipe's virtualenv on the host, built once; never used directly (sandboxes get copies). Rebuilt when it was changed."
+    r = spec.recipe
+    reqs = _requirements(spec, store) if r.packages in ('requirements.txt', 'environment.yml') else ''
+    ver = subprocess.run([python, '-c', 'import sys; print(sys.version)'], capture_output=True, text=True).stdout.strip()
+    d = env_dir() / 'venvs' / _h(ver, reqs, r.packages, r.pip, r.env_setup, r.system_site_packages, _LAYOUT)
+    with _VENV_LOCK, _file_lock(d.with_suffix('.lock')):
+        if (d / '.complete').exists():
+            if (d / '.manifest').read_text() == _manifest(d): return d
+            logger.warning("local environment %s changed since it was built; rebuilding it", d)
         shutil.rmtree(d, ignore_errors=True)
-        venv.EnvBuilder(with_pip=True, system_site_packages=False).create(d)
-        py = d / 'bin' / 'python'
-        if pkgs:
-            res = subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *pkgs], capture_output=True, text=True)
-            if res.returncode: raise SwebenchLabError(f"local venv: pip install {' '.join(pkgs)} failed: {res.stderr[-800:]}")
-        for c in r.pre_install:
-            res = subprocess.run(['bash', '-c', c], capture_output=True, text=True, env={**os.environ, 'PATH': f"{d / 'bin'}:{os.environ['PATH']}"})
-            if res.returncode: raise SwebenchLabError(f"local venv: {c!r} failed: {res.stderr[-800:]}")
-        (d / '.complete').write_text('ok')
+        if r.apt: logger.warning("the local backend cannot install Debian packages (%s); the host's are used", ' '.join(r.apt))
+        t0 = time.time()
+        venv_cmd = [python, '-m', 'venv'] + (['--system-site-packages'] if r.system_site_packages else []) + [str(d)]
+        env = {**os.environ, 'PATH': f"{d / 'bin'}:{os.environ['PATH']}", 'VIRTUAL_ENV': str(d), 'PIP_DISABLE_PIP_VERSION_CHECK': '1'}
+        env.pop('PYTHONPATH', None)
+        steps = [venv_cmd, ['python', '-m', 'pip', 'install', '-q', '--upgrade', 'pip', 'setuptools', 'wheel']]
+        if reqs:
+            (d.parent / f'{d.name}.requirements.txt').write_text(reqs)
+            steps.append(['python', '-m', 'pip', 'install', '-q', '-r', str(d.parent / f'{d.name}.requirements.txt')])
+        elif r.packages.strip(): steps.append(['python', '-m', 'pip', 'install', '-q', *shlex.split(r.packages)])
+        if r.pip: steps.append(['python', '-m', 'pip', 'install', '-q', *r.pip])
+        steps += [['bash', '-c', c] for c in r.env_setup]
+        for cmd in steps:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=d.parent)
+            if res.returncode:
+                shutil.rmtree(d, ignore_errors=True)
+                raise SwebenchLabError(f"local environment: {' '.join(cmd)[:200]} failed: {(res.stderr or res.stdout)[-800:]}")
+        (d / '.manifest').write_text(_manifest(d)); (d / '.complete').write_text('ok')
+        logger.info("built local environment %s in %.0fs", d, time.time() - t0)
     return d
+
+def copy_venv(template: Path, dest: Path) -> Path:
+    "A private copy of a virtualenv at `dest` (scripts' interpreter paths rewritten), so writes into it reach nothing else."
+    shutil.copytree(template, dest, symlinks=True, ignore=lambda src, names: ['.manifest', '.complete'] if Path(src) == template else [])
+    old, new = str(template).encode(), str(dest).encode()
+    for p in [*(dest / 'bin').iterdir(), dest / 'pyvenv.cfg']:
+        if p.is_file() and not p.is_symlink():
+            data = p.read_bytes()
+            if old in data: p.write_bytes(data.replace(old, new))
+    return dest
+
+@contextmanager
+def _file_lock(path: Path):
+    "An exclusive lock across processes (flock on `path`)."
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 @contextmanager
 def open_sandbox(spec: InstanceSpec, backend: str = 'docker', limits: Limits | None = None,
@@ -467,21 +923,44 @@ def open_sandbox(spec: InstanceSpec, backend: str = 'docker', limits: Limits | N
 
 # %% ../nbs/08_environments.ipynb #env-admin
 def list_resources(client=None) -> dict[str, list[dict]]:
-    "The workbench's images and containers (found by label)."
+    "The workbench's images and containers (found by label), each container with its owner and whether that owner lives."
     client = client or docker_client()
     imgs = [{'tags': i.tags, 'id': i.short_id, 'layer': i.labels.get(LABEL), 'size_mb': round(i.attrs.get('Size', 0) / 1e6, 1)}
             for i in client.images.list(filters={'label': LABEL})]
-    cons = [{'name': c.name, 'id': c.short_id, 'status': c.status, 'image': c.image.tags[:1], 'instance': c.labels.get(f'{LABEL}.instance')}
-            for c in client.containers.list(all=True, filters={'label': LABEL})]
+    cons = []
+    for c in client.containers.list(all=True, filters={'label': LABEL}):
+        owner = c.labels.get(f'{LABEL}.owner')
+        cons.append({'name': c.name, 'id': c.short_id, 'status': c.status, 'instance': c.labels.get(f'{LABEL}.instance'),
+                     'run': c.labels.get(f'{LABEL}.run'), 'owner': owner, 'owner_alive': owner_alive(owner) if owner else None})
     return {'images': imgs, 'containers': cons}
 
-def remove_resources(containers: bool = True, images: tuple[str, ...] = (), client=None) -> dict[str, int]:
-    "Remove leftover containers and, optionally, images of the given layers ('instance', 'env', 'base')."
+def _remove_container(c) -> bool:
+    import docker
+    try: c.remove(force=True); return True
+    except docker.errors.NotFound: return False
+    except docker.errors.APIError as e:
+        if 'already in progress' in str(e): return False
+        raise
+
+def reap_orphans(client=None) -> int:
+    "Remove the workbench's containers whose owning process (on this host) is gone; never a live process's. Returns how many."
+    client = client or docker_client()
+    n = 0
+    for c in client.containers.list(all=True, filters={'label': LABEL}):
+        owner = c.labels.get(f'{LABEL}.owner')
+        if owner and owner_alive(owner) is False and _remove_container(c):
+            logger.info("removed container %s left by %s (instance %s)", c.short_id, owner, c.labels.get(f'{LABEL}.instance'))
+            n += 1
+    return n
+
+def remove_resources(containers: bool = True, images: tuple[str, ...] = (), client=None, all_containers: bool = False) -> dict[str, int]:
+    """Remove leftover containers (those whose owner is gone; every one of the workbench's with `all_containers`, live runs'
+    included) and, optionally, images of the given layers ('instance', 'env', 'base')."""
     client = client or docker_client()
     n_c = n_i = 0
     if containers:
-        for c in client.containers.list(all=True, filters={'label': LABEL}):
-            c.remove(force=True); n_c += 1
+        if all_containers: n_c = sum(_remove_container(c) for c in client.containers.list(all=True, filters={'label': LABEL}))
+        else: n_c = reap_orphans(client)
     for layer in ('instance', 'env', 'base'):
         if layer in images:
             for i in client.images.list(filters={'label': f'{LABEL}={layer}'}):
@@ -498,8 +977,9 @@ def _main(argv=None):
     bd.add_argument('--dataset_name', '--dataset-name', required=True); bd.add_argument('--max_workers', '--max-workers', type=int, default=4)
     bd.add_argument('--instance_ids', '--instance-ids', nargs='*')
     sub.add_parser('list', help="list the workbench's images and containers")
-    rm = sub.add_parser('remove', help='remove leftover containers (and images with --images)')
+    rm = sub.add_parser('remove', help="remove containers whose owner process is gone (and images with --images)")
     rm.add_argument('--images', nargs='*', default=[], choices=['instance', 'env', 'base'])
+    rm.add_argument('--all', action='store_true', help="remove every container of the workbench, live runs' too")
     a = ap.parse_args(argv)
     setup_logging()
     if a.cmd == 'provision': print(f"Docker engine {provision_docker()} answers")
@@ -507,11 +987,15 @@ def _main(argv=None):
     elif a.cmd == 'build':
         from swebench_lab.data import load_instances
         recs = load_instances(a.dataset_name, instance_ids=a.instance_ids)
-        res = build_instance_images([InstanceSpec.from_record(r) for r in recs], a.max_workers)
-        for iid, t in res.items(): print(f"{iid}: {t if isinstance(t, str) else 'FAILED: ' + str(t)}")
+        specs, res = [], {}
+        for r in recs:
+            try: specs.append(InstanceSpec.from_record(r))
+            except SwebenchLabError as e: res[r['instance_id']] = e
+        res.update(build_instance_images(specs, a.max_workers))
+        for iid, t in res.items(): print(f"{iid}: {t if isinstance(t, str) else 'FAILED: ' + one_line(str(t))}")
         return 1 if any(not isinstance(t, str) for t in res.values()) else 0
     elif a.cmd == 'list': print(json.dumps(list_resources(), indent=2))
-    elif a.cmd == 'remove': print(remove_resources(True, tuple(a.images)))
+    elif a.cmd == 'remove': print(remove_resources(True, tuple(a.images), all_containers=a.all))
 
 main = cli_entry(_main)
 

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import argparse
-import difflib
+import configparser
+import hashlib
 import json
 import os
 import re
@@ -16,24 +17,28 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from .core import (SwebenchLabError, cli_entry, iter_jsonl, logger, results_dir, run_output_dir,
-                               setup_logging, write_json, atomic_write_text, one_line)
+from .core import (SwebenchLabError, cli_entry, iter_jsonl, logger, results_dir, run_output_dir, located,
+                               setup_logging, write_json, atomic_write_text, one_line, JSONLError)
 from .data import load_instances
 from .repos import files_touched, normalize_patch, split_diff, RepoStore
-from .environments import InstanceSpec, open_sandbox, Limits, LABEL
+from .environments import (InstanceSpec, open_sandbox, Limits, LABEL, SandboxGone, resolve_image, reap_orphans,
+                                       kill_local_sandboxes)
 from .retrieval import tokenize
 
 # %% auto #0
-__all__ = ['START', 'END', 'EXIT_CODE_RE', 'APPLY_CHAIN', 'RESET', 'main', 'make_eval_script', 'adapt_eval_script', 'test_output',
-           'pytest_summary', 'parser_for', 'parse_log', 'grade', 'edit_similarity', 'token_jaccard', 'file_hit_rate',
-           'apply_patch', 'remove_added_test_files', 'evaluate_instance', 'grade_log', 'load_predictions',
-           'dataset_records', 'eval_dir', 'run_evaluation', 'summarize', 'regrade']
+__all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
+           'SIMILARITY_CAP', 'TOKEN_CAP', 'APPLY_CHAIN', 'RESET', 'GRADER_VERSION', 'main', 'make_eval_script',
+           'eval_script_for', 'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade',
+           'install_report_plugin', 'runner_passes', 'cross_check', 'pytest_config', 'reset_test_infrastructure',
+           'unsafe_patch', 'suspicious_lines', 'edit_similarity', 'token_jaccard', 'file_hit_rate', 'apply_patch',
+           'inputs_hash', 'instance_image', 'Cancelled', 'evaluate_instance', 'grade_log', 'PredictionsError',
+           'load_predictions', 'dataset_records', 'eval_dir', 'run_evaluation', 'summarize', 'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -51,32 +56,21 @@ def make_eval_script(base_commit: str, test_patch: str, test_cmd: str = 'python 
         f": '{START}'", f"{test_cmd} {existing}", f": '{END}'",
         f"git checkout {base_commit} -- {existing} 2>/dev/null || true", ''])
 
-_CONDA = re.compile(r'^\s*(source\s+/opt/miniconda3/bin/activate|conda\s+activate\s+\S+)\s*$', re.M)
-
-def adapt_eval_script(script: str, has_conda: bool) -> str:
-    "Official eval scripts activate /opt/miniconda3's `testbed` env; in images without conda those lines become no-ops."
-    return script if has_conda else _CONDA.sub(': conda activation not needed (environment on PATH)', script)
+def eval_script_for(rec: dict, spec: InstanceSpec) -> str:
+    "The record's own eval script (run as published: images provide conda's activation), or one made from its test patch."
+    return rec['eval_script'] if rec.get('eval_script') else make_eval_script(rec['base_commit'], rec['test_patch'], spec.recipe.test_cmd)
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-grade
-_PYTEST_PARSERS = {'parse_log_pytest', 'parse_log_pytest_options', 'parse_log_pytest_v2'}
-_SUMMARY_HDR = re.compile(r'^=+ short test summary info =+\s*$', re.M)
-_SUMMARY_END = re.compile(r'^=+ .*\b(passed|failed|error|errors|skipped|xfailed|xpassed|deselected|no tests ran)\b.* in [\d.]+s.* =+\s*$', re.M)
-
 _ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
+NO_TEST_OUTPUT = 'no_test_output'
 
-def test_output(log: str) -> str:
-    "The part of a log between the start and end markers (the whole log when they are missing), ANSI colours removed."
+def test_output(log: str) -> str | None:
+    "The text between the first start marker and the last end marker (ANSI colours removed); None when a marker is missing."
     log = _ANSI.sub('', log)
-    s, e = log.find(START), log.rfind(END)
-    if s < 0: return log
-    return log[s + len(START): e if e > s else len(log)]
-
-def pytest_summary(text: str) -> str | None:
-    "pytest's own `short test summary info` section (the first one, up to pytest's closing line), or None."
-    m = _SUMMARY_HDR.search(text)
-    if not m: return None
-    e = _SUMMARY_END.search(text, m.end())
-    return text[m.end(): e.start() if e else len(text)]
+    s = log.find(START)
+    e = log.rfind(END)
+    if s < 0 or e < s: return None
+    return log[s + len(START): e]
 
 def _repo_parsers() -> dict:
     "swebench's per-language `MAP_REPO_TO_PARSER_*` tables, merged."
@@ -89,22 +83,33 @@ def _repo_parsers() -> dict:
     return out
 
 def parser_for(log_parser: str | None, repo: str | None = None):
-    "A parser function from swebench's registry, by name, else by repository, else pytest's."
+    "`(name, function)` of a parser from swebench's registry, by name, else by repository, else pytest's."
     from swebench.harness.grading import PARSER_REGISTRY
-    BY_REPO = _repo_parsers()
     if log_parser:
         if log_parser not in PARSER_REGISTRY: raise SwebenchLabError(f"unknown log_parser {log_parser!r} (swebench has {len(PARSER_REGISTRY)})")
         return log_parser, PARSER_REGISTRY[log_parser]
-    fn = BY_REPO.get(repo) if repo else None
+    fn = _repo_parsers().get(repo) if repo else None
     return (fn.__name__, fn) if fn else ('parse_log_pytest', PARSER_REGISTRY['parse_log_pytest'])
 
-def parse_log(log: str, log_parser: str | None = None, repo: str | None = None, strict_pytest: bool = True) -> dict[str, str]:
-    "Test statuses from a log. For pytest logs, only pytest's summary section is read (fake `PASSED` lines elsewhere don't count)."
+def is_pytest_parser(fn) -> bool:
+    "Whether a swebench parser reads pytest's output (these get the pytest cross-check)."
+    from swebench.harness.log_parsers import python as p
+    return fn in {p.parse_log_pytest, p.parse_log_pytest_options, p.parse_log_pytest_v2, p.parse_log_matplotlib, p.parse_log_seaborn}
+
+def parse_log(log: str, log_parser: str | None = None, repo: str | None = None) -> dict[str, str] | None:
+    "Test statuses from a log, as `swebench.harness.grading.get_logs_eval` gets them; None when the log has no test output."
+    from swebench.harness.constants import APPLY_PATCH_FAIL, RESET_FAILED, TESTS_ERROR, TESTS_TIMEOUT
+    from swebench.harness.grading import SUITE_RAN
     name, fn = parser_for(log_parser, repo)
-    text = test_output(log)
-    if strict_pytest and name in _PYTEST_PARSERS and (summ := pytest_summary(text)) is not None: text = summ
-    try: return fn(text, None)
+    clean = _ANSI.sub('', log)
+    if any(c in clean for c in (APPLY_PATCH_FAIL, RESET_FAILED, TESTS_ERROR, TESTS_TIMEOUT)): return None
+    region = test_output(clean)
+    if region is None: return None
+    try:
+        sm = fn(region, None) or fn(clean, None)
     except Exception as e: raise SwebenchLabError(f"{name} could not parse the log: {type(e).__name__}: {e}") from None
+    if not sm and not SUITE_RAN.search(clean): return None
+    return sm
 
 def grade(status_map: dict[str, str], f2p: list[str], p2p: list[str], eval_type: str = 'pass_and_fail') -> tuple[dict, bool]:
     "swebench's test report and whether the instance is resolved (FULL)."
@@ -114,23 +119,205 @@ def grade(status_map: dict[str, str], f2p: list[str], p2p: list[str], eval_type:
                                 eval_type=EvalType(eval_type or 'pass_and_fail'))
     return rep, get_resolution_status(rep) == ResolvedStatus.FULL.value
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-record
+REPORT_ENV = 'SWEBENCH_LAB_PYTEST_REPORT'
+PLUGIN_MODULE = 'swebench_lab_pytest_report'
+PLUGIN_SRC = '''"""swebench_lab's pytest recorder: writes every test's outcome, as pytest reports it, to the file named by
+SWEBENCH_LAB_PYTEST_REPORT, which it then removes from the environment (so nested pytest runs do not report).
+Inert when the variable is not set."""
+import json
+import os
+
+
+def pytest_configure(config):
+    path = os.environ.pop("SWEBENCH_LAB_PYTEST_REPORT", None)
+    if path:
+        config.pluginmanager.register(_Recorder(path, config), "swebench_lab_pytest_recorder")
+
+
+class _Recorder(object):
+    def __init__(self, path, config):
+        self.f = open(path, "a")
+        self.config = config
+        self._w({"event": "start", "pid": os.getpid()})
+
+    def _w(self, d):
+        self.f.write(json.dumps(d) + "\\n")
+        self.f.flush()
+
+    def _rel(self, nodeid):
+        try:
+            return self.config.cwd_relative_nodeid(nodeid)
+        except Exception:
+            return nodeid
+
+    def pytest_runtest_logreport(self, report):
+        self._w({"nodeid": report.nodeid, "rel": self._rel(report.nodeid), "when": report.when,
+                 "outcome": report.outcome, "xfail": hasattr(report, "wasxfail")})
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self._w({"nodeid": report.nodeid, "rel": self._rel(report.nodeid), "when": "collect", "outcome": "failed"})
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        self._w({"event": "finish", "exitstatus": int(exitstatus)})
+'''
+_DIST = 'swebench_lab_pytest_report-1.0.dist-info'
+PLUGIN_FILES = {f'{PLUGIN_MODULE}.py': PLUGIN_SRC,
+                f'{_DIST}/METADATA': 'Metadata-Version: 2.1\nName: swebench-lab-pytest-report\nVersion: 1.0\n',
+                f'{_DIST}/entry_points.txt': f'[pytest11]\nswebench_lab_report = {PLUGIN_MODULE}\n',
+                f'{_DIST}/RECORD': ''}
+_PURELIB = ('source /opt/miniconda3/bin/activate >/dev/null 2>&1; conda activate testbed >/dev/null 2>&1; '
+            'python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"')
+
+def install_report_plugin(box) -> str | None:
+    "Put the recorder into the site-packages of the environment the eval script activates; the report's path, or None."
+    r = box.run(_PURELIB, timeout=60)
+    lines = r.output.strip().splitlines()
+    if r.exit_code or not lines or not lines[-1].startswith('/'): return None
+    box.write_files(lines[-1], PLUGIN_FILES)
+    return f'{box.tmp}/pytest-report-{uuid.uuid4().hex[:12]}.jsonl'
+
+def runner_passes(report_text: str, fn) -> dict[str, str] | None:
+    "The tests the runner's record says passed (or xfailed), keyed as swebench's parser `fn` keys them; None with no record."
+    if not report_text or '"event": "start"' not in report_text: return None
+    calls: dict[str, str] = {}
+    for line in report_text.splitlines():
+        try: ev = json.loads(line)
+        except json.JSONDecodeError: continue
+        if ev.get('when') != 'call' and not (ev.get('when') == 'setup' and ev.get('xfail')): continue
+        st = 'XFAIL' if ev.get('xfail') and ev.get('outcome') == 'skipped' else 'PASSED' if ev.get('outcome') == 'passed' else None
+        for k in {ev.get('nodeid'), ev.get('rel')} - {None}:
+            if st: calls[k] = st
+            else: calls.pop(k, None)
+    return fn('\n'.join(f'{st} {k}' for k, st in calls.items()), None) if calls else {}
+
+def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: Iterable[str]) -> tuple[str, list[str]]:
+    "`('agree'|'tampered'|'unavailable', tests the log calls passed that the runner's record does not)`."
+    from swebench.harness.grading import test_passed
+    passes = runner_passes(report_text or '', fn)
+    if passes is None: return 'unavailable', []
+    bad = [t for t in tests if test_passed(t, status_map) and not test_passed(t, passes)]
+    return ('tampered' if bad else 'agree'), bad
+
+# %% ../nbs/09_run_evaluation.ipynb #ev-infra
+_TESTLIKE = re.compile(r'(^|/)(conftest\.py|test_[^/]*\.py|[^/]*_test\.py|tests?/.*)$')
+_ROOT_SHADOW = re.compile(r'^(pytest\.py|py\.py|pytest/|_pytest/|pluggy/)')
+_ANY_SHADOW = re.compile(r'(^|/)(sitecustomize|usercustomize)\.py$')
+_PYTEST_SECTIONS = {'pytest', 'tool:pytest'}
+
+def pytest_config(name: str, text: str | None) -> str | None:
+    "The pytest configuration a file holds (a canonical string; '' when none), or None when the file cannot be parsed."
+    if text is None: return ''
+    base = name.rsplit('/', 1)[-1]
+    if base == 'pyproject.toml':
+        import tomllib
+        try: d = tomllib.loads(text)
+        except Exception: return None
+        return json.dumps(d.get('tool', {}).get('pytest', {}), sort_keys=True) if d.get('tool', {}).get('pytest') else ''
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    try: cp.read_string(text)
+    except configparser.Error: return None
+    secs = _PYTEST_SECTIONS
+    return json.dumps({s: dict(cp[s]) for s in sorted(secs) if cp.has_section(s)}, sort_keys=True) if any(cp.has_section(s) for s in secs) else ''
+
+def _status_z(out: str) -> list[tuple[str, str]]:
+    "(XY, path) entries of `git status --porcelain -z` (rename sources included as deletions)."
+    parts, out_ = out.split('\0'), []
+    i = 0
+    while i < len(parts):
+        e = parts[i]
+        if len(e) > 3:
+            xy, path = e[:2], e[3:]
+            out_.append((xy, path))
+            if 'R' in xy or 'C' in xy: i += 1; out_.append(('D ', parts[i]) if i < len(parts) else None)
+        i += 1
+    return [e for e in out_ if e]
+
+def reset_test_infrastructure(box) -> list[dict]:
+    "Undo what the applied patch changed in the test infrastructure; `[{path, action, why}]`."
+    box.run('git reset -q', timeout=60)          # --3way may have staged: look at everything as unstaged
+    st = box.run('git status --porcelain -z --untracked-files=all', timeout=60)
+    remove, restore = [], []
+    def old_new(path):
+        old = box.run(f'git show HEAD:{shlex.quote(path)}', timeout=60)
+        try: new = box.read_file(f'{box.testbed}/{path}').decode('utf-8', 'replace')
+        except Exception: new = None
+        return (old.output if old.exit_code == 0 else None), new
+    for xy, path in _status_z(st.output):
+        base = path.rsplit('/', 1)[-1]
+        if xy == '??':
+            why = ('test file added by the patch' if _TESTLIKE.search(path) else
+                   'shadows the test runner on the import path' if _ROOT_SHADOW.match(path) or _ANY_SHADOW.search(path) else
+                   'test configuration added by the patch' if base in ('pytest.ini', '.pytest.ini', 'tox.ini') else None)
+            if why is None and base in ('setup.cfg', 'pyproject.toml'):
+                try: text = box.read_file(f'{box.testbed}/{path}').decode('utf-8', 'replace')
+                except Exception: text = ''
+                if pytest_config(base, text) != '': why = 'test configuration added by the patch'
+            if why: remove.append({'path': path, 'action': 'removed', 'why': why})
+            continue
+        why = None
+        if base in ('conftest.py', 'pytest.ini', '.pytest.ini'): why = 'test configuration changed by the patch'
+        elif base in ('tox.ini', 'setup.cfg', 'pyproject.toml', 'setup.py'):
+            old, new = old_new(path)
+            if (old or '').count('pytest11') != (new or '').count('pytest11'): why = 'registers a pytest plugin (entry point pytest11)'
+            elif base != 'setup.py' and (pytest_config(base, old) != pytest_config(base, new) or pytest_config(base, new) is None):
+                why = "changes the file's pytest configuration"
+        if why: restore.append({'path': path, 'action': 'restored', 'why': why})
+    if remove: box.run('rm -rf -- ' + ' '.join(shlex.quote(a['path']) for a in remove), timeout=60)
+    if restore: box.run('git checkout -q HEAD -- ' + ' '.join(shlex.quote(a['path']) for a in restore), timeout=60)
+    return remove + restore
+
+_UNSAFE_PATH = re.compile(r'(^|/)\.git(/|$)|(^|/)\.\.(/|$)')
+
+def unsafe_patch(patch: str) -> str | None:
+    "Why a patch must not be applied (paths outside the repository or in .git/, symbolic links), or None."
+    for m in re.finditer(r'^(?:diff --git a/(\S+) b/(\S+)|\+\+\+ (?:b/)?(\S+)|--- (?:a/)?(\S+)|rename (?:from|to) (\S+))', patch, re.M):
+        for p in filter(None, m.groups()):
+            if p == '/dev/null': continue
+            if p.startswith('/') or _UNSAFE_PATH.search(p): return f"path {p!r} is outside the repository or inside .git/"
+    if re.search(r'^(new|old) mode 120000|^new file mode 120000|^deleted file mode 120000', patch, re.M):
+        return 'the patch makes or changes a symbolic link'
+    return None
+
+_RUNNER_INTERNALS = re.compile(
+    r'\b(_pytest|pluggy|pytest_(?:runtest|report|collect|terminal|sessionfinish|configure)\w*|TestReport|CallInfo|terminalreporter|'
+    r'TextTestResult|unittest\.(?:result|runner)|swebench_lab_pytest_report|SWEBENCH_LAB_PYTEST_REPORT)\b'
+    r'|^\s*(?:import|from)\s+pytest\b|sys\.modules\s*\[\s*[\'"](?:_?pytest|unittest)')
+_RUNNER_REPOS = {'pytest-dev/pytest', 'pytest-dev/pluggy'}
+
+def suspicious_lines(patch: str, repo: str | None = None) -> list[str]:
+    "Added lines of non-test source that reach into the test runner (`file: line`); empty for the runners' own repositories."
+    if repo in _RUNNER_REPOS or not patch: return []
+    out = []
+    try: fps = split_diff(patch)
+    except SwebenchLabError: return []
+    for fp in fps:
+        if _TESTLIKE.search(fp.path): continue
+        for line in fp.text.splitlines():
+            if line.startswith('+') and not line.startswith('+++') and _RUNNER_INTERNALS.search(line[1:]):
+                out.append(f'{fp.path}: {line[1:].strip()[:160]}')
+    return out[:20]
+
 # %% ../nbs/09_run_evaluation.ipynb #ev-metrics
+SIMILARITY_CAP = 10**10   # len(a) * len(b) above which edit similarity is its upper bound min/max
+TOKEN_CAP = 2_000_000     # characters of each side read by token Jaccard
+
 def _changed_lines(diff: str) -> list[str]:
     return [l for l in (diff or '').splitlines() if l[:1] in '+-' and not l.startswith(('+++', '---'))]
 
 def edit_similarity(pred: str, truth: str) -> float:
-    "1 − normalised edit distance between the changed lines of two diffs (rapidfuzz when installed, else difflib)."
+    "1 − normalised edit distance between the changed lines of two diffs (bounded by min/max length on huge inputs)."
+    from rapidfuzz.distance import Levenshtein
     a, b = '\n'.join(_changed_lines(pred)), '\n'.join(_changed_lines(truth))
     if not a and not b: return 1.0
-    try:
-        from rapidfuzz.distance import Levenshtein
-        return 1.0 - Levenshtein.normalized_distance(a, b)
-    except ImportError:
-        return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    if len(a) * len(b) > SIMILARITY_CAP: return min(len(a), len(b)) / max(len(a), len(b))
+    return 1.0 - Levenshtein.normalized_distance(a, b)
 
 def token_jaccard(pred: str, truth: str) -> float:
-    "Jaccard similarity of the token sets of the changed lines."
-    a, b = set(tokenize('\n'.join(_changed_lines(pred)))), set(tokenize('\n'.join(_changed_lines(truth))))
+    "Jaccard similarity of the token sets of the changed lines (the first TOKEN_CAP characters of each)."
+    a = set(tokenize('\n'.join(_changed_lines(pred))[:TOKEN_CAP]))
+    b = set(tokenize('\n'.join(_changed_lines(truth))[:TOKEN_CAP]))
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 def file_hit_rate(pred: str, truth: str) -> float:
@@ -144,10 +331,11 @@ def file_hit_rate(pred: str, truth: str) -> float:
 APPLY_CHAIN = [('git apply -v', 'git apply -v {p}'), ('git apply --3way', 'git apply -v --3way {p}'),
                ('git apply --reject', 'git apply -v --reject {p}'), ('patch --fuzz=5', 'patch --batch --forward --fuzz=5 -p1 -i {p}')]
 RESET = 'git reset -q --hard HEAD && git clean -qfd'
-_TESTLIKE = re.compile(r'(^|/)(conftest\.py|test_[^/]*\.py|[^/]*_test\.py|tests?/.*)$')
+GRADER_VERSION = 2     # part of every inputs_hash: bump when grading would change a saved verdict
 
 def apply_patch(box, patch: str) -> tuple[str | None, str]:
-    "Try the fallback chain; `(method that applied or None, log)`."
+    "Try the fallback chain; `(method that applied or None, log)`. Unsafe patches are refused before anything runs."
+    if why := unsafe_patch(patch): return None, f'refused: {why}'
     path = f'{box.tmp}/model.patch'
     box.write_file(path, normalize_patch(patch))
     log = []
@@ -158,35 +346,50 @@ def apply_patch(box, patch: str) -> tuple[str | None, str]:
         box.run(RESET, timeout=120)
     return None, '\n'.join(log)
 
-def remove_added_test_files(box) -> list[str]:
-    "Delete untracked conftest.py and test files (the patch added them), so they cannot steer the tests."
-    r = box.run('git status --porcelain --untracked-files=all', timeout=60)
-    added = [l[3:].strip().strip('"') for l in r.output.splitlines() if l.startswith('?? ')]
-    bad = [p for p in added if _TESTLIKE.search(p)]
-    if bad: box.run('rm -f -- ' + ' '.join(map(shlex.quote, bad)), timeout=60)
-    return bad
-
 def _report(iid, patch, **kw) -> dict:
     base = {'patch_is_None': patch is None, 'patch_exists': bool(patch and patch.strip()), 'patch_successfully_applied': False,
             'resolved': False, 'tests_status': {}}
     return {iid: {**base, **kw}}
 
+def _tests(rec: dict) -> tuple[list[str], list[str]]:
+    return rec.get('FAIL_TO_PASS', rec.get('fail_to_pass', [])) or [], rec.get('PASS_TO_PASS', rec.get('pass_to_pass', [])) or []
+
+_HASHED = ('instance_id', 'repo', 'base_commit', 'version', 'eval_script', 'test_patch', 'FAIL_TO_PASS', 'PASS_TO_PASS',
+           'fail_to_pass', 'pass_to_pass', 'log_parser', 'eval_type', 'pre_edits')
+
+def inputs_hash(rec: dict, patch: str | None, backend: str, image: str) -> str:
+    "A hash of everything a verdict depends on: the record's tests, eval script and pre-edits, the patch, backend, image, grader."
+    blob = json.dumps({k: rec.get(k) for k in _HASHED}, sort_keys=True, default=str)
+    h = hashlib.sha256()
+    for part in (blob, patch if patch is not None else '\0none', backend, image, str(GRADER_VERSION)): h.update(part.encode() + b'\0')
+    return h.hexdigest()[:16]
+
+def instance_image(spec: InstanceSpec, backend: str, store: RepoStore | None = None) -> str:
+    "The environment a report names: the Docker image tag, or the local backend's Python and recipe."
+    if backend == 'docker': return resolve_image(spec, store)
+    r = spec.recipe
+    return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, r.install]).encode()).hexdigest()[:12]
+
+class Cancelled(Exception): "The run was interrupted while this instance was being evaluated (no report is written)."
+
 def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', timeout: float = 600,
                       limits: Limits | None = None, store: RepoStore | None = None, out_dir: Path | None = None,
-                      labels: dict | None = None, prebuilt: bool = False) -> dict:
-    "Run one instance's tests with `patch` applied; returns the per-instance report (official shape, extra keys)."
+                      labels: dict | None = None, prebuilt: bool = False, cancel: threading.Event | None = None,
+                      run_unpatched: bool = False) -> dict:
+    "Run one instance's tests with `patch` applied (none with `run_unpatched`); returns the per-instance report (official shape, extra keys)."
     iid = rec['instance_id']
     spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-    f2p = rec.get('FAIL_TO_PASS', rec.get('fail_to_pass', []))
-    p2p = rec.get('PASS_TO_PASS', rec.get('pass_to_pass', []))
-    if rec.get('eval_script'): script = rec['eval_script']
-    else: script = make_eval_script(rec['base_commit'], rec['test_patch'], spec.recipe.test_cmd)
+    script = eval_script_for(rec, spec)
+    image = instance_image(spec, backend, store)
+    meta = {'inputs_hash': inputs_hash(rec, patch, backend, image), 'backend': backend, 'image': image}
     out_dir = Path(out_dir) if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / 'patch.diff', patch or '')
-    if not (patch and patch.strip()):
-        return _report(iid, patch, status='empty_patch')
+    if not run_unpatched and not (patch and patch.strip()):
+        return _report(iid, patch, status='empty_patch', **meta)
+    suspicious = suspicious_lines(patch or '', rec.get('repo'))
+    limits = replace(limits or Limits(), lifetime=int(timeout) + 900)
     t0 = time.perf_counter()
     with open_sandbox(spec, backend, limits, store, labels) as box:
         for i, pre in enumerate(rec.get('pre_edits') or []):
@@ -194,54 +397,102 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
             r = box.run(f'git apply -v {box.tmp}/pre_{i}.diff', timeout=120)
             if r.exit_code: raise SwebenchLabError(f"{iid}: pre_edit {i} does not apply in the sandbox: {r.output[-500:]}")
         if rec.get('pre_edits'): box.run('git add -A && git commit -qm "pre-edits"', timeout=120)
-        method, apply_log = apply_patch(box, patch)
+        method, apply_log = ('none (unpatched run)', '') if run_unpatched else apply_patch(box, patch)
         if method is None:
+            if cancel is not None and cancel.is_set(): raise Cancelled(iid)
             if out_dir: atomic_write_text(out_dir / 'test_output.log', apply_log)
-            return _report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3))
-        removed = remove_added_test_files(box)
-        if _CONDA.search(script):  # only official scripts activate conda: probe the image just for them
-            script = adapt_eval_script(script, box.run('test -x /opt/miniconda3/bin/conda', timeout=30).exit_code == 0)
-        box.write_file(f'{box.tmp}/eval.sh', script)
+            return _report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3),
+                           suspicious=suspicious, **meta)
+        infra = reset_test_infrastructure(box)
+        report_path = install_report_plugin(box)
         t1 = time.perf_counter()
-        r = box.run(f'bash {box.tmp}/eval.sh', timeout=timeout)
+        r = box.run_script(script, timeout=timeout, env={REPORT_ENV: report_path} if report_path else None, name='eval.sh',
+                           log_path=out_dir / 'test_output.partial.log' if out_dir else None)
         test_s = time.perf_counter() - t1
+        runner = None
+        if report_path:
+            try: runner = box.read_file(report_path).decode('utf-8', errors='replace')
+            except Exception: runner = None
+    if cancel is not None and cancel.is_set(): raise Cancelled(iid)
     log = f'{apply_log}\n{r.output}'
     if out_dir:
         atomic_write_text(out_dir / 'test_output.log', log); atomic_write_text(out_dir / 'eval.sh', script)
-    extra = dict(apply_method=method, removed_files=removed, duration_s=round(time.perf_counter() - t0, 3),
-                 test_duration_s=round(test_s, 3), backend=backend)
+        if runner is not None: atomic_write_text(out_dir / 'runner_report.jsonl', runner)
+        (out_dir / 'test_output.partial.log').unlink(missing_ok=True)
+    extra = dict(meta, apply_method=method, test_infrastructure_reset=infra, suspicious=suspicious,
+                 duration_s=round(time.perf_counter() - t0, 3), test_duration_s=round(test_s, 3),
+                 output_bytes=r.output_bytes, output_truncated=r.truncated)
     if r.timed_out:
         return _report(iid, patch, patch_successfully_applied=True, status='timed_out', **extra)
-    return {iid: {**grade_log(rec, log)[iid], **extra}}
+    return {iid: {**grade_log(rec, log, runner)[iid], **extra}}
 
-def grade_log(rec: dict, log: str) -> dict:
-    "The report of one instance from its saved log (used after a run, and by `regrade`)."
+def grade_log(rec: dict, log: str, runner_report: str | None = None) -> dict:
+    "The report of one instance from its saved log and the runner's record (used after a run, and by `regrade`)."
     iid = rec['instance_id']
     base = _report(iid, 'x', patch_successfully_applied=True)[iid]
-    f2p = rec.get('FAIL_TO_PASS', rec.get('fail_to_pass', []))
-    p2p = rec.get('PASS_TO_PASS', rec.get('pass_to_pass', []))
+    f2p, p2p = _tests(rec)
     if rec.get('eval_type') == 'exit_code' or (not f2p and EXIT_CODE_RE.search(log)):
         codes = EXIT_CODE_RE.findall(log)
-        code = int(codes[-1]) if codes else None
-        return {iid: {**base, 'resolved': code == 0, 'exit_code': code, 'status': 'graded'}}
+        if not codes: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
+        return {iid: {**base, 'resolved': int(codes[-1]) == 0, 'exit_code': int(codes[-1]), 'status': 'graded'}}
+    name, fn = parser_for(rec.get('log_parser'), rec.get('repo'))
     sm = parse_log(log, rec.get('log_parser'), rec.get('repo'))
+    if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
     rep, resolved = grade(sm, f2p, p2p, rec.get('eval_type') or 'pass_and_fail')
-    return {iid: {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}}
+    out = {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}
+    if is_pytest_parser(fn):
+        check, bad = cross_check(sm, runner_report, fn, [*f2p, *p2p])
+        out['cross_check'] = check
+        if bad: out.update(status='tampered', resolved=False, tampered_tests=bad)
+    return {iid: out}
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-run
-def load_predictions(path: str | Path) -> dict[str, str | None]:
-    "`{instance_id: model_patch}` from a JSON list/dict or JSONL predictions file."
+class PredictionsError(SwebenchLabError, ValueError): "A predictions file that cannot be read."
+
+def _pred_records(path: Path) -> Iterable[tuple[str, object]]:
+    "(where, element) for every prediction in a JSON list/dict or JSONL file."
+    if path.suffix == '.jsonl':
+        try:
+            for lineno, rec in iter_jsonl(path, with_lineno=True): yield f'{path}:{lineno}', rec
+        except JSONLError as e: raise PredictionsError(str(e)) from None
+        return
+    try: data = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e: raise PredictionsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError: raise PredictionsError(f"{path}: not UTF-8 text") from None
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if not isinstance(v, dict): raise PredictionsError(f"{path}: [{k!r}]: expected an object with model_patch, got {type(v).__name__}")
+            yield f'{path}: [{k!r}]', {'instance_id': k, **v}
+    elif isinstance(data, list):
+        for i, v in enumerate(data): yield f'{path}: [{i}]', v
+    else: raise PredictionsError(f"{path}: expected a JSON list or object of predictions, got {type(data).__name__}")
+
+def load_predictions(path: str | Path, notes: dict | None = None) -> dict[str, str | None]:
+    "`{instance_id: model_patch}` from a predictions file, every element checked; doubtful entries are listed in `notes`."
     path = Path(path)
-    if not path.exists(): raise SwebenchLabError(f"{path}: no such predictions file")
-    if path.suffix == '.jsonl': recs = list(iter_jsonl(path, required=['instance_id']))
-    else:
-        try: data = json.loads(path.read_text())
-        except json.JSONDecodeError as e: raise SwebenchLabError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        recs = [{'instance_id': k, **v} for k, v in data.items()] if isinstance(data, dict) else data
-    out = {}
-    for r in recs:
+    if not path.exists(): raise PredictionsError(f"{path}: no such predictions file")
+    if path.is_dir(): raise PredictionsError(f"{path}: is a folder; pass a .json or .jsonl predictions file")
+    notes = {} if notes is None else notes
+    out, where_of = {}, {}
+    for where, r in _pred_records(path):
+        if not isinstance(r, dict): raise PredictionsError(f"{where}: expected an object with instance_id and model_patch, got {type(r).__name__}")
+        iid = r.get('instance_id')
+        if not isinstance(iid, str) or not iid:
+            raise PredictionsError(f"{where}: instance_id must be a non-empty string, got {json.dumps(iid)[:60] if iid is not None else 'nothing'}")
+        if 'model_patch' not in r: notes.setdefault('no_model_patch_ids', []).append(iid)
         p = r.get('model_patch')
-        out[r['instance_id']] = p[0] if isinstance(p, list) else p   # n > 1: the first sample
+        if isinstance(p, list):
+            if not all(isinstance(x, str) or x is None for x in p):
+                raise PredictionsError(f"{where}: {iid}: model_patch is a list, but not of strings")
+            p = p[0] if p else None
+        if p is not None and not isinstance(p, str):
+            raise PredictionsError(f"{where}: {iid}: model_patch must be a string (or null), got {type(p).__name__}")
+        if iid in out:
+            if out[iid] != p: raise PredictionsError(f"{where}: {iid}: a second prediction with a different patch (the first is at {where_of[iid]})")
+            notes.setdefault('duplicate_prediction_ids', []).append(iid)
+            continue
+        out[iid], where_of[iid] = p, where
+    if not out: raise PredictionsError(f"{path}: no predictions in the file")
     return out
 
 def dataset_records(dataset_name: str, run_id: str | None) -> tuple[list[dict], str]:
@@ -259,34 +510,62 @@ def eval_dir(run_id: str, model: str) -> Path:
 def _truth(rec: dict) -> str:
     return rec.get('ground_truth') if 'ground_truth' in rec else rec.get('patch') or rec.get('work_patch') or ''
 
-def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, predictions_path: str | None = None,
+def _saved(out: Path, iid: str) -> dict | None:
+    f = out / iid / 'report.json'
+    if not f.exists(): return None
+    try: return json.loads(f.read_text())[iid]
+    except (json.JSONDecodeError, KeyError): return None
+
+def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | None = None, predictions_path: str | None = None,
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
                    prebuilt: bool = False) -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
     `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them."""
+    if model is None:
+        if predictions_path in ('gold', 'empty'): model = predictions_path
+        else: raise SwebenchLabError("--model is required unless --predictions_path is gold or empty")
     recs, label = dataset_records(dataset_name, run_id)
-    if instance_ids: recs = [r for r in recs if r['instance_id'] in set(instance_ids)]
+    if instance_ids:
+        want = set(instance_ids)
+        if unknown := want - {r['instance_id'] for r in recs}: raise SwebenchLabError(f"--instance_ids not in {dataset_name}: {', '.join(sorted(unknown)[:5])}")
+        recs = [r for r in recs if r['instance_id'] in want]
+    notes: dict[str, list] = {}
     if predictions_path in ('gold', 'empty'):
         preds = {r['instance_id']: (_truth(r) if predictions_path == 'gold' else '') for r in recs}
+        path = predictions_path
     else:
         path = predictions_path or run_output_dir(model, 0, 1) / f'{label}.jsonl'
-        preds = load_predictions(path)
+        preds = load_predictions(path, notes)
+        ids = {r['instance_id'] for r in recs}
+        notes['unknown_prediction_ids'] = sorted(set(preds) - ids)
+        notes['missing_prediction_ids'] = sorted(i for i in ids if i not in preds or i in notes.get('no_model_patch_ids', []))
+        for k, v in notes.items():
+            if v: logger.warning("%s: %d %s: %s", path, len(v), k.replace('_', ' '), ', '.join(v[:5]) + (' …' if len(v) > 5 else ''))
     out = eval_dir(run_id or label, model)
     run_label = uuid.uuid4().hex[:12]
     store = RepoStore()
-    todo = [r for r in recs if rerun or not (out / r['instance_id'] / 'report.json').exists()]
+    if backend == 'docker': reap_orphans()
     errors: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for r in recs:
+        iid = r['instance_id']
+        try: keys[iid] = inputs_hash(r, preds.get(iid), backend, instance_image(InstanceSpec.from_record(r, prebuilt=prebuilt), backend, store))
+        except SwebenchLabError as e: errors[iid] = one_line(str(e))[:1000]
+    todo = [r for r in recs if r['instance_id'] in keys and (rerun or (_saved(out, r['instance_id']) or {}).get('inputs_hash') != keys[r['instance_id']])]
+    cancel = threading.Event()
 
     def one(rec):
         iid = rec['instance_id']
+        (out / iid / 'report.json').unlink(missing_ok=True)     # a stale report never outlives a new attempt
         rep = evaluate_instance(rec, preds.get(iid), backend, timeout, limits, store, out / iid,
-                                labels={f'{LABEL}.run': run_label}, prebuilt=prebuilt)
+                                labels={f'{LABEL}.run': run_label}, prebuilt=prebuilt, cancel=cancel)
+        if cancel.is_set(): raise Cancelled(iid)
         rep[iid]['repo'] = rec['repo']
         write_json(out / iid / 'report.json', rep)
         return rep
 
-    stop = _Interrupt(run_label, backend)
+    stop = _Interrupt(run_label, backend, cancel)
     with stop:
         ex = ThreadPoolExecutor(max_workers)
         futs = {ex.submit(one, r): r['instance_id'] for r in todo}
@@ -308,21 +587,22 @@ def run_evaluation(dataset_name: str, model: str, run_id: str | None = None, pre
             raise
         bar.close()
         ex.shutdown()
-    summary = summarize(recs, preds, out, errors)
-    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend,
-                    'predictions': str(predictions_path or path)})
+    summary = summarize(recs, preds, out, errors, keys, notes)
+    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'predictions': str(path)})
     write_json(out / 'summary.json', summary)
     return summary
 
 class _Interrupt:
-    "On Ctrl-C or SIGTERM: remove this run's containers at once (running evaluations then fail fast) and re-raise."
-    def __init__(self, run_label: str, backend: str): self.run_label, self.backend, self.interrupted = run_label, backend, False
+    "On Ctrl-C or SIGTERM: flag the run cancelled, remove its containers (running evaluations then fail fast) and re-raise."
+    def __init__(self, run_label: str, backend: str, cancel: threading.Event):
+        self.run_label, self.backend, self.cancel, self.interrupted = run_label, backend, cancel, False
     def _cleanup(self):
-        if self.backend != 'docker': return
+        self.cancel.set()
+        if self.backend == 'local': kill_local_sandboxes(); return
         try:
-            from swebench_lab.environments import docker_client
+            from swebench_lab.environments import docker_client, _remove_container
             for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={self.run_label}'}):
-                c.remove(force=True)
+                _remove_container(c)
         except Exception as e: logger.warning('cleanup after interrupt: %s', e)
     def drain(self, futs, limit: float = 120):
         "Remove the run's containers again and again until the running evaluations have ended (they fail fast)."
@@ -343,19 +623,27 @@ class _Interrupt:
         if et is KeyboardInterrupt and not self.interrupted: self._cleanup()
         return False
 
-def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = None) -> dict:
-    "The run summary (SWE-bench's counts and id lists) and the edit-history metrics, from the saved reports."
-    errors = errors or {}
+_COMPLETED = ('graded', 'tampered', 'timed_out', 'patch_not_applied')
+
+def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = None, keys: dict | None = None,
+              notes: dict | None = None) -> dict:
+    "The run summary (SWE-bench's counts and id lists, and more) and the edit-history metrics, from the saved reports."
+    errors, notes = dict(errors or {}), notes or {}
     ids = [r['instance_id'] for r in recs]
     reps = {}
     for iid in ids:
-        f = out / iid / 'report.json'
-        if f.exists(): reps[iid] = json.loads(f.read_text())[iid]
+        rep = _saved(out, iid)
+        if rep is None: continue
+        if keys is not None and rep.get('inputs_hash') != keys.get(iid): continue      # another run's inputs: not this run's verdict
+        reps[iid] = rep
+    for iid, rep in reps.items():
+        if rep.get('status') == NO_TEST_OUTPUT: errors.setdefault(iid, 'no test output (the tests did not run, or printed nothing a parser reads)')
     submitted = [i for i in ids if preds.get(i) is not None]
-    empty = [i for i in ids if not (preds.get(i) or '').strip()]
-    completed = [i for i in ids if i in reps and reps[i].get('status') in ('graded', 'timed_out', 'patch_not_applied')]
+    empty = [i for i in ids if i in reps and reps[i].get('status') == 'empty_patch']
+    completed = [i for i in ids if i in reps and reps[i].get('status') in _COMPLETED]
     resolved = [i for i in completed if reps[i].get('resolved')]
     applied = [i for i in completed if reps[i].get('patch_successfully_applied')]
+    by = lambda st: [i for i in completed if reps[i].get('status') == st]
     n = len(completed) or 1
     byid = {r['instance_id']: r for r in recs}
     sims = [edit_similarity(preds.get(i) or '', _truth(byid[i])) for i in ids]
@@ -365,38 +653,136 @@ def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = No
     return {'total_instances': len(ids), 'submitted_instances': len(submitted), 'completed_instances': len(completed),
             'resolved_instances': len(resolved), 'unresolved_instances': len(completed) - len(resolved),
             'empty_patch_instances': len(empty), 'error_instances': len(errors),
-            'timed_out_instances': sum(reps[i].get('status') == 'timed_out' for i in completed),
-            'not_applied_instances': sum(reps[i].get('status') == 'patch_not_applied' for i in completed),
+            'timed_out_instances': len(by('timed_out')), 'not_applied_instances': len(by('patch_not_applied')),
+            'tampered_instances': len(by('tampered')),
+            'suspicious_instances': sum(bool(reps[i].get('suspicious')) for i in reps),
+            'infrastructure_reset_instances': sum(bool(reps[i].get('test_infrastructure_reset')) for i in reps),
+            'no_test_output_instances': sum(reps[i].get('status') == NO_TEST_OUTPUT for i in reps),
             'completed_ids': completed, 'resolved_ids': resolved, 'unresolved_ids': [i for i in completed if i not in resolved],
-            'empty_patch_ids': empty, 'error_ids': sorted(errors), 'errors': errors,
+            'empty_patch_ids': empty, 'error_ids': sorted(errors), 'errors': errors, 'tampered_ids': by('tampered'),
+            'suspicious_ids': [i for i in ids if i in reps and reps[i].get('suspicious')],
             'pct_applied': round(100 * len(applied) / n, 2), 'pct_resolved': round(100 * len(resolved) / n, 2),
-            'edit_similarity': mean(sims), 'token_jaccard': mean(jac), 'file_hit_rate': mean(hits)}
+            'edit_similarity': mean(sims), 'token_jaccard': mean(jac), 'file_hit_rate': mean(hits),
+            **{k: v for k, v in notes.items() if v}}
 
 def regrade(dataset_name: str, model: str, run_id: str | None = None, predictions_path: str | None = None) -> dict:
-    "Grade again from the saved logs (no containers): after a parser fix, or on another machine."
+    "Grade again from the saved logs and runner records (no containers): after a parser fix, or on another machine."
     recs, label = dataset_records(dataset_name, run_id)
     out = eval_dir(run_id or label, model)
     for rec in recs:
-        d = out / rec['instance_id']
-        if (d / 'report.json').exists() and (d / 'test_output.log').exists():
-            old = json.loads((d / 'report.json').read_text())[rec['instance_id']]
-            if old.get('status') == 'graded':
-                new = grade_log(rec, (d / 'test_output.log').read_text())
-                new[rec['instance_id']].update({k: v for k, v in old.items() if k not in new[rec['instance_id']]})
-                write_json(d / 'report.json', new)
+        d, iid = out / rec['instance_id'], rec['instance_id']
+        old = _saved(out, iid)
+        if old and old.get('status') in ('graded', 'tampered', NO_TEST_OUTPUT) and (d / 'test_output.log').exists():
+            runner = (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None
+            new = grade_log(rec, (d / 'test_output.log').read_text(), runner)[iid]
+            for k in ('cross_check', 'tampered_tests'):
+                if k not in new: old.pop(k, None)
+            write_json(d / 'report.json', {iid: {**old, **new}})
     preds = load_predictions(predictions_path) if predictions_path not in (None, 'gold', 'empty') else \
         {r['instance_id']: (d.read_text() if (d := out / r['instance_id'] / 'patch.diff').exists() else None) for r in recs}
     s = summarize(recs, preds, out); s.update({'model': model, 'run_id': run_id, 'regraded': True})
     write_json(out / 'summary.json', s)
     return s
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-validate
+def _failing(rep: dict) -> dict[str, list[str]]:
+    ts = rep.get('tests_status') or {}
+    return {k: ts[k]['failure'] for k in ('FAIL_TO_PASS', 'PASS_TO_PASS') if ts.get(k, {}).get('failure')}
+
+def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backend: str = 'docker', max_workers: int = 2,
+             timeout: float = 1800, prebuilt: bool = False, progress: bool = True) -> dict:
+    "Build, run gold and no patch, and say per instance whether the environment is `valid` (gold resolves, unpatched fails)."
+    from swebench_lab.environments import build_instance_image, docker_client
+    recs, label = dataset_records(dataset_name, None)
+    if instance_ids:
+        want = set(instance_ids)
+        if unknown := want - {r['instance_id'] for r in recs}: raise SwebenchLabError(f"--instance_ids not in {dataset_name}: {', '.join(sorted(unknown)[:5])}")
+        recs = [r for r in recs if r['instance_id'] in want]
+    out = results_dir() / 'evaluations' / 'validate' / label
+    rows: dict[str, dict] = {r['instance_id']: {'instance_id': r['instance_id'], 'repo': r['repo'], 'version': r.get('version')} for r in recs}
+    store = RepoStore()
+    # 1. images, each build timed (an env layer's build is counted in the first instance that needs it)
+    ok = []
+    def build(rec):
+        spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
+        rows[rec['instance_id']]['python'] = spec.recipe.python if not prebuilt else None
+        t0 = time.perf_counter()
+        if backend == 'docker': rows[rec['instance_id']]['image'] = build_instance_image(spec, store)
+        rows[rec['instance_id']]['build_s'] = round(time.perf_counter() - t0, 1)
+    with ThreadPoolExecutor(max_workers) as ex:
+        futs = {ex.submit(build, r): r for r in recs}
+        for f in tqdm(as_completed(futs), total=len(futs), desc='build', unit='img', disable=not progress):
+            rec = futs[f]
+            try: f.result(); ok.append(rec)
+            except Exception as e: rows[rec['instance_id']].update(verdict='build_failed', reason=one_line(str(e))[:500])
+    # 2. gold, and the tests with no patch at all
+    runs = {}
+    for arm in ('gold', 'unpatched'):
+        d = out / arm
+        def one(rec, arm=arm, d=d):
+            iid = rec['instance_id']
+            patch = _truth(rec) if arm == 'gold' else None
+            spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
+            key = inputs_hash(rec, patch, backend, instance_image(spec, backend, store)) + ('-unpatched' if arm == 'unpatched' else '')
+            if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key: return saved
+            rep = evaluate_instance(rec, patch, backend, timeout, None, store, d / iid, prebuilt=prebuilt, run_unpatched=arm == 'unpatched')[iid]
+            rep['inputs_hash'] = key
+            write_json(d / iid / 'report.json', {iid: rep})
+            return rep
+        res = {}
+        with ThreadPoolExecutor(max_workers) as ex:
+            futs = {ex.submit(one, r): r['instance_id'] for r in ok}
+            for f in tqdm(as_completed(futs), total=len(futs), desc=arm, unit='inst', disable=not progress):
+                try: res[futs[f]] = f.result()
+                except Exception as e: res[futs[f]] = {'status': 'error', 'error': one_line(f'{type(e).__name__}: {e}')[:500]}
+        runs[arm] = res
+    for rec in ok:
+        iid, row = rec['instance_id'], rows[rec['instance_id']]
+        g, u = runs['gold'][iid], runs['unpatched'][iid]
+        row.update(gold_status=g.get('status'), unpatched_status=u.get('status'),
+                   gold_test_s=g.get('test_duration_s'), unpatched_test_s=u.get('test_duration_s'))
+        if g.get('status') == 'error' or u.get('status') == 'error':
+            row.update(verdict='error', reason=g.get('error') or u.get('error'))
+        elif g.get('status') == NO_TEST_OUTPUT or u.get('status') == NO_TEST_OUTPUT:
+            row.update(verdict=NO_TEST_OUTPUT, reason=f"{'gold' if g.get('status') == NO_TEST_OUTPUT else 'unpatched'} run printed no test output")
+        elif not g.get('resolved'):
+            row.update(verdict='gold_fails', reason=f"status {g.get('status')}", failing=_failing(g))
+        elif u.get('resolved'):
+            row.update(verdict='empty_passes', reason='the tests pass without the fix: they prove nothing')
+        else: row.update(verdict='valid')
+    if backend == 'docker':
+        client = docker_client()
+        for row in rows.values():
+            if row.get('image'):
+                try: row['image_mb'] = round(client.images.get(row['image']).attrs['Size'] / 1e6)
+                except Exception: pass
+    table = list(rows.values())
+    from collections import Counter
+    summary = {'dataset': str(dataset_name), 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
+               'verdicts': dict(Counter(r.get('verdict') for r in table)), 'instances': table}
+    write_json(out / 'validation.json', summary)
+    summary['path'] = str(out / 'validation.json')
+    return summary
+
+def _print_validation(s: dict):
+    cols = ['instance_id', 'version', 'python', 'verdict', 'build_s', 'gold_test_s', 'unpatched_test_s', 'reason']
+    rows = [[str(r.get(c, '') if r.get(c) is not None else '') for c in cols] for r in s['instances']]
+    w = [max(len(c), *(len(x[i][:70]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
+    for x in rows: print('  '.join(v[:70].ljust(w[i]) for i, v in enumerate(x)))
+    print(f"\n{s['valid']}/{s['total']} valid; {s['verdicts']}\n{s['path']}")
+
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_summary(s: dict):
     keys = ['total_instances', 'submitted_instances', 'completed_instances', 'resolved_instances', 'unresolved_instances',
-            'empty_patch_instances', 'not_applied_instances', 'timed_out_instances', 'error_instances',
+            'empty_patch_instances', 'not_applied_instances', 'timed_out_instances', 'tampered_instances', 'error_instances',
+            'no_test_output_instances', 'suspicious_instances', 'infrastructure_reset_instances',
             'pct_applied', 'pct_resolved', 'edit_similarity', 'token_jaccard', 'file_hit_rate']
     w = max(map(len, keys))
     print('\n'.join(f'{k.ljust(w)}  {s.get(k)}' for k in keys))
+    for k in ('unknown_prediction_ids', 'missing_prediction_ids', 'duplicate_prediction_ids', 'tampered_ids', 'suspicious_ids'):
+        if s.get(k): print(f"{k.ljust(w)}  {len(s[k])}: {', '.join(s[k][:8])}{' …' if len(s[k]) > 8 else ''}")
+    for iid, e in list((s.get('errors') or {}).items())[:10]: print(f"error  {iid}: {e[:200]}")
 
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.run_evaluation')
@@ -404,7 +790,7 @@ def _main(argv=None):
     for name in ('run', 'summary', 'regrade'):
         p = sub.add_parser(name)
         p.add_argument('--dataset_name', '--dataset-name', default='all')
-        p.add_argument('--model', '--model_name', required=True)
+        p.add_argument('--model', '--model_name', required=name != 'run', help='(run: defaults to gold/empty with those predictions)')
         p.add_argument('--run_id', '--run-id', default=None)
         p.add_argument('--predictions_path', '--predictions-path')
         if name == 'run':
@@ -414,20 +800,33 @@ def _main(argv=None):
             p.add_argument('--rerun', action='store_true', help='evaluate instances that already have a report')
             p.add_argument('--instance_ids', '--instance-ids', nargs='*')
             p.add_argument('--prebuilt', action='store_true', help="use each record's prebuilt `image` as is (needs a registry)")
+    v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
+    v.add_argument('--dataset_name', '--dataset-name', required=True)
+    v.add_argument('--instance_ids', '--instance-ids', nargs='*')
+    v.add_argument('--backend', choices=['docker', 'local'], default='docker')
+    v.add_argument('--max_workers', '--max-workers', type=int, default=2)
+    v.add_argument('--timeout', type=float, default=1800)
+    v.add_argument('--prebuilt', action='store_true')
     a = ap.parse_args(argv)
     setup_logging()
-    if a.cmd == 'run':
-        try: s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
-                                a.rerun, a.instance_ids, prebuilt=a.prebuilt)
-        except KeyboardInterrupt:
-            print('interrupted: containers removed; reports written so far are kept (run again to continue)')
-            return 130
-    elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
-    else:
-        recs, label = dataset_records(a.dataset_name, a.run_id)
-        f = eval_dir(a.run_id or label, a.model) / 'summary.json'
-        if not f.exists(): raise SwebenchLabError(f"{f}: no summary; run the evaluation first")
-        s = json.loads(f.read_text())
+    try:
+        if a.cmd == 'validate':
+            s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt)
+            _print_validation(s)
+            return 0 if s['valid'] == s['total'] else 1
+        if a.cmd == 'run':
+            s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
+                               a.rerun, a.instance_ids, prebuilt=a.prebuilt)
+            a.model = s['model']
+        elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
+        else:
+            recs, label = dataset_records(a.dataset_name, a.run_id)
+            f = eval_dir(a.run_id or label, a.model) / 'summary.json'
+            if not f.exists(): raise SwebenchLabError(f"{f}: no summary; run the evaluation first")
+            s = json.loads(f.read_text())
+    except KeyboardInterrupt:
+        print('interrupted: containers removed; reports written so far are kept, instances in flight have none (run again to continue)')
+        return 130
     _print_summary(s)
     print(f"reports: {eval_dir(a.run_id or dataset_records(a.dataset_name, a.run_id)[1], a.model)}")
     return 0
