@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterable, Iterator
 # %% auto #0
 __all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKAGES', 'main', 'SwebenchLabError', 'one_line',
            'cli_entry', 'project_root', 'settings', 'crawled_data_dir', 'results_dir', 'safe_name',
-           'format_temperature', 'run_output_dir', 'mask', 'secret_values', 'redact', 'located', 'JSONLError',
-           'iter_jsonl', 'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys', 'atomic_path', 'atomic_write_text',
-           'write_json', 'write_jsonl_atomic', 'RedactingFilter', 'setup_logging', 'package_versions', 'git_info',
-           'utcnow', 'provenance', 'write_provenance', 'info']
+           'format_temperature', 'run_output_dir', 'register_secret_variable', 'mask', 'secret_values', 'redact',
+           'located', 'JSONLError', 'iter_jsonl', 'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys',
+           'atomic_path', 'atomic_write_text', 'write_json', 'write_jsonl_atomic', 'RedactingFilter', 'setup_logging',
+           'package_versions', 'git_info', 'utcnow', 'provenance', 'write_provenance', 'info']
 
 # %% ../nbs/00_core.ipynb #core-errors
 class SwebenchLabError(Exception):
@@ -124,13 +124,14 @@ def run_output_dir(model: str, temperature: float = 0, n: int = 1, root: str | P
     return d
 
 # %% ../nbs/00_core.ipynb #core-redact
-_SECRET_NAME = re.compile(r'(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)S?$|^(OPENAI_KEYS)$', re.I)
-_SECRET_PATTERNS = [re.compile(p) for p in (
-    r'\bsk-ant-[A-Za-z0-9_\-]{16,}', r'\bsk-(?:proj-)?[A-Za-z0-9_\-]{16,}', r'\bhf_[A-Za-z0-9]{20,}',
-    r'\bgh[pousr]_[A-Za-z0-9]{20,}', r'\bAKIA[0-9A-Z]{16}\b', r'\bxox[abprs]-[A-Za-z0-9-]{10,}',
-    r'\bAIza[0-9A-Za-z_\-]{30,}')]
-_BEARER = re.compile(r'(?i)\b(bearer\s+)([A-Za-z0-9._\-~+/]{12,}=*)')
+_SECRET_NAME = re.compile(r'(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)S?$|^(OPENAI_KEYS)$', re.I)
+_SECRET_FIELD = re.compile(r'(^|[_-])(api[_-]?keys?|secret|password|passwd|access[_-]?token|auth[_-]?token|authorization)$', re.I)
 _NOT_SECRET = {'EMPTY', 'none', 'None', 'null', 'dummy', 'test', 'sk-local', 'not-needed'}
+_SECRET_VARS: set[str] = set()
+
+def register_secret_variable(name: str) -> None:
+    "Treat the value of environment variable `name` as a secret from now on (the registry calls this for `api_key_env`)."
+    _SECRET_VARS.add(name)
 
 def mask(s: str) -> str: return (s[:4] if len(s) >= 12 else '') + '***REDACTED***'
 
@@ -139,29 +140,28 @@ def secret_values(env: dict | None = None) -> list[str]:
     env = os.environ if env is None else env
     vals = set()
     for k, v in env.items():
-        if not v or not _SECRET_NAME.search(k): continue
+        if not v or not (_SECRET_NAME.search(k) or k in _SECRET_VARS): continue
         for part in (v.split(',') if ',' in v else [v]):
             part = part.strip()
             if len(part) >= 8 and part not in _NOT_SECRET: vals.add(part)
     return sorted(vals, key=len, reverse=True)
 
 def redact(obj: Any, extra: Iterable[str] = ()) -> Any:
-    "Mask secrets in a string, or in every string inside dicts/lists/tuples (keys included)."
+    "Mask the known secrets in a string, or in every string inside dicts/lists/tuples (keys included)."
     secrets = [*secret_values(), *[e for e in extra if e]]
-    if not secrets and not isinstance(obj, (str, dict, list, tuple)): return obj
+    if not secrets and not isinstance(obj, (dict, list, tuple)): return obj
     return _redact(obj, secrets)
 
 def _redact_str(s: str, secrets: list[str]) -> str:
     for v in secrets:
         if v in s: s = s.replace(v, mask(v))
-    for p in _SECRET_PATTERNS:
-        if p.search(s): s = p.sub(lambda m: mask(m[0]), s)
-    if 'earer' in s: s = _BEARER.sub(lambda m: m[1] + mask(m[2]), s)
     return s
 
 def _redact(o, secrets):
     if isinstance(o, str): return _redact_str(o, secrets)
-    if isinstance(o, dict): return {_redact(k, secrets): _redact(v, secrets) for k, v in o.items()}
+    if isinstance(o, dict):
+        return {_redact(k, secrets): (mask(v) if isinstance(k, str) and isinstance(v, str) and v and _SECRET_FIELD.search(k)
+                                      and v not in _NOT_SECRET else _redact(v, secrets)) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return type(o)(_redact(v, secrets) for v in o)
     return o
 

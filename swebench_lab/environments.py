@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import hashlib
 import io
@@ -27,7 +28,7 @@ import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -38,17 +39,19 @@ from .core import SwebenchLabError, cli_entry, crawled_data_dir, logger, results
 from .repos import RepoStore, repo_key
 
 # %% auto #0
-__all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'CONDA_SHIM', 'EXCLUDES',
-           'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'main', 'DockerUnavailable', 'docker_client',
-           'docker_available', 'provision_docker', 'RecipeError', 'Recipe', 'shipped_recipes', 'load_recipe',
-           'recipes_from_swebench', 'write_shipped_recipes', 'recipe_coverage', 'host_ca_bundle', 'base_image_tag',
-           'image_exists', 'registry_reachable', 'build_base_image', 'InstanceSpec', 'resolve_requirements',
-           'resolve_env_yml', 'env_context', 'env_dockerfile', 'exclude_lines', 'instance_context',
-           'instance_dockerfile', 'env_tag', 'instance_tag', 'env_dir', 'base_for', 'build_env_image',
-           'build_instance_image', 'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult',
-           'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'DockerSandbox',
-           'host_python', 'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox',
-           'list_resources', 'reap_orphans', 'remove_resources']
+__all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'CONDA_SHIM',
+           'PIP_SPEC', 'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'OFFLINE_NETWORK',
+           'main', 'DockerUnavailable', 'docker_client', 'docker_available', 'provision_docker', 'RecipeError',
+           'Recipe', 'shipped_recipes', 'load_recipe', 'recipes_from_swebench', 'write_shipped_recipes',
+           'recipe_coverage', 'host_ca_bundle', 'base_image_tag', 'image_exists', 'registry_reachable',
+           'build_base_image', 'find_host_python', 'host_suite', 'host_python_prefix', 'python_source',
+           'host_python_base_tag', 'build_host_python_base', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml',
+           'env_context', 'env_dockerfile', 'exclude_lines', 'instance_context', 'instance_dockerfile', 'env_tag',
+           'instance_tag', 'env_dir', 'base_for', 'base_tag_for', 'build_env_image', 'build_instance_image',
+           'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult', 'SandboxGone', 'output_cap',
+           'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'offline_network', 'DockerSandbox', 'host_python',
+           'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox', 'list_resources',
+           'reap_orphans', 'remove_resources']
 
 # %% ../nbs/08_environments.ipynb #env-engine
 LABEL = 'swebench_lab'
@@ -109,16 +112,15 @@ class Recipe:
     env_yml_paths: list[str] = field(default_factory=lambda: ['environment.yml'])
     base_image: str | None = None
     system_site_packages: bool = False
+    hosts: dict[str, str] = field(default_factory=dict)        # extra /etc/hosts entries of the sandbox
+    services: list[dict] = field(default_factory=list)         # [{command, port}]: started in the sandbox before anything runs
     source: str = field(default='', compare=False)   # file and key it came from (for messages)
 
     @property
     def distro(self) -> str:
-        "The Debian suite whose Python this recipe asks for (or raises, naming the Python and the ways out)."
-        if self.python not in DISTROS:
-            raise RecipeError(f"{self.source or 'recipe'}: Python {self.python} cannot be provided here: the base images bring "
-                              f"only Debian's Pythons ({', '.join(f'{v} ({d})' for v, d in DISTROS.items())}). Use the record's "
-                              f"prebuilt image (--prebuilt), or set `base_image:` in the recipe to an image of yours with Python {self.python}")
-        return DISTROS[self.python]
+        "The Debian suite of the base image (the host's suite when the Python is a host installation)."
+        kind, where = python_source(self)
+        return where if kind == 'debian' else host_suite() if kind == 'host' else None
 
 _LIST_KEYS = {'apt', 'pip', 'env_setup', 'pre_install', 'requirements_paths', 'env_yml_paths'}
 _ALIASES = {'pip_packages': 'pip'}
@@ -144,6 +146,13 @@ def _recipe_from(entry, where: str) -> Recipe:
             if not isinstance(v, str): raise RecipeError(f"{where}: packages must be a string or a list of strings")
         elif k == 'system_site_packages':
             if not isinstance(v, bool): raise RecipeError(f"{where}: system_site_packages must be true or false")
+        elif k == 'hosts':
+            if not isinstance(v, dict) or not all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+                raise RecipeError(f"{where}: hosts must map host names to addresses, like {{httpbin.org: 127.0.0.1}}")
+        elif k == 'services':
+            if not isinstance(v, list) or not all(isinstance(x, dict) and isinstance(x.get('command'), str)
+                                                  and isinstance(x.get('port', 0), int) and set(x) <= {'command', 'port'} for x in v):
+                raise RecipeError(f"{where}: services must be a list of {{command: <shell>, port: <int>}}")
         elif v is not None and not isinstance(v, str): raise RecipeError(f"{where}: {k} must be a string")
         kw[k] = v if v is not None or k == 'base_image' else ''
     return Recipe(**kw, source=where)
@@ -187,6 +196,16 @@ SWEBENCH_SPECS_SOURCE = ('swebench 4.1.0 (PyPI), swebench/harness/constants/pyth
 _COMPILES = {'astropy/astropy', 'matplotlib/matplotlib', 'scikit-learn/scikit-learn', 'django/django', 'pydata/xarray',
              'mwaskom/seaborn', 'pvlib/pvlib-python', 'pyvista/pyvista', 'sympy/sympy'}
 
+# What the workbench adds to SWE-bench's specs, and why. Evaluation has no internet: requests' tests call httpbin.org,
+# so its sandboxes run a local httpbin (psf's own package) on port 80, with httpbin.org pointing at it.
+WORKBENCH_ADDITIONS = {
+    'psf/requests': {'env_setup': ['python3 -m venv /opt/httpbin && /opt/httpbin/bin/pip install --no-cache-dir --progress-bar off '
+                                   'httpbin==0.10.2 gunicorn==23.0.0'],
+                     'services': [{'command': '/opt/httpbin/bin/gunicorn --bind 127.0.0.1:80 --workers 2 --log-level warning httpbin:app',
+                                   'port': 80}],
+                     'hosts': {'httpbin.org': '127.0.0.1'}},
+}
+
 def recipes_from_swebench(ns: dict) -> dict:
     "Recipes (`{repo: {version: entry}}`) from the namespace of SWE-bench's `constants/python.py`."
     out = {}
@@ -204,6 +223,7 @@ def recipes_from_swebench(ns: dict) -> dict:
             e['install'] = s.get('install', '')
             tc = s.get('test_cmd', '')
             e['test_cmd'] = ' && '.join(tc) if isinstance(tc, list) else tc
+            e.update(copy.deepcopy(WORKBENCH_ADDITIONS.get(repo, {})))
             out.setdefault(repo, {})[str(v)] = e
     return out
 
@@ -216,14 +236,19 @@ def write_shipped_recipes(ns: dict, path: str | Path) -> Path:
     shipped_recipes.cache_clear()
     return Path(path)
 
-def recipe_coverage(records: list[dict], envs_dir=None) -> dict:
-    "For benchmark records: how many have a recipe whose Python the base images provide, and why the others do not."
-    ok, why = [], {}
-    for r in records:
-        try: rec = load_recipe(r['repo'], r.get('version'), envs_dir); rec.distro; ok.append(r['instance_id'])
-        except RecipeError as e: why[r['instance_id']] = (f"Python {rec.python}" if 'cannot be provided' in str(e) else 'no recipe')
+def recipe_coverage(records: list[dict], envs_dir=None, host_pythons: bool = True) -> dict:
+    "For benchmark records: how many have a recipe whose Python a base image here can provide (Debian's; with `host_pythons`, this host's too)."
     from collections import Counter
-    return {'total': len(records), 'buildable': len(ok), 'not_buildable': len(why), 'reasons': dict(Counter(why.values()))}
+    ok, why, how = [], {}, Counter()
+    for r in records:
+        try: rec = load_recipe(r['repo'], r.get('version'), envs_dir)
+        except RecipeError: why[r['instance_id']] = 'no recipe'; continue
+        try:
+            kind, _ = python_source(rec) if host_pythons or rec.python in DISTROS or rec.base_image else python_source(replace(rec, python='none'))
+            ok.append(r['instance_id']); how[f'{kind} Python {rec.python}'] += 1
+        except RecipeError: why[r['instance_id']] = f"Python {rec.python}"
+    return {'total': len(records), 'buildable': len(ok), 'not_buildable': len(why), 'by_python_source': dict(how),
+            'reasons': dict(Counter(why.values()))}
 
 # %% ../nbs/08_environments.ipynb #env-base
 BASE_PACKAGES = ('python3', 'python3-venv', 'python3-pip', 'git', 'patch', 'ca-certificates', 'procps')
@@ -328,6 +353,91 @@ def _build(client, context: str | Path, tag: str, log: Path, layer: str, nocache
     finally:
         if lines: log.write_text(''.join(lines))
 
+def find_host_python(version: str) -> Path | None:
+    "An interpreter of Python `version` on this host that really runs: this one, `pythonX.Y` on PATH, or a pyenv installation."
+    cands = []
+    if f'{sys.version_info[0]}.{sys.version_info[1]}' == version: cands.append(getattr(sys, '_base_executable', None) or sys.executable)
+    if w := shutil.which(f'python{version}'): cands.append(w)
+    root = Path(os.environ.get('PYENV_ROOT') or Path.home() / '.pyenv') / 'versions'
+    cands += sorted(root.glob(f'{version}.*/bin/python{version}'), key=lambda p: [int(x) for x in re.findall(r'\d+', p.parts[-3])], reverse=True)
+    for c in cands:
+        info = _python_info(str(c))
+        if info and info['version'] == version: return Path(c)
+    return None
+
+@functools.lru_cache(maxsize=64)
+def _python_info(exe: str) -> dict | None:
+    "Version, full version, prefix (and whether it is a virtualenv) of an interpreter; None when it does not run."
+    code = 'import sys, json; print(json.dumps({"version": "%d.%d" % sys.version_info[:2], "full": sys.version.split()[0], "prefix": sys.prefix, "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}))'
+    try: r = subprocess.run([exe, '-c', code], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired): return None
+    try: return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+    except (json.JSONDecodeError, IndexError): return None
+
+def host_suite() -> str | None:
+    "This host's Debian suite when base images can be built for it (a host Python's build runs on it), else None."
+    try: osr = dict(l.split('=', 1) for l in Path('/etc/os-release').read_text().splitlines() if '=' in l)
+    except OSError: return None
+    suite = osr.get('VERSION_CODENAME', '').strip('"')
+    return suite if osr.get('ID', '').strip('"') == 'debian' and suite in DISTROS.values() else None
+
+def host_python_prefix(version: str) -> Path | None:
+    "The installation prefix of a host Python of `version` that can be copied into a base image (not a virtualenv), or None."
+    if host_suite() is None: return None
+    exe = find_host_python(version)
+    info = _python_info(str(exe)) if exe else None
+    if not info or info['venv'] or not Path(info['prefix'], 'bin', f'python{version}').exists(): return None
+    return Path(info['prefix'])
+
+def python_source(recipe: 'Recipe') -> tuple[str, str]:
+    """Where a recipe's Python comes from: `('image', base_image)`, `('debian', suite)`, or `('host', prefix)` (a Python
+    installed on this Debian host, copied onto the host's suite); raises, naming the Python, when none can provide it."""
+    if recipe.base_image: return 'image', recipe.base_image
+    if recipe.python in DISTROS: return 'debian', DISTROS[recipe.python]
+    if (prefix := host_python_prefix(recipe.python)) is not None: return 'host', str(prefix)
+    raise RecipeError(f"{recipe.source or 'recipe'}: Python {recipe.python} cannot be provided here: the base images bring "
+                      f"Debian's Pythons ({', '.join(f'{v} ({d})' for v, d in DISTROS.items())}) and Pythons installed on a "
+                      f"Debian {'/'.join(DISTROS.values())} host (pythonX.Y on PATH, or pyenv), and this host has no Python {recipe.python}. "
+                      f"Use the record's prebuilt image (--prebuilt), set `base_image:` in the recipe to an image of yours with "
+                      f"Python {recipe.python}, or install Python {recipe.python} here (pyenv install {recipe.python})")
+
+def host_python_base_tag(prefix: str | Path, version: str) -> str:
+    exe = Path(prefix) / 'bin' / f'python{version}'
+    info = _python_info(str(exe))
+    return (f"swebench-lab/base:{host_suite()}-python{version}-"
+            f"{_h(base_image_tag(host_suite()), prefix, info['full'] if info else '', exe.stat().st_mtime_ns)}")
+
+def build_host_python_base(prefix: str | Path, version: str, client=None) -> str:
+    "A base image: this host's Debian suite with a host Python installation copied to the same path (its own paths work unchanged)."
+    client = client or docker_client()
+    base = build_base_image(host_suite(), client)
+    tag = host_python_base_tag(prefix, version)
+    with _tag_lock(tag):
+        if image_exists(client, tag): return tag
+        prefix = Path(prefix)
+        df = (f'FROM {base}\nCOPY python {prefix}\nRUN ln -sf {prefix}/bin/python{version} /usr/local/bin/python{version} '
+              f'&& python{version} -c "import ssl, sqlite3, venv"\nLABEL {LABEL}=base\n')
+        t0 = time.time()
+        with tempfile.TemporaryFile() as f:
+            with tarfile.open(fileobj=f, mode='w') as tf:
+                info = tarfile.TarInfo('Dockerfile'); data = df.encode(); info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                tf.add(str(prefix), arcname='python', filter=lambda ti: None if '__pycache__' in ti.name else ti)
+            f.seek(0)
+            import docker
+            log = env_dir() / 'build_logs' / f"{tag.split(':')[1]}.base.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            lines = []
+            try:
+                for chunk in client.api.build(fileobj=f, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True, labels={LABEL: 'base'}):
+                    if 'stream' in chunk: lines.append(chunk['stream'])
+                    if 'error' in chunk: raise docker.errors.BuildError(chunk['error'], lines)
+            except docker.errors.BuildError as e:
+                raise SwebenchLabError(f"building {tag} from {prefix} failed: {one_line(str(e))[-300:]}; full log: {log}") from None
+            finally: log.write_text(''.join(lines))
+        logger.info("built %s (Python %s from %s) in %.0fs", tag, version, prefix, time.time() - t0)
+        return tag
+
 # %% ../nbs/08_environments.ipynb #env-layers
 @dataclass
 class InstanceSpec:
@@ -419,20 +529,28 @@ def _requirements(spec: InstanceSpec, store: RepoStore | None) -> str:
         _REQ_CACHE[key] = (resolve_requirements if r.packages == 'requirements.txt' else resolve_env_yml)(r, repo, spec.setup_commit)
     return _REQ_CACHE[key]
 
+# pip before 25.3 still falls back to `setup.py develop` for projects whose setuptools predates editable wheels (PEP 660),
+# as the pips of SWE-bench's images did; and editable installs put /testbed itself on sys.path (setuptools' compat mode),
+# like those images' `setup.py develop`, rather than an import hook that changes how tests find modules.
+PIP_SPEC = 'pip>=21,<25.3'
+_PIP_ENV = ['PIP_CONFIG_SETTINGS=editable_mode=compat', 'PIP_DISABLE_PIP_VERSION_CHECK=1']
+
 def _pip(args: str) -> str: return f'python -m pip install --no-cache-dir --progress-bar off {args}'
 
 def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> dict[str, str]:
     "The env layer's build context: `{file name: text}`, with the Dockerfile."
     r = spec.recipe
     files = {'activate': CONDA_SHIM}
-    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env', *[f'ENV {e}' for e in _IMAGE_ENV]]
+    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env', *[f'ENV {e}' for e in _IMAGE_ENV + _PIP_ENV]]
     if r.apt:
-        lines.append("RUN printf 'deb %s %s main\\n' " + f"'{DEBIAN_MIRROR}' '{r.distro}' > /etc/apt/sources.list && apt-get update -qq && "
+        suite = r.distro
+        lines.append(("RUN printf 'deb %s %s main\\n' " + f"'{DEBIAN_MIRROR}' '{suite}' > /etc/apt/sources.list && " if suite else 'RUN ') +
+                     "apt-get update -qq && "
                      f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {' '.join(map(shlex.quote, r.apt))} "
                      "&& rm -rf /var/lib/apt/lists/*")
     py = shlex.quote(f'python{r.python}')
     lines.append(f'RUN PY=$(command -v {py} || command -v python3) && "$PY" -m venv {"--system-site-packages " if r.system_site_packages else ""}'
-                 f'/opt/venv && {_pip("--upgrade pip setuptools wheel")}')
+                 f'/opt/venv && {_pip(shlex.quote(PIP_SPEC) + " setuptools wheel")}')
     lines.append('COPY activate /opt/miniconda3/bin/activate')
     if r.packages in ('requirements.txt', 'environment.yml'):
         files['requirements.txt'] = _requirements(spec, store)
@@ -479,11 +597,12 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'download', '--no-cache-d
 def instance_context(env_tag: str, r: Recipe, instance_id: str) -> dict[str, str]:
     "The instance layer's build context without the repository (`testbed/`, added at build time): `{file name: text}`."
     lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
-             f'ENV PIP_FIND_LINKS={WHEELHOUSE}', 'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py',
+             'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py',
              'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}']
     lines += [f'RUN {c}' for c in r.pre_install]
     if r.install: lines.append(f'RUN {r.install}')
     lines.append(f'RUN python /opt/swebench_lab/wheelhouse.py {WHEELHOUSE} && {SETTLE_SETUP}')
+    lines.append(f'ENV PIP_FIND_LINKS={WHEELHOUSE}')
     return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}
 
 def instance_dockerfile(env_tag: str, r: Recipe, instance_id: str) -> str:
@@ -504,15 +623,22 @@ def instance_tag(env: str, spec: InstanceSpec) -> str:
 def env_dir() -> Path: return results_dir() / 'environments'
 
 def base_for(recipe: Recipe, client=None) -> str:
-    "The base image of a recipe: the user's `base_image`, or the Debian base image of its Python."
+    "The base image of a recipe (built when missing): the user's `base_image`, Debian's, or a host Python's."
     client = client or docker_client()
-    if recipe.base_image:
-        if not image_exists(client, recipe.base_image):
-            try: client.images.pull(recipe.base_image)
+    kind, where = python_source(recipe)
+    if kind == 'image':
+        if not image_exists(client, where):
+            try: client.images.pull(where)
             except Exception as e:
-                raise RecipeError(f"{recipe.source}: base_image {recipe.base_image!r} is not here and cannot be pulled ({one_line(str(e))[:200]})") from None
-        return recipe.base_image
-    return build_base_image(recipe.distro, client)
+                raise RecipeError(f"{recipe.source}: base_image {where!r} is not here and cannot be pulled ({one_line(str(e))[:200]})") from None
+        return where
+    if kind == 'debian': return build_base_image(where, client)
+    return build_host_python_base(where, recipe.python, client)
+
+def base_tag_for(recipe: Recipe) -> str:
+    "The tag `base_for` gives, without building anything."
+    kind, where = python_source(recipe)
+    return where if kind == 'image' else base_image_tag(where) if kind == 'debian' else host_python_base_tag(where, recipe.python)
 
 def build_env_image(spec: InstanceSpec, client=None, nocache: bool = False, store: RepoStore | None = None) -> str:
     client = client or docker_client()
@@ -550,8 +676,7 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
 def resolve_image(spec: InstanceSpec, store: RepoStore | None = None) -> str:
     "The tag the instance image of `spec` has (or will have once built), without building anything but the base image."
     if spec.image: return spec.image
-    base = spec.recipe.base_image or base_image_tag(spec.recipe.distro)
-    return instance_tag(env_tag(base, spec, store), spec)
+    return instance_tag(env_tag(base_tag_for(spec.recipe), spec, store), spec)
 
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
     "A fresh repository at `dest` holding `commit` and its past only (no branches, tags, remotes or later commits), checked out detached."
@@ -683,17 +808,52 @@ def owner_alive(owner: str) -> bool | None:
     if host != socket.gethostname(): return None
     return Path(f'/proc/{pid}').exists() and _proc_start(int(pid)) == start
 
+OFFLINE_NETWORK = 'swebench_lab-offline'
+_NET_LOCK = threading.Lock()
+
+def offline_network(client=None) -> str:
+    """The network of sandboxes without internet: an internal bridge (no route out of the host) with containers unable to
+    reach each other. Unlike no network at all, addresses are routed (and dropped), so a connection to an unreachable
+    address times out as it would on the internet, which some test suites rely on."""
+    client = client or docker_client()
+    with _NET_LOCK:
+        if not client.networks.list(names=[OFFLINE_NETWORK]):
+            import docker
+            try: client.networks.create(OFFLINE_NETWORK, driver='bridge', internal=True, labels={LABEL: 'network'},
+                                        options={'com.docker.network.bridge.enable_icc': 'false'})
+            except docker.errors.APIError as e:
+                if 'already exists' not in str(e): raise
+    return OFFLINE_NETWORK
+
+# Offline: no name resolves (at once, not after DNS timeouts), and pip never waits on an index it cannot reach.
+_OFFLINE_SETUP = "printf 'nameserver 127.0.0.1\\noptions timeout:1 attempts:1\\n' > /etc/resolv.conf"
+
 class DockerSandbox(Sandbox):
-    "A container from the instance image: no network, bounded memory/CPU/processes, a lifetime; removed on close."
-    def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None):
+    "A container from the instance image: no internet, bounded memory/CPU/processes, a lifetime; removed on close."
+    def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None,
+                 hosts: dict[str, str] | None = None, services: list[dict] | None = None):
         self.client, self.limits = client or docker_client(), limits or Limits()
         self.container = None
+        offline = not self.limits.network
         self.container = self.client.containers.run(
             image, command=['sleep', str(int(self.limits.lifetime))], detach=True, working_dir='/testbed', init=True, auto_remove=True,
-            network_mode=None if self.limits.network else 'none', mem_limit=self.limits.memory,
-            nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids,
+            network=offline_network(self.client) if offline else None, mem_limit=self.limits.memory,
+            nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, extra_hosts=hosts or None,
+            environment={'PIP_NO_INDEX': '1'} if offline else None,
             labels={LABEL: '1', f'{LABEL}.owner': owner_label(), **(labels or {})})
-        self.run(f'mkdir -p {self.tmp}', timeout=30)
+        r = self.run(f'mkdir -p {self.tmp}' + (f' && {_OFFLINE_SETUP}' if offline else ''), timeout=30)
+        if r.exit_code: raise SwebenchLabError(f"sandbox setup failed: {r.output[-300:]}")
+        for svc in services or []: self.start_service(svc['command'], svc.get('port'))
+
+    def start_service(self, command: str, port: int | None = None, wait: float = 30) -> None:
+        "Start `command` in the background of the sandbox; with `port`, wait until it accepts connections."
+        api = self.client.api
+        api.exec_start(api.exec_create(self.container.id, ['bash', '-c', command], workdir='/')['Id'], detach=True)
+        if port:
+            probe = (f"for i in $(seq {int(wait * 10)}); do (exec 3<>/dev/tcp/127.0.0.1/{int(port)}) 2>/dev/null && exit 0; "
+                     "sleep 0.1; done; exit 1")
+            if self.run(probe, timeout=wait + 5).exit_code:
+                raise SwebenchLabError(f"service {command[:80]!r} did not listen on port {port} within {wait:.0f}s")
 
     def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
         import docker
@@ -748,13 +908,10 @@ class DockerSandbox(Sandbox):
             self.container = None
 
 def host_python(recipe: Recipe) -> str:
-    "The host's interpreter for the recipe's Python (`pythonX.Y` on PATH, or this one when it matches); refuses otherwise."
-    v = recipe.python
-    if f'{sys.version_info[0]}.{sys.version_info[1]}' == v: return getattr(sys, '_base_executable', None) or sys.executable
-    exe = shutil.which(f'python{v}')
-    if exe: return exe
-    raise RecipeError(f"{recipe.source}: the local backend needs Python {v}, and this host has no python{v} on PATH; "
-                      f"install it, or use the docker backend")
+    "The host's interpreter for the recipe's Python (this one, `pythonX.Y` on PATH, or pyenv's); refuses when there is none."
+    if exe := find_host_python(recipe.python): return str(exe)
+    raise RecipeError(f"{recipe.source}: the local backend needs Python {recipe.python}, and this host has none (no python{recipe.python} "
+                      f"on PATH or in pyenv); install it (pyenv install {recipe.python}), or use the docker backend")
 
 class LocalSandbox(Sandbox):
     """A fresh clone and a fresh copy of the recipe's virtualenv on the host. It isolates nothing else: commands run as
@@ -783,7 +940,10 @@ class LocalSandbox(Sandbox):
         self._paths = {'/testbed': self.testbed, '/tmp/swebench_lab': self.tmp, '/opt/miniconda3/bin/activate': str(shim),
                        '/opt/venv': str(self.venv)}
         self._re = re.compile(r'(?<![\w./-])(' + '|'.join(map(re.escape, sorted(self._paths, key=len, reverse=True))) + r')(?![\w.-])')
-        self.env = {**os.environ, 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
+        if spec.recipe.hosts or spec.recipe.services:
+            logger.warning("%s: the local backend has no sandbox network: the recipe's hosts and services are not set up", spec.instance_id)
+        self.env = {**os.environ, **dict(e.split('=', 1) for e in _PIP_ENV),
+                    'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
                     'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
         for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
         for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
@@ -870,9 +1030,9 @@ def local_env_template(spec: InstanceSpec, python: str, store: RepoStore | None 
         if r.apt: logger.warning("the local backend cannot install Debian packages (%s); the host's are used", ' '.join(r.apt))
         t0 = time.time()
         venv_cmd = [python, '-m', 'venv'] + (['--system-site-packages'] if r.system_site_packages else []) + [str(d)]
-        env = {**os.environ, 'PATH': f"{d / 'bin'}:{os.environ['PATH']}", 'VIRTUAL_ENV': str(d), 'PIP_DISABLE_PIP_VERSION_CHECK': '1'}
+        env = {**os.environ, 'PATH': f"{d / 'bin'}:{os.environ['PATH']}", 'VIRTUAL_ENV': str(d), **dict(e.split('=', 1) for e in _PIP_ENV)}
         env.pop('PYTHONPATH', None)
-        steps = [venv_cmd, ['python', '-m', 'pip', 'install', '-q', '--upgrade', 'pip', 'setuptools', 'wheel']]
+        steps = [venv_cmd, ['python', '-m', 'pip', 'install', '-q', '--upgrade', PIP_SPEC, 'setuptools', 'wheel']]
         if reqs:
             (d.parent / f'{d.name}.requirements.txt').write_text(reqs)
             steps.append(['python', '-m', 'pip', 'install', '-q', '-r', str(d.parent / f'{d.name}.requirements.txt')])
@@ -914,7 +1074,8 @@ def open_sandbox(spec: InstanceSpec, backend: str = 'docker', limits: Limits | N
     "A sandbox for one instance; removed when the block ends (errors and Ctrl-C included)."
     if backend == 'docker':
         image = build_instance_image(spec, store)
-        box = DockerSandbox(image, limits, labels={f'{LABEL}.instance': spec.instance_id, **(labels or {})})
+        box = DockerSandbox(image, limits, labels={f'{LABEL}.instance': spec.instance_id, **(labels or {})},
+                            hosts=spec.recipe.hosts, services=spec.recipe.services)
     elif backend == 'local':
         box = LocalSandbox(spec, store)
     else: raise SwebenchLabError(f"unknown backend {backend!r}: use docker or local")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import yaml
 
-from .core import SwebenchLabError, logger, project_root
+from .core import SwebenchLabError, logger, project_root, register_secret_variable
 
 # %% auto #0
 __all__ = ['DEFAULT_MODELS_YAML', 'get_encoding', 'count_tokens', 'ModelSpec', 'user_models_file', 'load_registry',
@@ -141,6 +141,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, ModelSpec]:
     if p:
         for n, e in _parse_registry(p.read_text(), str(p)).items():
             reg[n] = replace(reg[n], **e, source=str(p)) if n in reg else ModelSpec(name=n, **e, source=str(p))
+    for spec in reg.values(): register_secret_variable(spec.api_key_env)   # its value is a secret, whatever its name
     return reg
 
 def discover_model(base_url: str, name: str, api_key: str | None = None, timeout: float = 10) -> dict | None:

@@ -38,7 +38,8 @@ __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUG
            'install_report_plugin', 'runner_passes', 'cross_check', 'pytest_config', 'reset_test_infrastructure',
            'unsafe_patch', 'suspicious_lines', 'edit_similarity', 'token_jaccard', 'file_hit_rate', 'apply_patch',
            'inputs_hash', 'instance_image', 'Cancelled', 'evaluate_instance', 'grade_log', 'PredictionsError',
-           'load_predictions', 'dataset_records', 'eval_dir', 'run_evaluation', 'summarize', 'regrade', 'validate']
+           'load_predictions', 'dataset_records', 'eval_dir', 'run_evaluation', 'summarize', 'regrade', 'validate',
+           'swebench_report', 'swebench_agreement']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -151,6 +152,11 @@ class _Recorder(object):
         except Exception:
             return nodeid
 
+    def pytest_runtest_makereport(self, item, call):
+        if call.when == "call":
+            exc = call.excinfo
+            self._w({"nodeid": item.nodeid, "when": "raw-call", "raised": None if exc is None else exc.typename})
+
     def pytest_runtest_logreport(self, report):
         self._w({"nodeid": report.nodeid, "rel": self._rel(report.nodeid), "when": report.when,
                  "outcome": report.outcome, "xfail": hasattr(report, "wasxfail")})
@@ -182,11 +188,15 @@ def runner_passes(report_text: str, fn) -> dict[str, str] | None:
     "The tests the runner's record says passed (or xfailed), keyed as swebench's parser `fn` keys them; None with no record."
     if not report_text or '"event": "start"' not in report_text: return None
     calls: dict[str, str] = {}
+    raised: dict[str, str | None] = {}
     for line in report_text.splitlines():
         try: ev = json.loads(line)
         except json.JSONDecodeError: continue
+        if ev.get('when') == 'raw-call': raised[ev.get('nodeid')] = ev.get('raised'); continue
         if ev.get('when') != 'call' and not (ev.get('when') == 'setup' and ev.get('xfail')): continue
-        st = 'XFAIL' if ev.get('xfail') and ev.get('outcome') == 'skipped' else 'PASSED' if ev.get('outcome') == 'passed' else None
+        xfail = ev.get('xfail') and ev.get('outcome') == 'skipped'
+        # a pass needs pytest's report to say passed and the test call itself to have raised nothing
+        st = 'XFAIL' if xfail else 'PASSED' if ev.get('outcome') == 'passed' and raised.get(ev.get('nodeid')) is None else None
         for k in {ev.get('nodeid'), ev.get('rel')} - {None}:
             if st: calls[k] = st
             else: calls.pop(k, None)
@@ -741,6 +751,13 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
         g, u = runs['gold'][iid], runs['unpatched'][iid]
         row.update(gold_status=g.get('status'), unpatched_status=u.get('status'),
                    gold_test_s=g.get('test_duration_s'), unpatched_test_s=u.get('test_duration_s'))
+        agree = []
+        for arm in ('gold', 'unpatched'):
+            d = out / arm / iid
+            if (d / 'test_output.log').exists():
+                rr = (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None
+                agree.append(swebench_agreement(rec, d / 'test_output.log', rr)['agree'])
+        row['agrees_with_swebench'] = all(agree) if agree else None
         if g.get('status') == 'error' or u.get('status') == 'error':
             row.update(verdict='error', reason=g.get('error') or u.get('error'))
         elif g.get('status') == NO_TEST_OUTPUT or u.get('status') == NO_TEST_OUTPUT:
@@ -759,18 +776,43 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
     table = list(rows.values())
     from collections import Counter
     summary = {'dataset': str(dataset_name), 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
+               'agree_with_swebench': sum(r.get('agrees_with_swebench') is True for r in table),
+               'disagree_with_swebench': [r['instance_id'] for r in table if r.get('agrees_with_swebench') is False],
                'verdicts': dict(Counter(r.get('verdict') for r in table)), 'instances': table}
     write_json(out / 'validation.json', summary)
     summary['path'] = str(out / 'validation.json')
     return summary
 
 def _print_validation(s: dict):
-    cols = ['instance_id', 'version', 'python', 'verdict', 'build_s', 'gold_test_s', 'unpatched_test_s', 'reason']
+    cols = ['instance_id', 'version', 'python', 'verdict', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
     rows = [[str(r.get(c, '') if r.get(c) is not None else '') for c in cols] for r in s['instances']]
     w = [max(len(c), *(len(x[i][:70]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
     for x in rows: print('  '.join(v[:70].ljust(w[i]) for i, v in enumerate(x)))
-    print(f"\n{s['valid']}/{s['total']} valid; {s['verdicts']}\n{s['path']}")
+    print(f"\n{s['valid']}/{s['total']} valid; {s['verdicts']}; grading agrees with swebench on {s['agree_with_swebench']}"
+          f"{'; disagrees on ' + ', '.join(s['disagree_with_swebench']) if s['disagree_with_swebench'] else ''}\n{s['path']}")
+
+# %% ../nbs/09_run_evaluation.ipynb #ev-agree
+def swebench_report(rec: dict, log_path: str | Path) -> dict:
+    "swebench's own per-instance report for a saved log (`get_eval_report` with `make_test_spec`)."
+    from swebench.harness.grading import get_eval_report
+    from swebench.harness.utils import make_test_spec
+    f2p, p2p = _tests(rec)
+    spec = make_test_spec({**rec, 'FAIL_TO_PASS': json.dumps(list(f2p)), 'PASS_TO_PASS': json.dumps(list(p2p))})
+    iid = rec['instance_id']
+    return get_eval_report(spec, {'instance_id': iid, 'model_name_or_path': 'x', 'model_patch': 'x'}, str(log_path),
+                           include_tests_status=True)[iid]
+
+def swebench_agreement(rec: dict, log_path: str | Path, runner_report: str | None = None) -> dict:
+    "Our verdict and swebench's on the same log, and whether they agree."
+    ours = grade_log(rec, Path(log_path).read_text(errors='replace'), runner_report)[rec['instance_id']]
+    theirs = swebench_report(rec, log_path)
+    ours_output, theirs_output = ours['status'] != NO_TEST_OUTPUT, bool(theirs['patch_successfully_applied'])
+    same_tests = all(ours['tests_status'].get(k) == theirs.get('tests_status', {}).get(k) for k in ('FAIL_TO_PASS', 'PASS_TO_PASS'))
+    agree = (ours_output == theirs_output and bool(ours['resolved']) == bool(theirs['resolved'])
+             and (not ours_output or same_tests) and ours['status'] != 'tampered')
+    return {'instance_id': rec['instance_id'], 'ours': ours['status'], 'ours_resolved': bool(ours['resolved']),
+            'swebench_found_output': theirs_output, 'swebench_resolved': bool(theirs['resolved']), 'agree': agree}
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_summary(s: dict):

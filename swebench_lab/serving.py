@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import os
@@ -21,23 +22,34 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, Field, field_validator
+from starlette.requests import Request   # resolved by FastAPI from this module's globals (annotations are strings here)
 
-from .core import SwebenchLabError, cli_entry, logger, setup_logging
+from .core import SwebenchLabError, cli_entry, logger, setup_logging, one_line
 
 # %% auto #0
-__all__ = ['VLLM_LORA_RANKS', 'main', 'ChatMessage', 'ChatCompletionRequest', 'OpenAIError', 'check_quantization',
+__all__ = ['SEED_RANGE', 'VLLM_LORA_RANKS', 'main', 'ChatMessage', 'ChatCompletionRequest', 'OpenAIError', 'check_quantization',
            'parse_lora_modules', 'ModelServer', 'create_app', 'adapter_rank', 'vllm_command', 'free_port',
-           'ServerHandle', 'serve_in_background']
+           'ServerHandle', 'serve_in_background', 'bad_request_mix', 'run_server']
 
 # %% ../nbs/07_serving.ipynb #srv-req
 class ChatMessage(BaseModel):
     role: Literal['system', 'user', 'assistant', 'tool', 'developer']
     content: str | list[dict[str, Any]] | None = ''
 
+    @field_validator('content')
+    @classmethod
+    def _parts(cls, v):
+        if isinstance(v, list):
+            for i, p in enumerate(v):
+                if p.get('type', 'text') != 'text': raise ValueError(f"part {i}: only text parts are supported, got type {p.get('type')!r}")
+                if not isinstance(p.get('text'), str): raise ValueError(f"part {i}: text must be a string")
+        return v
+
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return ''.join(p.get('text', '') for p in self.content if isinstance(p, dict))
+        if isinstance(self.content, list): return ''.join(p['text'] for p in self.content)
         return self.content or ''
+
+SEED_RANGE = (-2**63, 2**64 - 1)   # what torch.manual_seed takes
 
 class ChatCompletionRequest(BaseModel):
     model_config = {'extra': 'allow'}
@@ -49,13 +61,14 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
 
     @field_validator('stop')
     @classmethod
     def _stop(cls, v):
         if isinstance(v, list) and len(v) > 4: raise ValueError('at most 4 stop sequences')
+        if v == '' or (isinstance(v, list) and '' in v): raise ValueError('stop sequences must not be empty')
         return v
 
 class OpenAIError(Exception):
@@ -131,6 +144,9 @@ class ModelServer:
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
         self._lock = threading.Lock()
+        self.shutdown = threading.Event()       # set on shutdown: every generation stops at its next token
+        self.active = 0                          # generations running or waiting for the lock
+        self._count = threading.Lock()
 
     # --- model cards ---------------------------------------------------------
     def model_names(self) -> list[str]: return [self.base_name, *self.adapters]
@@ -159,8 +175,10 @@ class ModelServer:
         max_new = want or min(self.default_max_tokens, self.max_model_len - p)
         return ids, max_new
 
-    def _gen_kwargs(self, req, max_new):
-        kw = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+    def _gen_kwargs(self, req, max_new, cancel: threading.Event | None = None):
+        from transformers import StoppingCriteriaList
+        kw = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                  stopping_criteria=StoppingCriteriaList([_Cancelled(cancel, self.shutdown)]))
         if req.temperature > 0: kw.update(do_sample=True, temperature=req.temperature, top_p=req.top_p)
         else: kw.update(do_sample=False)
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
@@ -173,17 +191,33 @@ class ModelServer:
         self.model.set_adapter(name)
         return nullcontext()
 
+    def _generate(self, req, x, kw, n: int = 1):
+        "generate() under the lock, counted in `active`; sampling errors become OpenAI errors."
+        import torch
+        with self._count: self.active += 1
+        try:
+            with self._lock:
+                if self.shutdown.is_set(): raise OpenAIError(503, 'the server is shutting down', 'server_error')
+                if req.seed is not None: torch.manual_seed(req.seed)
+                with torch.no_grad(), self._adapter(req.model):
+                    return self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_return_sequences=n, **kw)
+        except RuntimeError as e:
+            if 'probability tensor' in str(e) or 'inf' in str(e) or 'nan' in str(e):
+                raise OpenAIError(400, f'sampling failed with these parameters ({one_line(str(e))[:200]}); raise the temperature or top_p',
+                                  param='temperature') from None
+            raise
+        finally:
+            with self._count: self.active -= 1
+
     def complete(self, req: ChatCompletionRequest) -> dict:
         "A non-streaming chat completion, as OpenAI's response body."
         import torch
         ids, max_new = self._prepare(req)
         kw, stops = self._gen_kwargs(req, max_new)
-        if req.n > 1 and req.temperature == 0: kw['num_beams'] = 1
         x = torch.tensor([ids], device=self.model.device if hasattr(self.model, 'device') else self.device)
-        with self._lock:
-            if req.seed is not None: torch.manual_seed(req.seed)
-            with torch.no_grad(), self._adapter(req.model):
-                out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_return_sequences=req.n, **kw)
+        greedy = req.temperature == 0
+        out = self._generate(req, x, kw, 1 if greedy else req.n)
+        if greedy and req.n > 1: out = out.repeat(req.n, 1)      # greedy decoding: n equal choices
         choices, completion_tokens = [], 0
         eos = self.tokenizer.eos_token_id
         for i, seq in enumerate(out[:, len(ids):].tolist()):
@@ -201,48 +235,68 @@ class ModelServer:
                 'usage': {'prompt_tokens': len(ids), 'completion_tokens': completion_tokens,
                           'total_tokens': len(ids) + completion_tokens}}
 
-    def stream(self, req: ChatCompletionRequest) -> Iterator[str]:
-        "Server-sent events for a streaming completion (n = 1), ending with a usage chunk and `[DONE]`."
+    def stream(self, req: ChatCompletionRequest, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Server-sent events for a streaming completion (n = 1), ending with a usage chunk and `[DONE]`; a failed generation
+        ends with an error event. Setting `cancel` (the client went away) stops the generation at its next token."""
         import torch
         from transformers import TextIteratorStreamer
         if req.n != 1: raise OpenAIError(400, 'streaming supports n=1 only', param='n')
         ids, max_new = self._prepare(req)
-        kw, stops = self._gen_kwargs(req, max_new)
+        cancel = cancel or threading.Event()
+        kw, stops = self._gen_kwargs(req, max_new, cancel)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         x = torch.tensor([ids], device=self.device)
         cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
         result = {}
         def run():
-            with self._lock:
-                if req.seed is not None: torch.manual_seed(req.seed)
-                with torch.no_grad(), self._adapter(req.model):
-                    result['out'] = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), streamer=streamer, **kw)
-        th = threading.Thread(target=run, daemon=True); th.start()
+            try: result['out'] = self._generate(req, x, {**kw, 'streamer': streamer})
+            except BaseException as e:
+                result['error'] = e
+                streamer.end()          # wake the reader: the stream ends with an error event
+        th = threading.Thread(target=run, daemon=True, name='generate'); th.start()
         chunk = lambda delta, finish=None, usage=None: 'data: ' + json.dumps(
             {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model,
              'choices': [] if usage else [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
              **({'usage': usage} if usage else {})}) + '\n\n'
-        yield chunk({'role': 'assistant', 'content': ''})
-        sent, stopped = '', False
-        for piece in streamer:
-            if stopped: continue
-            new = sent + piece
-            hit = min((new.index(s) for s in stops if s in new), default=None)
-            if hit is not None: piece, stopped = new[:hit][len(sent):], True
-            if piece: yield chunk({'content': piece}); sent += piece
-        th.join()
-        seq = result['out'][0, len(ids):].tolist()
-        eos = self.tokenizer.eos_token_id
-        n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
-        finish = 'stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length'
-        yield chunk({}, finish)
-        yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
-        yield 'data: [DONE]\n\n'
+        try:
+            yield chunk({'role': 'assistant', 'content': ''})
+            sent, stopped = '', False
+            for piece in streamer:
+                if stopped: continue
+                new = sent + piece
+                hit = min((new.index(s) for s in stops if s in new), default=None)
+                if hit is not None: piece, stopped = new[:hit][len(sent):], True
+                if piece: yield chunk({'content': piece}); sent += piece
+            th.join()
+            if 'error' in result:
+                e = result['error']
+                err = e if isinstance(e, OpenAIError) else OpenAIError(500, f'generation failed: {type(e).__name__}', 'server_error')
+                if not isinstance(e, OpenAIError): logger.error('streaming generation failed: %s: %s', type(e).__name__, e)
+                yield 'data: ' + json.dumps(err.body()) + '\n\n'
+                yield 'data: [DONE]\n\n'
+                return
+            seq = result['out'][0, len(ids):].tolist()
+            eos = self.tokenizer.eos_token_id
+            n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
+            finish = 'stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length'
+            yield chunk({}, finish)
+            yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
+            yield 'data: [DONE]\n\n'
+        finally:
+            cancel.set()                # the reader is gone (done, or the client disconnected): stop generating
+
+class _Cancelled:
+    "A stopping criterion that ends generation when a request's cancel flag or the server's shutdown flag is set."
+    def __init__(self, cancel: threading.Event | None, shutdown: threading.Event): self.cancel, self.shutdown = cancel, shutdown
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+        stop = self.shutdown.is_set() or (self.cancel is not None and self.cancel.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 # %% ../nbs/07_serving.ipynb #srv-app
 def create_app(server: ModelServer, api_key: str | None = None):
     "The FastAPI app serving `server`."
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool, iterate_in_threadpool
@@ -278,7 +332,8 @@ def create_app(server: ModelServer, api_key: str | None = None):
         return await call_next(request)
 
     @app.get('/health')
-    async def health(): return {'status': 'ok', 'models': server.model_names(), 'device': server.device}
+    async def health(): return {'status': 'ok', 'models': server.model_names(), 'device': server.device, 'active': server.active,
+                                'threads': threading.active_count(), 'pid': os.getpid()}
 
     @app.get('/v1/models')
     async def models(): return {'object': 'list', 'data': server.cards()}
@@ -290,13 +345,22 @@ def create_app(server: ModelServer, api_key: str | None = None):
         return card
 
     @app.post('/v1/chat/completions')
-    async def chat(req: ChatCompletionRequest):
+    async def chat(req: ChatCompletionRequest, request: Request):
         if req.stream:
-            gen = server.stream(req)
+            cancel = threading.Event()
+            gen = server.stream(req, cancel)
             first = await run_in_threadpool(next, gen)  # errors (404, 400) surface before the stream starts
+            async def watch():                          # a client that hangs up stops its generation
+                while not cancel.is_set():
+                    if await request.is_disconnected(): cancel.set(); return
+                    await asyncio.sleep(0.1)
             async def body():
-                yield first
-                async for part in iterate_in_threadpool(gen): yield part
+                watcher = asyncio.create_task(watch())
+                try:
+                    yield first
+                    async for part in iterate_in_threadpool(gen): yield part
+                finally:
+                    cancel.set(); watcher.cancel()
             return StreamingResponse(body(), media_type='text/event-stream')
         return await run_in_threadpool(server.complete, req)
 
@@ -370,6 +434,56 @@ def serve_in_background(base_model: str, lora_modules: str | None = None, port: 
         time.sleep(0.25)
     h.stop()
     raise SwebenchLabError(f"model server did not answer /health within {timeout}s")
+def _rss_mb(pid: int) -> float | None:
+    try: return int(next(l for l in Path(f'/proc/{pid}/status').read_text().splitlines() if l.startswith('VmRSS')).split()[1]) / 1024
+    except (OSError, StopIteration): return None
+
+def bad_request_mix(url: str, model: str, failing_streams: int = 40, abandoned_streams: int = 5, normal_requests: int = 20,
+                    concurrency: int = 8, api_key: str | None = None) -> dict:
+    """Measure a running server (`url`, no `/v1`) under the requests that once broke it: p50 of normal requests, threads and
+    RSS before and after; the status of each bad request; failing streams (a sampling error inside generation) ending
+    with an error event; streams abandoned by their clients stopping their generation."""
+    import httpx, statistics
+    from concurrent.futures import ThreadPoolExecutor
+    headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
+    c = httpx.Client(base_url=url, timeout=120, headers=headers)
+    msg = [{'role': 'user', 'content': 'hello'}]
+    def ask(**kw): return c.post('/v1/chat/completions', json={'model': model, 'messages': msg, 'max_tokens': 8, 'temperature': 0, **kw})
+    def normal_round():
+        times, ok = [], 0
+        for _ in range(normal_requests):
+            t0 = time.perf_counter(); ok += ask().status_code == 200; times.append(time.perf_counter() - t0)
+        return ok, statistics.median(times)
+    health = lambda: c.get('/health').json()
+    h0 = health(); pid = h0.get('pid')
+    out: dict[str, Any] = {'normal_requests': normal_requests, 'threads_before': h0['threads'], 'rss_mb_before': _rss_mb(pid) if pid else None}
+    _, out['p50_ms_before'] = normal_round(); out['p50_ms_before'] *= 1000
+    out['bad_statuses'] = {
+        'n2_temperature0': ask(n=2).status_code,
+        'seed_2_70': ask(seed=2**70).status_code,
+        'non_string_part': c.post('/v1/chat/completions', json={'model': model, 'messages': [{'role': 'user', 'content': [{'type': 'text', 'text': 5}]}]}).status_code,
+        'image_part': c.post('/v1/chat/completions', json={'model': model, 'messages': [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': 'x'}}]}]}).status_code}
+    def failing(_):
+        with c.stream('POST', '/v1/chat/completions', json={'model': model, 'messages': msg, 'max_tokens': 16, 'temperature': 1e-45, 'stream': True}) as r:
+            ev = [l for l in r.iter_lines() if l.startswith('data: ')]
+        return len(ev) >= 2 and ev[-1] == 'data: [DONE]' and '"error"' in ev[-2]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex: out['failing_streams_ended_with_error'] = sum(ex.map(failing, range(failing_streams)))
+    out['failing_streams_s'] = round(time.perf_counter() - t0, 2)
+    for _ in range(abandoned_streams):
+        with c.stream('POST', '/v1/chat/completions', json={'model': model, 'messages': msg, 'max_tokens': 4000, 'temperature': 0, 'stream': True}) as r:
+            next(r.iter_lines())        # the first event, then hang up
+    t0 = time.perf_counter()
+    while health()['active'] and time.perf_counter() - t0 < 30: time.sleep(0.1)
+    out['abandoned_generations_stopped'] = health()['active'] == 0
+    out['abandoned_stop_s'] = round(time.perf_counter() - t0, 2)
+    out['normal_ok_after'], p50 = normal_round(); out['p50_ms_after'] = p50 * 1000
+    t0 = time.perf_counter()   # idle worker threads of the server's pool retire after ~10 s; hung ones never do
+    while health()['threads'] > out['threads_before'] + 2 and time.perf_counter() - t0 < 25: time.sleep(0.5)
+    h1 = health()
+    out.update(threads_after=h1['threads'], active_after=h1['active'], rss_mb_after=_rss_mb(pid) if pid else None)
+    c.close()
+    return out
 
 # %% ../nbs/07_serving.ipynb #srv-cli
 def _main(argv=None):
@@ -398,11 +512,19 @@ def _main(argv=None):
             raise SwebenchLabError("vLLM is not installed; on a CUDA machine: pip install -e '.[vllm]' (or use --serving-mode transformers)")
         os.execvp(cmd[0], cmd)
     setup_logging()
-    import uvicorn
     server = ModelServer(a.base_model, adapters, a.served_model_name, a.max_model_len, a.default_max_tokens,
                          load_in_4bit=a.load_in_4bit, load_in_8bit=a.load_in_8bit)
     logger.info("serving %s on http://%s:%d/v1 (%s)", ', '.join(server.model_names()), a.host, a.port, server.device)
-    uvicorn.run(create_app(server, a.api_key), host=a.host, port=a.port, log_level='warning')
+    run_server(server, create_app(server, a.api_key), a.host, a.port)
+
+def run_server(server: ModelServer, app, host: str, port: int, grace: float = 5):
+    "uvicorn, with SIGTERM/SIGINT stopping every generation at its next token and a bounded graceful shutdown."
+    import uvicorn
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            server.shutdown.set()
+            super().handle_exit(sig, frame)
+    _Server(uvicorn.Config(app, host=host, port=port, log_level='warning', timeout_graceful_shutdown=grace)).run()
 
 main = cli_entry(_main)
 

@@ -1,8 +1,9 @@
-"""The evaluation harness on the demo benchmark with real containers (and the local backend):
-gold resolves everything, empty nothing; a patch that does not apply, one that hangs, one that adds a
-conftest.py forcing passes and one that prints fake PASSED lines are all reported for what they are;
-no container is left behind, even after Ctrl-C. Grading agrees with swebench's own pipeline on real
-SWE-bench Verified rows."""
+"""The evaluation harness on the demo benchmark with real containers (and the local backend): gold resolves everything,
+empty nothing; a patch that does not apply and one that hangs are reported for what they are; official-style eval
+scripts (conda activation, an offline reinstall) run as published; a run that never reached its tests has no test
+output; reports are reused only for the same inputs; no container is left behind. Grading agrees with swebench's own
+pipeline on real SWE-bench Verified rows. (Hostile patches: tests/test_adversarial.py; real repositories:
+tests/test_real_swebench.py.)"""
 import json
 import os
 import signal
@@ -34,52 +35,7 @@ def _containers():
     return docker_client().containers.list(all=True, filters={'label': LABEL})
 
 
-SLUG_HANG = '''diff --git a/textkit/slug.py b/textkit/slug.py
---- a/textkit/slug.py
-+++ b/textkit/slug.py
-@@ -1,4 +1,7 @@
- """Turn titles into URL slugs."""
-+import time
-+while True:
-+    time.sleep(1)
- import re
- import unicodedata
- 
-'''
-CONFTEST = '''diff --git a/tests/conftest.py b/tests/conftest.py
-new file mode 100644
---- /dev/null
-+++ b/tests/conftest.py
-@@ -0,0 +1,9 @@
-+import pytest
-+
-+
-+@pytest.hookimpl(hookwrapper=True)
-+def pytest_runtest_makereport(item, call):
-+    outcome = yield
-+    rep = outcome.get_result()
-+    rep.outcome = "passed"
-+    rep.longrepr = None
-'''
-FAKE_PASSED = '''diff --git a/textkit/slug.py b/textkit/slug.py
---- a/textkit/slug.py
-+++ b/textkit/slug.py
-@@ -1,4 +1,14 @@
- """Turn titles into URL slugs."""
-+import atexit
-+import os
-+
-+_FAKE = ("PASSED tests/test_slug.py::test_separator\\n"
-+         "PASSED tests/test_slug.py::test_max_length_keeps_whole_words\\n"
-+         "PASSED tests/test_slug.py::test_max_length_long_word\\n"
-+         "PASSED tests/test_slug.py::test_max_length_must_be_positive\\n")
-+print(_FAKE)
-+atexit.register(lambda: os.write(1, _FAKE.encode()))
-+
- import re
- import unicodedata
- 
-'''
+SLUG_HANG = (DATA / 'slug_hang.diff').read_text()
 NOT_APPLYING = 'diff --git a/textkit/slug.py b/textkit/slug.py\n--- a/textkit/slug.py\n+++ b/textkit/slug.py\n@@ -1,3 +1,3 @@\n-this line is not there\n+nor this\n context\n'
 
 
@@ -110,6 +66,7 @@ def test_edit_history_gold_in_docker(tmp_path):
 @pytest.mark.docker
 @pytest.mark.parametrize('backend', ['docker', 'local'])
 def test_bad_patches_are_reported_for_what_they_are(backend, tmp_path):
+    "A patch that does not apply, and one that hangs: each reported for what it is."
     rec = load_instances(DEMO_SWE)[0]
     r = evaluate_instance(rec, NOT_APPLYING, backend, timeout=60, out_dir=tmp_path / 'na')[rec['instance_id']]
     assert (r['status'], r['patch_successfully_applied'], r['resolved']) == ('patch_not_applied', False, False)
@@ -117,40 +74,7 @@ def test_bad_patches_are_reported_for_what_they_are(backend, tmp_path):
     r = evaluate_instance(rec, SLUG_HANG, backend, timeout=8, out_dir=tmp_path / 'hang')[rec['instance_id']]
     assert (r['status'], r['patch_successfully_applied'], r['resolved']) == ('timed_out', True, False)
     assert time.time() - t0 < 60
-    r = evaluate_instance(rec, CONFTEST, backend, timeout=60, out_dir=tmp_path / 'conftest')[rec['instance_id']]
-    assert r['removed_files'] == ['tests/conftest.py'] and r['resolved'] is False
-    assert r['tests_status']['FAIL_TO_PASS']['failure'] == rec['FAIL_TO_PASS']
-    r = evaluate_instance(rec, FAKE_PASSED, backend, timeout=60, out_dir=tmp_path / 'fake')[rec['instance_id']]
-    assert r['patch_successfully_applied'] and r['resolved'] is False
-    log = (tmp_path / 'fake' / 'test_output.log').read_text()
-    assert log.count('PASSED tests/test_slug.py::test_separator') >= 1
-    # swebench's parser over the whole log would be fooled by the atexit lines; the harness is not
-    naive = parse_log(log, 'parse_log_pytest', strict_pytest=False)
-    assert naive.get('tests/test_slug.py::test_separator') == 'PASSED'
-    assert grade(naive, rec['FAIL_TO_PASS'], rec['PASS_TO_PASS'])[1] is True
     if backend == 'docker': assert _containers() == []
-
-
-@pytest.mark.docker
-def test_ctrl_c_leaves_no_container(tmp_path):
-    "SIGINT to a running evaluation: exit 130, no container left (docker ps -a)."
-    preds = tmp_path / 'preds.jsonl'
-    write_jsonl_atomic(preds, [{'instance_id': r['instance_id'], 'model_patch': SLUG_HANG} for r in load_instances(DEMO_SWE)])
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(DEMO_SWE),
-                          '--model', 'hang', '--run_id', 'demo', '--predictions_path', str(preds), '--timeout', '300',
-                          '--max_workers', '2'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    t0 = time.time()
-    while not _containers():
-        assert p.poll() is None and time.time() - t0 < 120
-        time.sleep(0.2)
-    time.sleep(2)
-    p.send_signal(signal.SIGINT)
-    out = p.communicate(timeout=120)[0].decode()
-    assert p.returncode == 130, out[-2000:]
-    assert _containers() == [], 'containers left behind'
-    ps = subprocess.run(['docker', 'ps', '-a', '--filter', 'label=swebench_lab', '-q'], capture_output=True, text=True)
-    assert ps.stdout.strip() == ''
 
 
 @pytest.mark.docker
@@ -165,12 +89,157 @@ def test_error_leaves_no_container(tmp_path):
 def test_cached_reports_and_regrade(tmp_path):
     "A second run reuses the reports; regrade re-reads the saved logs without a sandbox."
     s1 = run_evaluation(str(DEMO_SWE), 'gold', 'cache', 'gold', backend='local', progress=False)
-    t0 = time.time()
     s2 = run_evaluation(str(DEMO_SWE), 'gold', 'cache', 'gold', backend='local', progress=False)
-    assert s1['resolved_ids'] == s2['resolved_ids'] and time.time() - t0 < 5
+    reports = sorted((tmp_path / 'results' / 'evaluations' / 'cache' / 'gold').glob('*/report.json'))
+    assert s1['resolved_ids'] == s2['resolved_ids'] and len(reports) == 4
+    assert all(json.loads(f.read_text())[f.parent.name]['backend'] == 'local' for f in reports)
     r = run_cli(sys.executable, '-m', 'swebench_lab.run_evaluation', 'regrade', '--dataset_name', str(DEMO_SWE),
                 '--model', 'gold', '--run_id', 'cache')
-    assert r.returncode == 0 and 'resolved_instances     4' in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and 'resolved_instances' in r.stdout and ' 4\n' in r.stdout, r.stdout + r.stderr
+
+
+def test_reports_are_reused_only_for_the_same_inputs(tmp_path):
+    "Another patch under the same model and run_id is graded anew; the old verdicts never count for it."
+    gold = run_evaluation(str(DEMO_SWE), 'm', 'same', 'gold', backend='local', progress=False)
+    assert gold['resolved_instances'] == 4
+    empty = run_evaluation(str(DEMO_SWE), 'm', 'same', 'empty', backend='local', progress=False)
+    assert (empty['resolved_instances'], empty['empty_patch_instances'], empty['completed_instances']) == (0, 4, 0), empty
+    rep = json.loads((tmp_path / 'results' / 'evaluations' / 'same' / 'm' / 'demo__textkit-1' / 'report.json').read_text())
+    assert rep['demo__textkit-1']['status'] == 'empty_patch'
+
+
+@pytest.mark.docker
+def test_changing_the_backend_regrades(tmp_path):
+    "A report from the local backend is not reused by a Docker run of the same predictions (the demo's old false reuse)."
+    recs = load_instances(DEMO_SWE)[:1]
+    write_jsonl_atomic(tmp_path / 'one.jsonl', recs)
+    run_evaluation(str(tmp_path / 'one.jsonl'), 'gold', 'b', 'gold', backend='local', progress=False)
+    s = run_evaluation(str(tmp_path / 'one.jsonl'), 'gold', 'b', 'gold', backend='docker', progress=False)
+    rep = json.loads((tmp_path / 'results' / 'evaluations' / 'b' / 'gold' / recs[0]['instance_id'] / 'report.json').read_text())
+    assert s['resolved_instances'] == 1 and rep[recs[0]['instance_id']]['backend'] == 'docker'
+    assert rep[recs[0]['instance_id']]['image'].startswith('swebench-lab/inst:')
+
+
+OFFICIAL_STYLE = ("source /opt/miniconda3/bin/activate\nconda activate testbed\ncd /testbed\n"
+                  "python -m pip install -e .\n")
+
+
+def _official(rec: dict, test_patch: str | None = None) -> dict:
+    "A demo record whose eval script looks like SWE-bench's published ones: conda activation, then a reinstall."
+    script = rec['eval_script'].replace('cd /testbed\n', OFFICIAL_STYLE, 1)
+    if test_patch is not None:
+        script = script.replace(rec['test_patch'].rstrip('\n'), test_patch.rstrip('\n'), 1)
+    return {**rec, 'eval_script': script}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize('backend', ['docker', 'local'])
+def test_official_style_scripts_run_as_published(backend, tmp_path):
+    "Conda activation lines and the reinstall run unmodified (no network in Docker); gold resolves, empty does not."
+    rec = _official(load_instances(DEMO_SWE)[0])
+    g = evaluate_instance(rec, rec['patch'], backend, timeout=300, out_dir=tmp_path / 'g')[rec['instance_id']]
+    log = (tmp_path / 'g' / 'test_output.log').read_text()
+    assert g['resolved'] and g['status'] == 'graded', log[-3000:]
+    assert 'Successfully installed textkit' in log and 'syntax error' not in log
+    assert (tmp_path / 'g' / 'eval.sh').read_text() == rec['eval_script']          # run as given
+    u = evaluate_instance(rec, None, backend, timeout=300, out_dir=tmp_path / 'u', run_unpatched=True)[rec['instance_id']]
+    assert (u['status'], u['resolved']) == ('graded', False)
+
+
+BUMP = """diff --git a/pyproject.toml b/pyproject.toml
+--- a/pyproject.toml
++++ b/pyproject.toml
+@@ -5,3 +5,3 @@ build-backend = "setuptools.build_meta"
+ name = "textkit"
+-version = "0.1.0"
++version = "0.2.0"
+ requires-python = ">=3.8"
+"""
+VERSION_TEST = """diff --git a/tests/test_version.py b/tests/test_version.py
+new file mode 100644
+--- /dev/null
++++ b/tests/test_version.py
+@@ -0,0 +1,5 @@
++from importlib.metadata import version
++
++
++def test_installed_version():
++    assert version("textkit") == "0.2.0"
+"""
+
+
+@pytest.mark.docker
+def test_a_patch_to_packaging_metadata_is_installed_offline(tmp_path):
+    "The reinstall step of an official-style script installs the patched package in a sandbox with no internet."
+    base = load_instances(DEMO_SWE)[0]
+    rec = {**_official(base, VERSION_TEST), 'test_patch': VERSION_TEST,
+           'FAIL_TO_PASS': ['tests/test_version.py::test_installed_version'], 'PASS_TO_PASS': []}
+    rec['eval_script'] = rec['eval_script'].replace('tests/test_slug.py', 'tests/test_version.py')
+    r = evaluate_instance(rec, BUMP, 'docker', timeout=300, out_dir=tmp_path / 'bump')[rec['instance_id']]
+    log = (tmp_path / 'bump' / 'test_output.log').read_text()
+    assert r['resolved'], log[-3000:]
+    assert 'Successfully installed textkit-0.2.0' in log
+    u = evaluate_instance(rec, None, 'docker', timeout=300, out_dir=tmp_path / 'u', run_unpatched=True)[rec['instance_id']]
+    assert u['resolved'] is False and u['status'] == 'graded'
+
+
+@pytest.mark.docker
+def test_a_run_that_never_reached_its_tests_has_no_test_output(tmp_path):
+    "An eval script that dies before the tests: 'no test output', an error in the summary, never applied-and-unresolved."
+    recs = [{**r, 'eval_script': r['eval_script'].replace(": '>>>>> Start Test Output'", "exit 3\n: '>>>>> Start Test Output'")}
+            for r in load_instances(DEMO_SWE)[:2]]
+    write_jsonl_atomic(tmp_path / 'broken.jsonl', recs)
+    s = run_evaluation(str(tmp_path / 'broken.jsonl'), 'gold', 'nto', 'gold', progress=False)
+    assert (s['no_test_output_instances'], s['error_instances'], s['completed_instances'], s['resolved_instances']) == (2, 2, 0, 0), s
+    rep = json.loads((tmp_path / 'results' / 'evaluations' / 'nto' / 'gold' / recs[0]['instance_id'] / 'report.json').read_text())
+    assert rep[recs[0]['instance_id']]['patch_successfully_applied'] is False
+
+
+@pytest.mark.docker
+def test_instance_images_keep_artefacts_out_of_diffs_and_later_commits_out_of_reach(tmp_path):
+    "One pattern per line in .git/info/exclude; build artefacts do not dirty the tree; only the base commit's past is there."
+    from swebench_lab.environments import EXCLUDES, InstanceSpec, open_sandbox
+    rec = load_instances(DEMO_SWE)[0]
+    with open_sandbox(InstanceSpec.from_record(rec), 'docker') as box:
+        r = box.run('tail -n %d .git/info/exclude; mkdir -p build x.egg-info && touch build/a x.egg-info/b a.pyc; '
+                    'echo STATUS; git status --porcelain; echo REFS; git for-each-ref; git log --all --format=%%H | head -1' % len(EXCLUDES))
+    excl, rest = r.output.split('STATUS\n')
+    status, refs = rest.split('REFS\n')
+    assert excl.splitlines() == EXCLUDES
+    assert status.strip() == ''
+    assert refs.strip().splitlines() == [rec['base_commit']]             # no branch, no tag: HEAD is the base commit
+    assert _containers() == []
+
+
+def test_gold_needs_no_model_name():
+    r = run_cli(sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(DEMO_SWE),
+                '--predictions_path', 'gold', '--backend', 'local', '--max_workers', '2')
+    assert r.returncode == 0, r.stderr
+    assert 'evaluations/demo-swebench/gold' in r.stdout
+
+
+def test_bad_recipes_are_errors_naming_the_file(tmp_path):
+    "A repository with no recipe, or a version key YAML read as a number: an error naming the file, no default recipe."
+    rec = {**load_instances(DEMO_SWE)[0], 'repo': 'nobody/nothing', 'instance_id': 'nobody__nothing-1'}
+    write_jsonl_atomic(tmp_path / 'x.jsonl', [rec])
+    s = run_evaluation(str(tmp_path / 'x.jsonl'), 'gold', 'r', 'gold', backend='local', progress=False)
+    assert s['error_ids'] == ['nobody__nothing-1'] and 'no recipe for nobody/nothing' in s['errors']['nobody__nothing-1']
+    envs = tmp_path / 'envs'; envs.mkdir()
+    (envs / 'demo__textkit.yaml').write_text('0.10:\n  python: "3.11"\n')
+    r = run_cli(sys.executable, '-m', 'swebench_lab.environments', 'build', '--dataset_name', str(DEMO_SWE),
+                env={'SWEBENCH_LAB_CRAWLED_DATA': str(tmp_path)})
+    assert r.returncode == 1 and 'demo__textkit.yaml' in r.stdout and 'quote' in r.stdout, r.stdout + r.stderr
+
+
+def test_the_local_backend_refuses_a_python_this_host_lacks(tmp_path):
+    rec = load_instances(DEMO_SWE)[0]
+    envs = tmp_path / 'envs'; envs.mkdir()
+    (envs / 'demo__textkit.yaml').write_text('"0.1":\n  python: "3.4"\n  pip: [pytest]\n  install: ""\n')
+    import shutil
+    if shutil.which('python3.4'): pytest.skip('this host has Python 3.4')
+    from swebench_lab.environments import InstanceSpec, RecipeError, LocalSandbox
+    with pytest.raises(RecipeError, match='needs Python 3.4'):
+        LocalSandbox(InstanceSpec.from_record(rec, envs_dir=envs))
 
 
 # --- agreement with swebench's own grading on real Verified rows ------------------------------------
