@@ -196,14 +196,25 @@ SWEBENCH_SPECS_SOURCE = ('swebench 4.1.0 (PyPI), swebench/harness/constants/pyth
 _COMPILES = {'astropy/astropy', 'matplotlib/matplotlib', 'scikit-learn/scikit-learn', 'django/django', 'pydata/xarray',
              'mwaskom/seaborn', 'pvlib/pvlib-python', 'pyvista/pyvista', 'sympy/sympy'}
 
-# What the workbench adds to SWE-bench's specs, and why. Evaluation has no internet: requests' tests call httpbin.org,
-# so its sandboxes run a local httpbin (psf's own package) on port 80, with httpbin.org pointing at it.
+# What the workbench adds to SWE-bench's specs, and why. Evaluation has no internet, and requests' tests call httpbin.org
+# (over http and https) and follow a redirect to www.google.co.uk: its sandboxes run psf's own httpbin on ports 80 and 443
+# (gthread workers: keep-alive and slow endpoints work), with a certificate from a CA made in the image (trustme) and added
+# to the system bundle (which REQUESTS_CA_BUNDLE names) and to certifi's, and those host names pointing at it. (requests
+# before 2.3 verifies https with the bundle vendored in its source tree, which no local server can join.)
+_HTTPBIN = '/opt/httpbin/bin/gunicorn --worker-class gthread --threads 16 --keep-alive 5 --log-level warning'
 WORKBENCH_ADDITIONS = {
-    'psf/requests': {'env_setup': ['python3 -m venv /opt/httpbin && /opt/httpbin/bin/pip install --no-cache-dir --progress-bar off '
-                                   'httpbin==0.10.2 gunicorn==23.0.0'],
-                     'services': [{'command': '/opt/httpbin/bin/gunicorn --bind 127.0.0.1:80 --workers 2 --log-level warning httpbin:app',
-                                   'port': 80}],
-                     'hosts': {'httpbin.org': '127.0.0.1'}},
+    'psf/requests': {
+        'env_setup': ['python3 -m venv /opt/httpbin && /opt/httpbin/bin/pip install --no-cache-dir --progress-bar off '
+                      'httpbin==0.10.2 gunicorn==23.0.0 trustme==1.2.1 && mkdir -p /opt/httpbin/tls && /opt/httpbin/bin/python -m trustme -q -k RSA '
+                      '-d /opt/httpbin/tls --common-name httpbin.org -i httpbin.org www.google.co.uk localhost 127.0.0.1 '
+                      '&& cat /opt/httpbin/tls/client.pem >> /etc/ssl/certs/ca-certificates.crt',
+                      # requests 2.3+ verifies with certifi's bundle when certifi is installed: trust the local httpbin there too
+                      'python -m pip install --no-cache-dir --progress-bar off certifi && '
+                      'cat /opt/httpbin/tls/client.pem >> "$(python -c \'import certifi; print(certifi.where())\')"'],
+        'services': [{'command': f'{_HTTPBIN} --bind 127.0.0.1:80 httpbin:app', 'port': 80},
+                     {'command': f'{_HTTPBIN} --bind 127.0.0.1:443 --certfile /opt/httpbin/tls/server.pem '
+                                 '--keyfile /opt/httpbin/tls/server.key httpbin:app', 'port': 443}],
+        'hosts': {'httpbin.org': '127.0.0.1', 'www.google.co.uk': '127.0.0.1'}},
 }
 
 def recipes_from_swebench(ns: dict) -> dict:
@@ -349,7 +360,11 @@ def _build(client, context: str | Path, tag: str, log: Path, layer: str, nocache
                 raise docker.errors.BuildError(chunk['error'], lines)
     except docker.errors.BuildError as e:
         log.write_text(''.join(lines))
-        raise SwebenchLabError(f"building {tag} failed: {one_line(str(e))[-300:]}; full log: {log}") from None
+        step = next((l.strip() for l in reversed(lines) if l.startswith('Step ')), '')
+        tail = [l.strip() for l in ''.join(lines).splitlines()
+                if l.strip() and not l.startswith((' ---> ', 'Removing intermediate', 'The command ', 'Step '))][-4:]
+        raise SwebenchLabError(f"building {tag} failed at {step[:160]!r}: {' | '.join(tail)[-500:] or one_line(str(e))[-300:]}; "
+                               f"full log: {log}") from None
     finally:
         if lines: log.write_text(''.join(lines))
 

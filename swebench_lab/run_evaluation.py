@@ -391,7 +391,10 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
     script = eval_script_for(rec, spec)
     image = instance_image(spec, backend, store)
-    meta = {'inputs_hash': inputs_hash(rec, patch, backend, image), 'backend': backend, 'image': image}
+    limits = replace(limits or Limits(), lifetime=int(timeout) + 900)
+    net = backend == 'docker' and limits.network
+    meta = {'inputs_hash': inputs_hash(rec, patch, backend + ('+network' if net else ''), image), 'backend': backend, 'image': image,
+            'network': net}
     out_dir = Path(out_dir) if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -399,7 +402,6 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     if not run_unpatched and not (patch and patch.strip()):
         return _report(iid, patch, status='empty_patch', **meta)
     suspicious = suspicious_lines(patch or '', rec.get('repo'))
-    limits = replace(limits or Limits(), lifetime=int(timeout) + 900)
     t0 = time.perf_counter()
     with open_sandbox(spec, backend, limits, store, labels) as box:
         for i, pre in enumerate(rec.get('pre_edits') or []):
@@ -529,9 +531,13 @@ def _saved(out: Path, iid: str) -> dict | None:
 def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | None = None, predictions_path: str | None = None,
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
-                   prebuilt: bool = False) -> dict:
+                   prebuilt: bool = False, network: bool = False) -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
-    `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them."""
+    `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them.
+    `network`: give Docker sandboxes the default network, as SWE-bench's harness does (a patch that adds a dependency can
+    then install it; the code under test can reach the network too)."""
+    limits = replace(limits or Limits(), network=True) if network else limits
+    net_key = '+network' if backend == 'docker' and (limits or Limits()).network else ''
     if model is None:
         if predictions_path in ('gold', 'empty'): model = predictions_path
         else: raise SwebenchLabError("--model is required unless --predictions_path is gold or empty")
@@ -560,7 +566,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     keys: dict[str, str] = {}
     for r in recs:
         iid = r['instance_id']
-        try: keys[iid] = inputs_hash(r, preds.get(iid), backend, instance_image(InstanceSpec.from_record(r, prebuilt=prebuilt), backend, store))
+        try: keys[iid] = inputs_hash(r, preds.get(iid), backend + net_key, instance_image(InstanceSpec.from_record(r, prebuilt=prebuilt), backend, store))
         except SwebenchLabError as e: errors[iid] = one_line(str(e))[:1000]
     todo = [r for r in recs if r['instance_id'] in keys and (rerun or (_saved(out, r['instance_id']) or {}).get('inputs_hash') != keys[r['instance_id']])]
     cancel = threading.Event()
@@ -598,7 +604,8 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
         bar.close()
         ex.shutdown()
     summary = summarize(recs, preds, out, errors, keys, notes)
-    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'predictions': str(path)})
+    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'network': bool(net_key),
+                    'predictions': str(path)})
     write_json(out / 'summary.json', summary)
     return summary
 
@@ -700,7 +707,7 @@ def _failing(rep: dict) -> dict[str, list[str]]:
     return {k: ts[k]['failure'] for k in ('FAIL_TO_PASS', 'PASS_TO_PASS') if ts.get(k, {}).get('failure')}
 
 def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backend: str = 'docker', max_workers: int = 2,
-             timeout: float = 1800, prebuilt: bool = False, progress: bool = True) -> dict:
+             timeout: float = 1800, prebuilt: bool = False, progress: bool = True, network: bool = False) -> dict:
     "Build, run gold and no patch, and say per instance whether the environment is `valid` (gold resolves, unpatched fails)."
     from swebench_lab.environments import build_instance_image, docker_client
     recs, label = dataset_records(dataset_name, None)
@@ -733,9 +740,11 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
             iid = rec['instance_id']
             patch = _truth(rec) if arm == 'gold' else None
             spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-            key = inputs_hash(rec, patch, backend, instance_image(spec, backend, store)) + ('-unpatched' if arm == 'unpatched' else '')
+            key = (inputs_hash(rec, patch, backend + ('+network' if network and backend == 'docker' else ''), instance_image(spec, backend, store))
+                   + ('-unpatched' if arm == 'unpatched' else ''))
             if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key: return saved
-            rep = evaluate_instance(rec, patch, backend, timeout, None, store, d / iid, prebuilt=prebuilt, run_unpatched=arm == 'unpatched')[iid]
+            rep = evaluate_instance(rec, patch, backend, timeout, Limits(network=network), store, d / iid, prebuilt=prebuilt,
+                                    run_unpatched=arm == 'unpatched')[iid]
             rep['inputs_hash'] = key
             write_json(d / iid / 'report.json', {iid: rep})
             return rep
@@ -775,7 +784,7 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
                 except Exception: pass
     table = list(rows.values())
     from collections import Counter
-    summary = {'dataset': str(dataset_name), 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
+    summary = {'dataset': str(dataset_name), 'network': network, 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
                'agree_with_swebench': sum(r.get('agrees_with_swebench') is True for r in table),
                'disagree_with_swebench': [r['instance_id'] for r in table if r.get('agrees_with_swebench') is False],
                'verdicts': dict(Counter(r.get('verdict') for r in table)), 'instances': table}
@@ -842,6 +851,7 @@ def _main(argv=None):
             p.add_argument('--rerun', action='store_true', help='evaluate instances that already have a report')
             p.add_argument('--instance_ids', '--instance-ids', nargs='*')
             p.add_argument('--prebuilt', action='store_true', help="use each record's prebuilt `image` as is (needs a registry)")
+            p.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
     v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
     v.add_argument('--dataset_name', '--dataset-name', required=True)
     v.add_argument('--instance_ids', '--instance-ids', nargs='*')
@@ -849,16 +859,17 @@ def _main(argv=None):
     v.add_argument('--max_workers', '--max-workers', type=int, default=2)
     v.add_argument('--timeout', type=float, default=1800)
     v.add_argument('--prebuilt', action='store_true')
+    v.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
     a = ap.parse_args(argv)
     setup_logging()
     try:
         if a.cmd == 'validate':
-            s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt)
+            s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt, network=a.network)
             _print_validation(s)
             return 0 if s['valid'] == s['total'] else 1
         if a.cmd == 'run':
             s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
-                               a.rerun, a.instance_ids, prebuilt=a.prebuilt)
+                               a.rerun, a.instance_ids, prebuilt=a.prebuilt, network=a.network)
             a.model = s['model']
         elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
         else:

@@ -5,6 +5,7 @@ output; reports are reused only for the same inputs; no container is left behind
 pipeline on real SWE-bench Verified rows. (Hostile patches: tests/test_adversarial.py; real repositories:
 tests/test_real_swebench.py.)"""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -283,3 +284,54 @@ def test_grading_agrees_with_swebench_on_verified_rows(tmp_path):
             assert ours[0]['PASS_TO_PASS'] == theirs['tests_status']['PASS_TO_PASS'], (row['instance_id'], case)
             checked += 1
     assert checked == 3 * len(rows)
+
+
+NESTED_TESTS = '''import subprocess
+import sys
+
+
+def test_nested(tmp_path):
+    "Runs pytest on a failing inner test and prints its output (with -rA it lands in the PASSES section)."
+    (tmp_path / "test_inner.py").write_text("def test_x():\\n    assert 0\\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", str(tmp_path)], capture_output=True, text=True)
+    print(r.stdout)
+    assert "1 failed" in r.stdout
+
+
+def test_plain():
+    assert True
+'''
+
+
+def test_nested_pytest_output_is_graded_like_swebench(tmp_path):
+    "A real log whose tests print a nested pytest session (summary and all): the outer run's statuses decide, as in swebench."
+    from swebench_lab.run_evaluation import START, END, swebench_agreement
+    proj = tmp_path / 'proj'; proj.mkdir()
+    (proj / 'test_outer.py').write_text(NESTED_TESTS)
+    r = subprocess.run(['bash', '-c', f"set -x; : '{START}'; {sys.executable} -m pytest -rA -p no:cacheprovider test_outer.py; : '{END}'"],
+                       cwd=proj, capture_output=True, text=True)
+    log = r.stdout + r.stderr
+    assert log.count('short test summary info') == 2 and re.search(r'^FAILED \S*test_inner.py::test_x', log, re.M), log
+    (tmp_path / 'test_output.log').write_text(log)
+    rec = {**load_instances(DEMO_SWE)[0], 'instance_id': 'nested__outer-1', 'log_parser': 'parse_log_pytest',
+           'FAIL_TO_PASS': ['test_outer.py::test_nested'], 'PASS_TO_PASS': ['test_outer.py::test_plain']}
+    a = swebench_agreement(rec, tmp_path / 'test_output.log')
+    assert a['agree'] and a['ours_resolved'] and a['swebench_resolved'], a
+
+
+@pytest.mark.docker
+def test_a_python_debian_lacks_comes_from_this_host(tmp_path, monkeypatch):
+    "A recipe asking for a Python no Debian suite here ships (3.10, say) gets a base image with this host's installation of it."
+    from swebench_lab.environments import DISTROS, InstanceSpec, host_python_prefix, open_sandbox
+    ver = next((v for v in ('3.10', '3.12', '3.8') if v not in DISTROS and host_python_prefix(v)), None)
+    if ver is None: pytest.skip("no host Python outside Debian's (pyenv) here")
+    crawled = tmp_path / 'crawled'
+    (crawled / 'envs').mkdir(parents=True)
+    (crawled / 'repos').symlink_to(ROOT / 'crawled_data' / 'repos')
+    (crawled / 'envs' / 'demo__textkit.yaml').write_text(f'"0.1":\n  python: "{ver}"\n  pip: [pytest==8.3.5]\n  install: ""\n')
+    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(crawled))
+    rec = load_instances(DEMO_SWE)[0]
+    with open_sandbox(InstanceSpec.from_record(rec), 'docker') as box:
+        assert box.run('python -c "import sys; print(\'%d.%d\' % sys.version_info[:2])"').output.strip() == ver
+    r = evaluate_instance(rec, rec['patch'], 'docker', timeout=300, out_dir=tmp_path / 'g')[rec['instance_id']]
+    assert r['resolved'], (tmp_path / 'g' / 'test_output.log').read_text()[-2000:]
