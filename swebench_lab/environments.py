@@ -492,14 +492,16 @@ conda() {
 _REQ_SKIP = ('-e .', '#', '.[test')
 _REQ_REPLACE = [('types-pkg_resources', 'types-setuptools')]   # yanked from PyPI (as SWE-bench replaces it)
 
+def _first_file(recipe: Recipe, repo, commit: str, paths: list[str], key: str) -> tuple[str, str]:
+    "`(path, text)` of the first of `paths` that exists in `repo` at `commit`; an error naming the recipe key otherwise."
+    for path in paths:
+        if (text := repo.read_file(commit, path)) is not None: return path, text
+    raise RecipeError(f"{recipe.source}: packages: {recipe.packages}, but none of {paths} exists at {commit[:12]} of {repo.name}; "
+                      f"set {key} in the recipe")
+
 def resolve_requirements(recipe: Recipe, repo, commit: str) -> str:
     "The requirements text of a `packages: requirements.txt` recipe, read from `repo` at `commit` (`-r` includes followed)."
-    for path in recipe.requirements_paths:
-        text = repo.read_file(commit, path)
-        if text is not None: break
-    else:
-        raise RecipeError(f"{recipe.source}: packages: requirements.txt, but none of {recipe.requirements_paths} exists at "
-                          f"{commit[:12]} of {repo.name}; set requirements_paths in the recipe")
+    path, text = _first_file(recipe, repo, commit, recipe.requirements_paths, 'requirements_paths')
     req_dir = posixpath.dirname(path)
     extra, own = [], []
     for line in text.splitlines():
@@ -516,11 +518,7 @@ _CONDA_ONLY = {'python', 'pip', 'compilers', 'c-compiler', 'cxx-compiler', 'fort
 
 def resolve_env_yml(recipe: Recipe, repo, commit: str) -> str:
     "A conda environment.yml (from `repo` at `commit`) as pip requirements: conda-only packages dropped, `=` pins made `==`."
-    for path in recipe.env_yml_paths:
-        text = repo.read_file(commit, path)
-        if text is not None: break
-    else:
-        raise RecipeError(f"{recipe.source}: packages: environment.yml, but none of {recipe.env_yml_paths} exists at {commit[:12]} of {repo.name}")
+    _, text = _first_file(recipe, repo, commit, recipe.env_yml_paths, 'env_yml_paths')
     deps = (yaml.safe_load(text) or {}).get('dependencies') or []
     out = []
     for d in deps:

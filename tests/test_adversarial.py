@@ -144,7 +144,7 @@ def test_sigkill_leaves_containers_that_the_next_run_reaps(tmp_path):
         left = _containers()
         assert [c.labels.get('swebench_lab.run') for c in left] == ['live-owner'], 'a live run lost its container, or an orphan stayed'
     finally:
-        live.terminate(); live.wait(30)
+        live.send_signal(signal.SIGINT); live.wait(30)       # Ctrl-C: its sandbox closes and removes its container
     time.sleep(1)
     assert _containers() == []
 
@@ -203,14 +203,18 @@ POISON = '''diff --git a/textkit/slug.py b/textkit/slug.py
 @pytest.mark.docker
 def test_local_backend_environments_cannot_be_poisoned(tmp_path):
     "A patch that plants a .pth file in its local environment reaches no later run; a changed template is rebuilt."
-    from swebench_lab.environments import InstanceSpec, host_python, local_env_template
+    from swebench_lab.environments import InstanceSpec, host_python, local_env_template, open_sandbox
     rec = demo_record('demo__textkit-1')
-    rep = evaluate_instance(rec, POISON, 'local', timeout=120, out_dir=tmp_path / 'poison')[rec['instance_id']]
-    assert 'POISONED' in (tmp_path / 'poison' / 'test_output.log').read_text()      # it did plant it in its own copy
-    gold = evaluate_instance(rec, rec['patch'], 'local', timeout=120, out_dir=tmp_path / 'gold')[rec['instance_id']]
-    assert gold['resolved'] and 'POISONED' not in (tmp_path / 'gold' / 'test_output.log').read_text()
-    # poison the template itself: the next sandbox sees the change and rebuilds it
     spec = InstanceSpec.from_record(rec)
+    with open_sandbox(spec, 'local') as box:              # the attack works on the environment it runs in ...
+        box.write_file(f'{box.tmp}/poison.diff', POISON)
+        assert box.run(f'git apply {box.tmp}/poison.diff && python -c "import textkit.slug"').exit_code == 0
+        assert 'POISONED' in box.run('python -c pass').output
+    rep = evaluate_instance(rec, POISON, 'local', timeout=120, out_dir=tmp_path / 'poison')[rec['instance_id']]
+    assert rep['status'] == 'graded'
+    gold = evaluate_instance(rec, rec['patch'], 'local', timeout=120, out_dir=tmp_path / 'gold')[rec['instance_id']]
+    assert gold['resolved'] and 'POISONED' not in (tmp_path / 'gold' / 'test_output.log').read_text()   # ... and on no other
+    # poison the template itself: the next sandbox sees the change and rebuilds it
     tmpl = local_env_template(spec, host_python(spec.recipe))
     sp = next(tmpl.glob('lib/python*/site-packages'))
     (sp / 'zz_poison.pth').write_text("import sys; sys.stderr.write('POISONED\\n')\n")

@@ -15,8 +15,10 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'inference': {'max_tokens': 8, 'run_ids': ['0.5']},
         'bench_inference': {'latency_s': 0.01, 'n_requests': 16, 'workers': [1, 4], 'repeats': 1, 'resume_lines': 500},
         'evaluate': {'backend': 'local', 'max_workers': 2},
-        'bench_evaluation': {'n_instances': 2, 'workers': [1, 2], 'repeats': 1, 'n_build': 1}}
-DOCKER = {'bench_evaluation'}
+        'bench_evaluation': {'n_instances': 2, 'workers': [1, 2], 'repeats': 1, 'n_build': 1},
+        'bench_adversarial': {'cases': ['runner_shadow_pytest_py', 'atexit_fake_lines'], 'flood_mib': 64, 'failing_streams': 4,
+                              'abandoned_streams': 1, 'normal_requests': 4}}
+DOCKER = {'bench_evaluation', 'bench_adversarial'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
@@ -84,6 +86,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_evaluation':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_evaluation.json').read_text())
         assert summary['overhead']['samples'] == 2 and [r['workers'] for r in summary['throughput']] == [1, 2]
+    if name == 'bench_adversarial':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
+        assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
+        assert summary['server']['failing_streams_ended_with_error'] == 4
     if name == 'bench_retrieval':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_retrieval.json').read_text())
         assert summary['identical_topn'] == '5/5' and summary['max_score_diff'] < 1e-6
