@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -841,12 +842,83 @@ def offline_network(client=None) -> str:
 # Offline: no name resolves (at once, not after DNS timeouts), and pip never waits on an index it cannot reach.
 _OFFLINE_SETUP = "printf 'nameserver 127.0.0.1\\noptions timeout:1 attempts:1\\n' > /etc/resolv.conf"
 
+class _Shell:
+    """One bash process kept open in a container (`docker exec -i`); every command runs in a fresh subshell of it, with
+    stdin from /dev/null, so nothing carries over between commands, as with one `docker exec` each. It saves the
+    cost of creating an exec per command (three API round trips); a shell that died is replaced on the next command."""
+    MARK = b'\n__swebench_lab_done__'
+
+    def __init__(self, client, container_id: str, env: dict | None = None):
+        import socket as _socket
+        self.api = client.api
+        self.eid = self.api.exec_create(container_id, ['bash', '--noprofile', '--norc'], stdin=True, tty=False,
+                                        environment={k: str(v) for k, v in (env or {}).items()} or None)['Id']
+        self.sock = self.api.exec_start(self.eid, socket=True)
+        self.raw = getattr(self.sock, '_sock', self.sock)
+        self.raw.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+        self.frame_left, self.alive = 0, True
+
+    def _read(self, deadline: float) -> bytes | None:
+        "The next payload bytes of stdout or stderr (frames demultiplexed); b'' at EOF; None at the deadline."
+        import select as _select
+        while True:
+            if self.frame_left == 0:
+                hdr = self._recv_exactly(8, deadline)
+                if hdr is None or hdr == b'': return hdr
+                self.frame_left = int.from_bytes(hdr[4:8], 'big')
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+            data = self.raw.recv(min(self.frame_left, 1 << 16))
+            if not data: return b''
+            self.frame_left -= len(data)
+            return data
+
+    def _recv_exactly(self, n: int, deadline: float) -> bytes | None:
+        import select as _select
+        buf = b''
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+            data = self.raw.recv(n - len(buf))
+            if not data: return b''
+            buf += data
+        return buf
+
+    def run(self, cmd: str, timeout: float, workdir: str, env: dict | None, cap: 'OutputCapture') -> int | None:
+        "Run `cmd`; its output goes to `cap`. The exit code, or None when the shell died or stopped answering (it is then closed)."
+        nonce = uuid.uuid4().hex.encode()
+        exports = ''.join(f'export {k}={shlex.quote(str(v))}; ' for k, v in (env or {}).items())
+        line = (f"( cd {shlex.quote(workdir)} && {exports}{_timeout_wrap(cmd, timeout)} ) < /dev/null 2>&1; "
+                f"printf '\\n__swebench_lab_done__%s %d\\n' {nonce.decode()} $?\n")
+        self.raw.sendall(line.encode())
+        mark = self.MARK + nonce + b' '
+        deadline, pending = time.monotonic() + timeout + 30, b''
+        while True:
+            data = self._read(deadline)
+            if not data: self.close(); cap.feed(pending); return None
+            pending += data
+            i = pending.find(mark)
+            if i >= 0:
+                j = pending.find(b'\n', i + len(mark))
+                if j >= 0:
+                    cap.feed(pending[:i])
+                    return int(pending[i + len(mark):j])
+                continue
+            keep = len(mark) + 8            # a mark cut in two by a frame boundary stays whole in `pending`
+            if len(pending) > keep: cap.feed(pending[:-keep]); pending = pending[-keep:]
+
+    def close(self):
+        self.alive = False
+        try: self.sock.close()
+        except Exception: pass
+
 class DockerSandbox(Sandbox):
     "A container from the instance image: no internet, bounded memory/CPU/processes, a lifetime; removed on close."
     def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None,
                  hosts: dict[str, str] | None = None, services: list[dict] | None = None):
         self.client, self.limits = client or docker_client(), limits or Limits()
-        self.container = None
+        self.container, self._shell, self._lock = None, None, threading.Lock()
         offline = not self.limits.network
         self.container = self.client.containers.run(
             image, command=['sleep', str(int(self.limits.lifetime))], detach=True, working_dir='/testbed', init=True, auto_remove=True,
@@ -870,17 +942,22 @@ class DockerSandbox(Sandbox):
 
     def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
         import docker
-        api, t0 = self.client.api, time.perf_counter()
+        t0 = time.perf_counter()
         cap = OutputCapture(path=log_path)
-        try:
-            eid = api.exec_create(self.container.id, ['bash', '-c', _timeout_wrap(cmd, timeout)], workdir=workdir or self.testbed,
-                                  environment={k: str(v) for k, v in (env or {}).items()} or None)['Id']
-            for chunk in api.exec_start(eid, stream=True): cap.feed(chunk)
-            code = api.exec_inspect(eid)['ExitCode']
-        except (docker.errors.NotFound, docker.errors.APIError) as e:
-            cap.finish()
-            raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
-        if code is None: cap.finish(); raise SandboxGone(f"container {self.container.short_id}: {cmd[:80]!r} did not finish")
+        with self._lock:
+            try:
+                if self._shell is None or not self._shell.alive: self._shell = _Shell(self.client, self.container.id)
+                code = self._shell.run(cmd, timeout, workdir or self.testbed, env, cap)
+            except (docker.errors.NotFound, docker.errors.APIError, OSError) as e:
+                cap.finish()
+                raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
+        if code is None:                       # the shell died (or hung past the time limit): is the container still there?
+            try: self.container.reload(); gone = self.container.status != 'running'
+            except docker.errors.NotFound: gone = True
+            if gone:
+                cap.finish()
+                raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}")
+            code = 137
         dur = time.perf_counter() - t0
         out, trunc = cap.finish()
         return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5, dur, cap.total, trunc)
@@ -912,6 +989,7 @@ class DockerSandbox(Sandbox):
             return tf.extractfile(tf.getmembers()[0]).read()
 
     def close(self):
+        if self._shell is not None: self._shell.close()
         if self.container is not None:
             import docker
             try: self.container.remove(force=True)
