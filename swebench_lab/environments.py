@@ -52,7 +52,7 @@ __all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', '
            'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult', 'SandboxGone', 'output_cap',
            'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'offline_network', 'DockerSandbox', 'host_python',
            'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox', 'list_resources',
-           'reap_orphans', 'remove_resources']
+           'reap_orphans', 'remove_resources', 'RunGuard']
 
 # %% ../nbs/08_environments.ipynb #env-engine
 LABEL = 'swebench_lab'
@@ -1219,6 +1219,37 @@ def remove_resources(containers: bool = True, images: tuple[str, ...] = (), clie
                 try: client.images.remove(i.id, force=True); n_i += 1
                 except Exception as e: logger.warning('could not remove %s: %s', i.tags, e)
     return {'containers': n_c, 'images': n_i}
+
+class RunGuard:
+    """For a run that fans out over sandboxes: on Ctrl-C or SIGTERM, set `cancel` (work in flight then leaves no result),
+    remove the run's containers (labelled `swebench_lab.run=<run_label>`) or stop its local sandboxes at once, and re-raise."""
+    def __init__(self, run_label: str, backend: str, cancel: threading.Event):
+        self.run_label, self.backend, self.cancel, self.interrupted = run_label, backend, cancel, False
+    def cleanup(self):
+        self.cancel.set()
+        if self.backend == 'local': kill_local_sandboxes(); return
+        try:
+            for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={self.run_label}'}):
+                _remove_container(c)
+        except Exception as e: logger.warning('cleanup after interrupt: %s', e)
+    def drain(self, futs, limit: float = 120):
+        "Remove the run's containers again and again until the running work has ended (it fails fast without them)."
+        self.interrupted = True
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            self.cleanup()
+            if all(f.done() for f in futs): break
+            time.sleep(0.5)
+        self.cleanup()
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return self
+    def __exit__(self, et, ev, tb):
+        if self._old is not None: signal.signal(signal.SIGTERM, self._old)
+        if et is KeyboardInterrupt and not self.interrupted: self.cleanup()
+        return False
 
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.environments', description='Docker engine, images and sandboxes.')

@@ -28,7 +28,7 @@ from .core import (SwebenchLabError, cli_entry, iter_jsonl, logger, results_dir,
 from .data import load_instances
 from .repos import files_touched, normalize_patch, split_diff, RepoStore
 from .environments import (InstanceSpec, open_sandbox, Limits, LABEL, SandboxGone, resolve_image, reap_orphans,
-                                       kill_local_sandboxes)
+                                       RunGuard)
 from .retrieval import tokenize
 
 # %% auto #0
@@ -581,7 +581,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
         write_json(out / iid / 'report.json', rep)
         return rep
 
-    stop = _Interrupt(run_label, backend, cancel)
+    stop = RunGuard(run_label, backend, cancel)
     with stop:
         ex = ThreadPoolExecutor(max_workers)
         futs = {ex.submit(one, r): r['instance_id'] for r in todo}
@@ -608,37 +608,6 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
                     'predictions': str(path)})
     write_json(out / 'summary.json', summary)
     return summary
-
-class _Interrupt:
-    "On Ctrl-C or SIGTERM: flag the run cancelled, remove its containers (running evaluations then fail fast) and re-raise."
-    def __init__(self, run_label: str, backend: str, cancel: threading.Event):
-        self.run_label, self.backend, self.cancel, self.interrupted = run_label, backend, cancel, False
-    def _cleanup(self):
-        self.cancel.set()
-        if self.backend == 'local': kill_local_sandboxes(); return
-        try:
-            from swebench_lab.environments import docker_client, _remove_container
-            for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={self.run_label}'}):
-                _remove_container(c)
-        except Exception as e: logger.warning('cleanup after interrupt: %s', e)
-    def drain(self, futs, limit: float = 120):
-        "Remove the run's containers again and again until the running evaluations have ended (they fail fast)."
-        self.interrupted = True
-        t0 = time.time()
-        while time.time() - t0 < limit:
-            self._cleanup()
-            if all(f.done() for f in futs): break
-            time.sleep(0.5)
-        self._cleanup()
-    def __enter__(self):
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-        return self
-    def __exit__(self, et, ev, tb):
-        if self._old is not None: signal.signal(signal.SIGTERM, self._old)
-        if et is KeyboardInterrupt and not self.interrupted: self._cleanup()
-        return False
 
 _COMPLETED = ('graded', 'tampered', 'timed_out', 'patch_not_applied')
 
