@@ -735,18 +735,37 @@ class ScriptedPolicy:
     "A loopback OpenAI-compatible server replaying scripted replies (a stand-in for a capable model in tests and demos)."
     def __init__(self, scripts: dict[str, list], default: list | None = None, model: str = 'scripted-policy', context: int = 131072):
         self.scripts, self.default, self.model, self.context = scripts, default, model, context
-        self.requests = 0
+        self.requests, self._seen, self._lock = 0, {}, threading.Lock()
 
     def reply_for(self, messages: list[dict]):
+        """The scripted reply for a conversation. A reply `{'fail_first': n, 'error': {'status', 'message', 'code', 'retry_after'},
+        'reply': …}` answers its first n requests with that error (a rate limit, a context overflow), then with `reply`."""
         first_user = next((m.get('content') or '' for m in messages if m.get('role') == 'user'), '')
         if isinstance(first_user, list): first_user = ''.join(c.get('text', '') for c in first_user if isinstance(c, dict))
-        script = next((s for k, s in self.scripts.items() if k in first_user), self.default)
+        key = next((k for k in self.scripts if k in first_user), None)
+        script = self.scripts[key] if key is not None else self.default
         if script is None: return 'I have no script for this task.'
-        i = sum(m.get('role') == 'assistant' for m in messages)
-        return script[min(i, len(script) - 1)]
+        i = min(self.turn(messages), len(script) - 1)
+        reply = script[i]
+        if isinstance(reply, dict) and 'error' in reply:
+            with self._lock: n = self._seen[(key, i)] = self._seen.get((key, i), 0) + 1
+            return reply if n <= reply.get('fail_first', 10**9) else reply.get('reply', 'done')
+        return reply
+
+    @staticmethod
+    def turn(messages: list[dict]) -> int:
+        "How many turns a conversation has had: model replies, plus user messages that answer no reply (corrections of a malformed reply)."
+        first = next((i for i, m in enumerate(messages) if m.get('role') == 'user'), len(messages))
+        n, prev = 0, None
+        for m in messages[first + 1:]:
+            role = m.get('role')
+            if role == 'assistant' or (role == 'user' and prev not in ('assistant',)): n += 1
+            prev = role
+        return n
 
     def _response(self, body: dict) -> dict:
         reply = self.reply_for(body.get('messages') or [])
+        if isinstance(reply, dict) and 'error' in reply: return reply
         n_in = sum(len(str(m.get('content') or '')) for m in body.get('messages') or []) // 4
         if isinstance(reply, dict) and reply.get('tool_calls'):
             calls = [{'id': f'call_{self.requests}_{j}', 'type': 'function',
@@ -777,7 +796,16 @@ class ScriptedPolicy:
                 if not self.path.rstrip('/').endswith('/chat/completions') or body.get('stream'):
                     return self._send(400, {'error': {'message': 'the scripted policy answers non-streaming chat completions only'}})
                 policy.requests += 1
-                self._send(200, policy._response(body))
+                r = policy._response(body)
+                if 'error' in r:
+                    err = r['error']
+                    data = json.dumps({'error': {'message': err.get('message', 'error'), 'type': 'invalid_request_error',
+                                                 'code': err.get('code'), 'param': None}}).encode()
+                    self.send_response(err.get('status', 500)); self.send_header('content-type', 'application/json')
+                    if err.get('retry_after') is not None: self.send_header('retry-after', str(err['retry_after']))
+                    self.send_header('content-length', str(len(data))); self.end_headers(); self.wfile.write(data)
+                    return
+                self._send(200, r)
         self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), H)
         self.base_url = f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
