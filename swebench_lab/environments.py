@@ -566,6 +566,8 @@ def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = Non
     lines.append(f'RUN PY=$(command -v {py} || command -v python3) && "$PY" -m venv {"--system-site-packages " if r.system_site_packages else ""}'
                  f'/opt/venv && {_pip(shlex.quote(PIP_SPEC) + " setuptools wheel")}')
     lines.append('COPY activate /opt/miniconda3/bin/activate')
+    # login shells (`bash -l`, as some agent runtimes start them) reset PATH from /etc/profile: put the environment back on it
+    lines.append("RUN printf 'case :$PATH: in *:/opt/venv/bin:*) ;; *) export PATH=/opt/venv/bin:$PATH ;; esac\\n' > /etc/profile.d/swebench_lab.sh")
     if r.packages in ('requirements.txt', 'environment.yml'):
         files['requirements.txt'] = _requirements(spec, store)
         lines.append('COPY requirements.txt /tmp/swebench_lab-requirements.txt')
@@ -996,6 +998,10 @@ class DockerSandbox(Sandbox):
             except docker.errors.NotFound: pass
             except Exception as e:
                 if 'already in progress' not in str(e): logger.warning('could not remove container %s: %s', self.container.short_id, e)
+            for _ in range(100):              # gone for good before close returns (--rm may be removing it at the same time)
+                try: self.client.containers.get(self.container.id); time.sleep(0.05)
+                except docker.errors.NotFound: break
+                except Exception: break
             self.container = None
 
 def host_python(recipe: Recipe) -> str:

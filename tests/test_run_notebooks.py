@@ -17,8 +17,10 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'evaluate': {'backend': 'local', 'max_workers': 2},
         'bench_evaluation': {'n_instances': 2, 'workers': [1, 2], 'repeats': 1, 'n_build': 1},
         'bench_adversarial': {'cases': ['runner_shadow_pytest_py', 'atexit_fake_lines'], 'flood_mib': 64, 'failing_streams': 4,
-                              'abandoned_streams': 1, 'normal_requests': 4}}
-DOCKER = {'bench_evaluation', 'bench_adversarial'}
+                              'abandoned_streams': 1, 'normal_requests': 4},
+        'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
+        'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1}}
+DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
@@ -86,6 +88,12 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_evaluation':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_evaluation.json').read_text())
         assert summary['overhead']['samples'] == 2 and [r['workers'] for r in summary['throughput']] == [1, 2]
+    if name == 'agents':
+        assert (rdir / 'agents.png').exists() and 'swbl-traj' in (rdir / 'first_trajectory.html').read_text()
+        assert json.loads((rdir / 'trajectories' / 'reward_summary.json').read_text())['reward_1']['count'] == 2
+    if name == 'bench_agents':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_agents.json').read_text())
+        assert len(summary['step_overhead']) == 2 and [r['workers'] for r in summary['throughput']] == [1, 2]
     if name == 'bench_adversarial':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
         assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
