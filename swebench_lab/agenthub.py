@@ -31,7 +31,7 @@ from .data import load_instances
 from .environments import InstanceSpec, Limits, LABEL, open_sandbox, RunGuard, reap_orphans, Sandbox
 from .models import ModelSpec, get_model, load_registry
 from .repos import split_diff
-from .run_api import RetryPolicy, classify_error, retry_after_seconds, MalformedResponse
+from .run_api import RetryPolicy, classify_error, call_with_retries, MalformedResponse
 from .run_evaluation import evaluate_instance
 
 # %% auto #0
@@ -271,25 +271,21 @@ class _WorkbenchQuery:
     def _query(self, messages, **kw):
         import litellm
         extra = {'tools': openai_tools(self.wb_tools)} if self.fn_calling else {}
-        for attempt in range(self.retry.max_retries + 1):
-            try:
-                r = litellm.completion(model=self.config.model_name, messages=messages, api_base=self.access.base_url,
-                                       api_key=self.access.key() or None, timeout=self.request_timeout,
-                                       **self.config.model_kwargs, **extra, **kw)
-                if not getattr(r, 'choices', None) or getattr(r.choices[0], 'message', None) is None:
-                    raise MalformedResponse(f'no usable choice in the response: {str(r)[:200]}')
-                u = getattr(r, 'usage', None)
-                with self._usage_lock:
-                    self.usage['input'] += getattr(u, 'prompt_tokens', 0) or 0
-                    self.usage['output'] += getattr(u, 'completion_tokens', 0) or 0
-                return r
-            except Exception as e:
-                kind = classify_error(e)
-                if kind == 'context' or type(e).__name__ == 'ContextWindowExceededError': raise ContextExceeded(one_line(str(e))[:300]) from None
-                if kind != 'retry' or attempt >= self.retry.max_retries: raise
-                wait = self.retry.delay(attempt, retry_after_seconds(e))
-                logger.warning('%s: %s; retrying in %.1fs', self.config.model_name, type(e).__name__, wait)
-                time.sleep(wait)
+        def call():
+            r = litellm.completion(model=self.config.model_name, messages=messages, api_base=self.access.base_url,
+                                   api_key=self.access.key() or None, timeout=self.request_timeout, **self.config.model_kwargs, **extra, **kw)
+            if not getattr(r, 'choices', None) or getattr(r.choices[0], 'message', None) is None:
+                raise MalformedResponse(f'no usable choice in the response: {str(r)[:200]}')
+            return r
+        try: r = call_with_retries(call, self.retry, self.config.model_name)
+        except Exception as e:
+            if classify_error(e) == 'context' or type(e).__name__ == 'ContextWindowExceededError': raise ContextExceeded(one_line(str(e))[:300]) from None
+            raise
+        u = getattr(r, 'usage', None)
+        with self._usage_lock:
+            self.usage['input'] += getattr(u, 'prompt_tokens', 0) or 0
+            self.usage['output'] += getattr(u, 'completion_tokens', 0) or 0
+        return r
 
     def _calculate_cost(self, response) -> dict[str, float]:
         u = getattr(response, 'usage', None)
@@ -510,19 +506,7 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentParams, out_di
 
 # %% ../nbs/15_agenthub.ipynb #ah-batch
 def load_agent_dataset(dataset: str | Path, split: str = 'test') -> list[dict]:
-    "Records for agents: a transferred dataset (entries with docker_image and eval_script) or any benchmark the workbench loads."
-    p = Path(dataset)
-    if p.suffix == '.json' and p.exists():
-        try: data = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise SwebenchLabError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if isinstance(data, list) and data and all(isinstance(e, dict) and 'docker_image' in e and 'eval_script' in e for e in data):
-            out = []
-            for i, e in enumerate(data):
-                if not isinstance(e.get('instance_id'), str): raise SwebenchLabError(f"{p}: [{i}]: instance_id must be a string")
-                out.append({**e, 'repo': e.get('repo') or 'unknown/unknown', 'base_commit': e.get('base_commit') or 'HEAD',
-                            'eval_type': e.get('eval_type') or ('pass_and_fail' if e.get('FAIL_TO_PASS') else 'exit_code'),
-                            'image': e['docker_image']})
-            return out
+    "Records for agents: any benchmark the workbench loads, a transferred dataset (entries with docker_image and eval_script) included."
     return load_instances(dataset, split=split)
 
 def _rewrite_preds(path: Path, recs: dict[str, dict]) -> None:

@@ -15,8 +15,9 @@ from .core import SwebenchLabError, JSONLError, iter_jsonl, crawled_data_dir, lo
 
 # %% auto #0
 __all__ = ['SWEBENCH_REQUIRED', 'SWEBENCH_OPTIONAL', 'PRO_REQUIRED', 'PRO_OPTIONAL', 'BENCH_REQUIRED', 'BENCH_OPTIONAL',
-           'INFBENCH_REQUIRED', 'SCHEMAS', 'Kind', 'SWEBENCH_ALIASES', 'main', 'DataError', 'validate_record',
-           'guess_kind', 'resolve_source', 'load_sampled_ids', 'load_instances', 'bench_to_swebench', 'load_bench_file']
+           'INFBENCH_REQUIRED', 'TRANSFERRED_REQUIRED', 'TRANSFERRED_OPTIONAL', 'SCHEMAS', 'Kind', 'SWEBENCH_ALIASES',
+           'main', 'DataError', 'validate_record', 'guess_kind', 'resolve_source', 'load_sampled_ids', 'load_instances',
+           'bench_to_swebench', 'load_bench_file']
 
 # %% ../nbs/01_data.ipynb #data-errors
 class DataError(SwebenchLabError, ValueError):
@@ -42,9 +43,13 @@ BENCH_OPTIONAL = {'instance_num': str, 'version': str, 'version_commit': str, 'h
                   'files_work': 'list[str]', 'files_test': 'list[str]', 'work_patch': str, 'num_changes': int,
                   'pass_to_fail': 'list[str]', 'fail_to_fail': 'list[str]'}
 INFBENCH_REQUIRED = {**BENCH_REQUIRED, 'prompt': str, 'split_idx': int, 'pre_edits': 'list[str]', 'ground_truth': str}
+TRANSFERRED_REQUIRED = {'instance_id': str, 'docker_image': str, 'eval_script': str}
+TRANSFERRED_OPTIONAL = {'dockerfile': str, 'repo': str, 'base_commit': str, 'patch': str, 'problem_statement': str,
+                        'FAIL_TO_PASS': 'list[str]', 'PASS_TO_PASS': 'list[str]', 'log_parser': str, 'eval_type': str}
 SCHEMAS = {'swebench': (SWEBENCH_REQUIRED, SWEBENCH_OPTIONAL), 'pro': (PRO_REQUIRED, PRO_OPTIONAL),
-           'bench': (BENCH_REQUIRED, BENCH_OPTIONAL), 'infbench': (INFBENCH_REQUIRED, BENCH_OPTIONAL)}
-Kind = Literal['swebench', 'pro', 'bench', 'infbench']
+           'bench': (BENCH_REQUIRED, BENCH_OPTIONAL), 'infbench': (INFBENCH_REQUIRED, BENCH_OPTIONAL),
+           'transferred': (TRANSFERRED_REQUIRED, TRANSFERRED_OPTIONAL)}
+Kind = Literal['swebench', 'pro', 'bench', 'infbench', 'transferred']
 
 def _decode_list(v, literal: bool):
     "A list from a list, a JSON string or (literal=True) a Python list literal."
@@ -113,6 +118,11 @@ def validate_record(rec: dict, kind: Kind, source='<records>', where: str | None
             raise DataError(source, where, f"num_changes is {rec['num_changes']} but work_patch_list has "
                             f"{len(rec['work_patch_list'])} steps", iid, 'num_changes')
         rec.setdefault('num_changes', len(rec['work_patch_list']))
+    if kind == 'transferred':    # an environment that build_image proved: its image as is, graded by the exit-code marker
+        rec['repo'] = rec.get('repo') or 'unknown/unknown'
+        rec['base_commit'] = rec.get('base_commit') or 'HEAD'
+        rec['image'] = rec['docker_image']
+        rec['eval_type'] = rec.get('eval_type') or ('pass_and_fail' if rec.get('FAIL_TO_PASS') else 'exit_code')
     return rec
 
 # %% ../nbs/01_data.ipynb #data-load
@@ -151,6 +161,7 @@ def _rows_from_file(path: Path) -> Iterable[tuple[str, dict]]:
 def guess_kind(rec: dict) -> Kind:
     "Which schema a record follows, from its fields."
     if 'work_patch_list' in rec: return 'infbench' if 'prompt' in rec and 'split_idx' in rec else 'bench'
+    if 'docker_image' in rec and 'eval_script' in rec and not ('patch' in rec and 'test_patch' in rec and 'FAIL_TO_PASS' in rec): return 'transferred'
     if 'FAIL_TO_PASS' in rec: return 'swebench'
     if 'fail_to_pass' in rec and ('dockerhub_tag' in rec or 'requirements' in rec or 'problem_statement' in rec): return 'pro'
     raise DataError('<records>', None, "cannot tell the benchmark format: no work_patch_list, FAIL_TO_PASS or fail_to_pass field",

@@ -52,7 +52,7 @@ __all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', '
            'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult', 'SandboxGone', 'output_cap',
            'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'offline_network', 'DockerSandbox', 'host_python',
            'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox', 'list_resources',
-           'reap_orphans', 'remove_resources', 'RunGuard']
+           'own_containers', 'reap_orphans', 'remove_resources', 'RunGuard']
 
 # %% ../nbs/08_environments.ipynb #env-engine
 LABEL = 'swebench_lab'
@@ -468,8 +468,9 @@ class InstanceSpec:
 
     @classmethod
     def from_record(cls, rec: dict, envs_dir=None, prebuilt: bool = False) -> 'InstanceSpec':
+        "The spec of a benchmark record; a record's own `image` is used as is with `prebuilt`, and always for a transferred record."
         iid = rec['instance_id']
-        if prebuilt:
+        if prebuilt or rec.get('docker_image'):
             if not rec.get('image'): raise SwebenchLabError(f"{iid}: --prebuilt, but the record has no `image`")
             return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), Recipe(source='prebuilt image'), rec['image'])
         return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), load_recipe(rec['repo'], rec.get('version'), envs_dir),
@@ -1199,6 +1200,11 @@ def _remove_container(c) -> bool:
     except docker.errors.APIError as e:
         if 'already in progress' in str(e): return False
         raise
+
+def own_containers(client=None) -> list:
+    "The workbench's containers started by this process (by their owner label), e.g. to check that none is left."
+    client = client or docker_client()
+    return client.containers.list(all=True, filters={'label': f'{LABEL}.owner={owner_label()}'})
 
 def reap_orphans(client=None) -> int:
     "Remove the workbench's containers whose owning process (on this host) is gone; never a live process's. Returns how many."

@@ -30,9 +30,9 @@ from .prompt_builder import fit_prompt, trim_last_file, ContextTooLong
 from .repos import normalize_patch
 
 # %% auto #0
-__all__ = ['main', 'extract_patch', 'RetryPolicy', 'MalformedResponse', 'retry_after_seconds', 'classify_error', 'split_prompt',
-           'Completion', 'call_model', 'RunParams', 'run_instance', 'input_path', 'api_keys', 'scan_results',
-           'drop_records', 'PassSummary', 'run_pass', 'format_summary', 'run_api']
+__all__ = ['main', 'extract_patch', 'RetryPolicy', 'MalformedResponse', 'retry_after_seconds', 'classify_error',
+           'call_with_retries', 'split_prompt', 'Completion', 'call_model', 'RunParams', 'run_instance', 'input_path',
+           'api_keys', 'scan_results', 'drop_records', 'PassSummary', 'run_pass', 'format_summary', 'run_api']
 
 # %% ../nbs/06_run_api.ipynb #api-extract
 _TAG = re.compile(r'<(patch|diff)>\n?(.*?)</\1>', re.S)
@@ -96,6 +96,16 @@ def classify_error(exc: Exception) -> str:
     if isinstance(exc, openai.APIStatusError):
         return 'retry' if exc.status_code >= 500 or exc.status_code in (408, 409) else 'fatal'
     return 'fatal'
+
+def call_with_retries(fn: Callable[[], Any], retry: RetryPolicy, what: str = 'model call', sleep: Callable[[float], None] = time.sleep):
+    "`fn()`, retried on what `classify_error` calls `retry` (backoff with jitter, `Retry-After` honoured); anything else raises at once."
+    for attempt in range(retry.max_retries + 1):
+        try: return fn()
+        except Exception as e:
+            if classify_error(e) != 'retry' or attempt >= retry.max_retries: raise
+            wait = retry.delay(attempt, retry_after_seconds(e))
+            logger.warning('%s: %s; retrying in %.1fs', what, type(e).__name__, wait)
+            sleep(wait)
 
 def split_prompt(prompt: str) -> list[dict]:
     "The prompt's first line is the system message, the rest the user message."

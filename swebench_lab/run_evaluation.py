@@ -691,7 +691,7 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
     ok = []
     def build(rec):
         spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-        rows[rec['instance_id']]['python'] = spec.recipe.python if not prebuilt else None
+        rows[rec['instance_id']]['python'] = spec.recipe.python if not spec.image else None
         t0 = time.perf_counter()
         if backend == 'docker': rows[rec['instance_id']]['image'] = build_instance_image(spec, store)
         rows[rec['instance_id']]['build_s'] = round(time.perf_counter() - t0, 1)
