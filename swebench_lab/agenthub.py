@@ -557,7 +557,7 @@ def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_nam
         with lock:
             done[rec_out['instance_id']] = rec_out
             writers[f'{exp_name}.jsonl'].write(rec_out)
-            line = {'messages': chat_messages(rec_out['messages'])}
+            line = {'messages': chat_messages(rec_out['messages']), 'instance_id': rec_out['instance_id']}
             if rec_out.get('tools'): line['tools'] = rec_out['tools']
             writers['trajectories.jsonl'].write(line)
             if rec_out['reward'] == 1: writers['trajectories_rejection_sampling.jsonl'].write(line)
