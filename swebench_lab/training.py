@@ -219,12 +219,24 @@ def _common_args(cfg: dict, out: Path) -> dict:
 def _name(cfg: dict) -> str:
     return cfg['output']['name'] or f"{cfg['kind']}-{Path(cfg['model']['base_model']).name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+def _complete(ck: Path) -> bool:
+    "A checkpoint the trainer finished writing: its trainer_state.json (written last) parses."
+    try: return 'global_step' in json.loads((ck / 'trainer_state.json').read_text())
+    except (OSError, ValueError): return False
+
 def _resume_point(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The last complete checkpoint under `<adapter>/checkpoints`; one a kill cut off while it was written is removed, so
+    neither the trainer nor the next resume trips on it."""
+    import shutil
     ck = out / 'checkpoints'
-    last = get_last_checkpoint(str(ck)) if ck.is_dir() else None
-    if last: logger.info('resuming from %s', last)
-    return last
+    cands = sorted((int(c.name.split('-')[1]), c) for c in ck.glob('checkpoint-*') if c.is_dir() and c.name.split('-')[1].isdigit())
+    for step, c in reversed(cands):
+        if _complete(c):
+            logger.info('resuming from %s (step %d)', c, step)
+            return str(c)
+        shutil.rmtree(c)
+        logger.warning('%s was cut off while it was written (no complete trainer_state.json): removed', c)
+    return None
 
 def _lengths(trainer) -> list[int]:
     "Tokens per training row as the trainer tokenized it (prompt + the longer answer for a pair)."
@@ -244,6 +256,10 @@ def _check_untruncated(trainer, limit: int | None, path) -> int:
                             "rebuild the data with the model's tokenizer (swebench_lab.training_data) so its lengths match")
     return sum(lengths)
 
+def _resumed(checkpoint: str | None) -> dict:
+    "Where a resumed run picked up (the step of its checkpoint)."
+    return {'resumed_from': checkpoint, 'resumed_at_step': int(checkpoint.rsplit('-', 1)[1]) if checkpoint else 0}
+
 def _tokens(trainer, per_epoch: int) -> int | None:
     "Tokens the run went through: TRL's count where it logs one, else the tokenized data scaled to the epochs run."
     logged = [l['num_tokens'] for l in trainer.state.log_history if 'num_tokens' in l]
@@ -261,8 +277,9 @@ def train_sft(cfg: dict) -> Path:
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                          peft_config=None if cfg['model']['adapter'] else lora_config(cfg))
     per_epoch = _check_untruncated(trainer, max_length, cfg['data']['train'])
-    trainer.train(resume_from_checkpoint=_resume_point(out))
-    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
+    resume = _resume_point(out)
+    trainer.train(resume_from_checkpoint=resume)
+    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
 
 def train_dpo(cfg: dict) -> Path:
     "DPO from an SFT adapter (the SFT policy is the reference) with TRL's DPOTrainer; returns the adapter folder."
@@ -274,8 +291,9 @@ def train_dpo(cfg: dict) -> Path:
     args = DPOConfig(**_common_args(cfg, out), beta=cfg['dpo']['beta'], loss_type=cfg['dpo']['loss_type'])
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     per_epoch = _check_untruncated(trainer, max_length, cfg['data']['train'])
-    trainer.train(resume_from_checkpoint=_resume_point(out))
-    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
+    resume = _resume_point(out)
+    trainer.train(resume_from_checkpoint=resume)
+    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
 
 # %% ../nbs/18_training.ipynb #tr-rl
 class SWEBenchEnv:
@@ -387,10 +405,11 @@ def train_grpo(cfg: dict) -> Path:
                       temperature=g['temperature'], beta=g['beta'])
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=None if cfg['model']['adapter'] else lora_config(cfg))
-    trainer.train(resume_from_checkpoint=_resume_point(out))
+    resume = _resume_point(out)
+    trainer.train(resume_from_checkpoint=resume)
     rewards = [l.get('reward') for l in trainer.state.log_history if 'reward' in l]
     manifest = {'rows': len(ds), 'instance_ids': [r['instance_id'] for r in recs], 'source': str(g['dataset'])}
-    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, 'rewards': g['rewards'], 'reward_history': rewards})
+    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'rewards': g['rewards'], 'reward_history': rewards})
 
 # %% ../nbs/18_training.ipynb #tr-push
 def resolve_adapter(adapter: str | Path) -> Path:
@@ -409,13 +428,13 @@ def push_adapter(adapter: str | Path, repo_id: str, dry_run: bool = False, priva
     if dry_run: return files
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
-    import requests
+    import httpx, requests
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
         api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type='model', ignore_patterns=['checkpoints/*'],
                           commit_message=f'swebench_lab adapter {path.name}')
-    except (requests.ConnectionError, HfHubHTTPError, OSError) as e:
+    except (httpx.HTTPError, requests.ConnectionError, HfHubHTTPError, OSError) as e:
         raise TrainingError(f"cannot upload to the hub ({one_line(str(e))[:200]}); --dry-run lists what would be uploaded") from None
     return files
 
@@ -445,7 +464,7 @@ def _main(argv=None):
     ap.add_argument('kind', choices=sorted(TRAINERS))
     ap.add_argument('--config', help='a YAML in the shape of swebench_lab/configs/<kind>_config.yaml (default: that file)')
     ap.add_argument('overrides', nargs='*', help='key=value, e.g. train.learning_rate=1e-4 output.name=my-sft')
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)
     setup_logging()
     out = train(a.kind, a.config, a.overrides)
     m = json.loads((out / 'metrics.json').read_text())
