@@ -162,6 +162,11 @@ def write_dataset(rows: list[dict], path: str | Path, tokenizer, max_length: int
         raise TrainingDataError(f"{len(contaminated)} training row instance(s) are in the evaluation set (e.g. {', '.join(contaminated[:5])}); "
                                 "drop them, or pass allow_contamination=True if you really mean to train on what you evaluate")
     if contaminated: logger.warning("CONTAMINATION: training on %d instance(s) of the evaluation set: %s", len(contaminated), ', '.join(contaminated[:10]))
+    seen, unique = set(), []
+    for r in rows:   # the same training example twice (e.g. two identical resolved samples) counts once
+        k = json.dumps([r.get(c) for c in ('prompt', 'completion', 'chosen', 'rejected', 'messages', 'tools')], sort_keys=True)
+        if k not in seen: seen.add(k); unique.append(r)
+    n_dup, rows = len(rows) - len(unique), unique
     checked = check_exact(tok, rows)
     lengths = [row_length(tok, r) for r in rows]
     limit = max_length or max(lengths)
@@ -172,7 +177,7 @@ def write_dataset(rows: list[dict], path: str | Path, tokenizer, max_length: int
     write_jsonl_atomic(path, kept)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = {'path': str(path), 'kind': kind, 'rows': len(kept), 'sources': dict(Counter(r.get('source', '?') for r in kept)),
-                'dropped': {'over max_length': len(rows) - len(kept)} if len(kept) < len(rows) else {},
+                'dropped': {k: v for k, v in (('duplicate', n_dup), ('over max_length', len(rows) - len(kept))) if v},
                 'dropped_instance_ids': dropped_ids, 'max_length': limit, 'max_length_from': 'given' if max_length else 'data',
                 'longest_kept': max(n for _, n in keep), 'tokenizer': getattr(tok, 'name_or_path', str(tokenizer)),
                 'exact_checked_texts': checked, 'instance_ids': sorted({r.get('instance_id') for r in kept if r.get('instance_id')}),

@@ -79,8 +79,8 @@ def test_builders_on_real_graded_predictions(work):
     assert len(cheap) == 4 and all(p['rejected'][0]['content'] == NOTE for p in cheap)
     assert len(sft_from_predictions(g)) == 4
     tok = work['tiny']['base']
-    m = write_dataset(pairs + pairs[:1], d / 'dpo.jsonl', tok)   # a duplicate pair is still one row per source line here
-    assert m['rows'] == 5 and m['kind'] == 'dpo' and m['sources'] == {'resolved vs applied_failed': 5}
+    m = write_dataset(pairs + pairs[:1], d / 'dpo.jsonl', tok)
+    assert m['rows'] == 4 and m['kind'] == 'dpo' and m['sources'] == {'resolved vs applied_failed': 4} and m['dropped'] == {'duplicate': 1}
     assert m['instance_ids'] == sorted(by_id) and len(m['sha256']) == 64
     with pytest.raises(TrainingDataError, match='evaluation set'):
         write_dataset(pairs, d / 'x.jsonl', tok, eval_ids=[recs[0]['instance_id']])
