@@ -16,9 +16,9 @@ from .core import SwebenchLabError, iter_jsonl, logger, write_json, write_jsonl_
 from .run_api import split_prompt
 
 # %% auto #0
-__all__ = ['SFT_TEMPLATE', 'TrainingDataError', 'issue_prompt', 'sft_from_gold', 'graded_predictions', 'sft_from_predictions',
-           'sft_from_trajectories', 'dpo_from_predictions', 'dpo_gold_vs_wrong', 'row_length', 'check_exact',
-           'write_dataset']
+__all__ = ['SFT_TEMPLATE', 'NOOP_PATCH', 'TrainingDataError', 'issue_prompt', 'sft_from_gold', 'graded_predictions',
+           'sft_from_predictions', 'sft_from_trajectories', 'dpo_from_predictions', 'dpo_gold_vs_wrong', 'row_length',
+           'check_exact', 'write_dataset', 'scripted_graded_predictions']
 
 # %% ../nbs/17_training_data.ipynb #td-build
 class TrainingDataError(SwebenchLabError): "Training data that would be wrong: contaminated, truncated, or not byte-exact."
@@ -184,3 +184,29 @@ def write_dataset(rows: list[dict], path: str | Path, tokenizer, max_length: int
                 'eval_set_size': len(eval_ids), 'contaminated_instance_ids': contaminated, 'sha256': digest}
     write_json(path.with_suffix('.manifest.json'), manifest)
     return manifest
+
+# %% ../nbs/17_training_data.ipynb #td-scripted
+NOOP_PATCH = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+Looked at the issue.\n'
+
+def scripted_graded_predictions(dataset, workdir: str | Path, backend: str = 'local', max_workers: int = 2) -> list[dict]:
+    "Graded predictions of two scripted policies (gold answers, a no-op patch) on a SWE-bench-style dataset's oracle prompts."
+    from swebench_lab.agenthub import ScriptedPolicy
+    from swebench_lab.data import load_instances
+    from swebench_lab.prompt_builder import build_swebench_prompts
+    from swebench_lab.run_api import run_api
+    from swebench_lab.run_evaluation import dataset_records, eval_dir, run_evaluation
+    workdir = Path(workdir); workdir.mkdir(parents=True, exist_ok=True)
+    recs = load_instances(dataset)
+    rows, errors = build_swebench_prompts(recs, 'oracle')
+    if errors: raise TrainingDataError(f"{dataset}: {len(errors)} prompt(s) could not be built: {errors[:3]}")
+    prompts = workdir / 'prompts.jsonl'
+    write_jsonl_atomic(prompts, rows)
+    key = lambda r: (r.get('problem_statement') or '').strip()[:60]
+    pairs = []
+    for model, answer in (('scripted-gold', lambda r: f"The fix:\n\n```diff\n{_gold(r)}```\n"),
+                          ('scripted-noop', lambda r: f"A note first.\n\n```diff\n{NOOP_PATCH}```\n")):
+        with ScriptedPolicy({key(r): [answer(r)] for r in recs if key(r)}, model=model) as p:
+            [s] = run_api([str(prompts)], [model], ['0'], base_url=p.base_url, temperature=0, max_workers=max_workers, progress=False)
+        run_evaluation(str(dataset), model, None, s.output, backend, max_workers=max_workers, progress=False)
+        pairs.append((s.output, eval_dir(dataset_records(str(dataset), None)[1], model)))
+    return graded_predictions(pairs)

@@ -2,7 +2,8 @@
 predictions, SFT (whose adapter the workbench's server then serves), DPO from that adapter, GRPO with both rewards, the RL
 environment in Docker, resume after SIGKILL, and the refusals. The graded predictions come from a demo run whose success
 path needs a capable model, so two scripted policies (`agenthub.ScriptedPolicy`, loopback OpenAI-compatible servers
-replaying fixed replies) stand in for it: one answers with the gold patch, one with a patch that applies and fixes nothing.
+replaying fixed replies; `training_data.scripted_graded_predictions`) stand in for it: one answers with the gold patch,
+one with a patch that applies and fixes nothing.
 The prompts, run_api, the grading and the trainers are the real ones."""
 import json
 import os
@@ -17,13 +18,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from swebench_lab.agenthub import ScriptedPolicy
 from swebench_lab.data import load_instances
-from swebench_lab.training_data import (TrainingDataError, _gold, dpo_from_predictions, dpo_gold_vs_wrong, graded_predictions,
-                                        sft_from_gold, sft_from_predictions, write_dataset)
+from swebench_lab.training_data import (NOOP_PATCH as NOTE, TrainingDataError, _gold, dpo_from_predictions, dpo_gold_vs_wrong,
+                                        scripted_graded_predictions, sft_from_gold, sft_from_predictions, write_dataset)
 
 DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
-NOTE = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+Looked at the issue.\n'
 MISSING = 'diff --git a/missing.py b/missing.py\n--- a/missing.py\n+++ b/missing.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n'
 FAST = ['train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']
 
@@ -35,24 +34,9 @@ def work(tmp_path_factory):
     old = {k: os.environ.get(k) for k in ('SWEBENCH_LAB_RESULTS', 'SWEBENCH_LAB_CRAWLED_DATA')}
     os.environ['SWEBENCH_LAB_RESULTS'] = str(d / 'results')
     os.environ['SWEBENCH_LAB_CRAWLED_DATA'] = str(ROOT / 'crawled_data')
-    from swebench_lab.core import write_jsonl_atomic
-    from swebench_lab.prompt_builder import build_swebench_prompts
-    from swebench_lab.run_api import run_api
-    from swebench_lab.run_evaluation import run_evaluation
     from swebench_lab.tiny import ensure_tiny
-    recs = load_instances(DEMO_SWE)
-    rows, errors = build_swebench_prompts(recs, 'oracle')
-    assert not errors
-    write_jsonl_atomic(d / 'prompts.jsonl', rows)
-    key = lambda r: r['problem_statement'].strip()[:60]
-    pairs = []
-    for model, answer in (('scripted-gold', lambda r: f"The fix:\n\n```diff\n{_gold(r)}```\n"),
-                          ('scripted-wrong', lambda r: f"A note first.\n\n```diff\n{NOTE}```\n")):
-        with ScriptedPolicy({key(r): [answer(r)] for r in recs}, model=model) as p:
-            [s] = run_api([str(d / 'prompts.jsonl')], [model], ['0'], base_url=p.base_url, temperature=0, max_workers=2, progress=False)
-        run_evaluation(str(DEMO_SWE), model, None, s.output, 'local', max_workers=2, progress=False)
-        pairs.append((s.output, d / 'results' / 'evaluations' / 'demo-swebench' / model))
-    yield {'dir': d, 'recs': recs, 'tiny': ensure_tiny(d / 'tiny'), 'graded': graded_predictions(pairs)}
+    graded = scripted_graded_predictions(DEMO_SWE, d / 'scripted', backend='local')
+    yield {'dir': d, 'recs': load_instances(DEMO_SWE), 'tiny': ensure_tiny(d / 'tiny'), 'graded': graded}
     for k, v in old.items():
         if v is None: os.environ.pop(k, None)
         else: os.environ[k] = v
@@ -68,7 +52,7 @@ def _metrics(out: Path) -> dict: return json.loads((out / 'metrics.json').read_t
 def test_builders_on_real_graded_predictions(work):
     "Statuses come from the harness; pairs share a prompt; the guard refuses overlap; an over-long row is dropped and counted."
     g, recs, d = work['graded'], work['recs'], work['dir']
-    assert sorted((x['model'], x['status']) for x in g) == [('scripted-gold', 'resolved')] * 4 + [('scripted-wrong', 'applied_failed')] * 4
+    assert sorted((x['model'], x['status']) for x in g) == [('scripted-gold', 'resolved')] * 4 + [('scripted-noop', 'applied_failed')] * 4
     pairs = dpo_from_predictions(g)
     assert len(pairs) == 4 and {p['source'] for p in pairs} == {'resolved vs applied_failed'}
     by_id = {r['instance_id']: r for r in recs}
@@ -197,6 +181,28 @@ def test_grpo_with_the_test_reward_runs_one_step_in_docker(work):
                                'grpo.rewards=[similarity,tests]', 'grpo.reward_timeout=120', *FAST])
     m = _metrics(out)
     assert m['steps'] == 1 and m['rewards'] == ['similarity', 'tests'] and len(m['reward_history']) == 1
+
+
+@pytest.mark.docker
+def test_sft_rows_from_reward_1_agent_trajectories(work, tmp_path):
+    "A scripted function-calling agent solves a task in Docker; its trajectory becomes an SFT row without the exit message."
+    from swebench_lab.agenthub import load_scaffold, runagent_multiple, scripted_policy_for
+    from swebench_lab.training_data import sft_from_trajectories
+    recs = work['recs'][:1]
+    cfg = load_scaffold('r2egym', True)
+    with scripted_policy_for(recs, cfg) as p:
+        s = runagent_multiple(str(DEMO_SWE), tmp_path / 'run', 'x', 'openai/scripted-policy', 'r2egym', True, k=1,
+                              base_url=p.base_url, progress=False)
+    assert s['reward_1'] == 1
+    raw = json.loads((tmp_path / 'run' / 'trajectories_rejection_sampling.jsonl').read_text().splitlines()[0])
+    [row] = sft_from_trajectories(tmp_path / 'run')
+    assert row['instance_id'] == recs[0]['instance_id'] and row['tools'] == raw['tools']
+    full = json.loads((tmp_path / 'run' / 'x.jsonl').read_text().splitlines()[0])   # the runner's record ends with its exit message
+    assert full['messages'][-1]['role'] == 'exit' and all(m['role'] != 'exit' for m in row['messages'])
+    assert row['messages'] == raw['messages'] and len(row['messages']) == len(full['messages']) - 1
+    assert any(m.get('tool_calls') for m in row['messages'] if m['role'] == 'assistant')
+    m = write_dataset([row], tmp_path / 'traj.jsonl', work['tiny']['base'])
+    assert m['rows'] == 1 and m['sources'] == {'agent_trajectory': 1}
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(work, tmp_path):
