@@ -19,7 +19,9 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'bench_adversarial': {'cases': ['runner_shadow_pytest_py', 'atexit_fake_lines'], 'flood_mib': 64, 'failing_streams': 4,
                               'abandoned_streams': 1, 'normal_requests': 4},
         'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
-        'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1}}
+        'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
+        'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
+                  'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
 DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
@@ -98,6 +100,12 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
         assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
         assert summary['server']['failing_streams_ended_with_error'] == 4
+    if name == 'train':
+        out = json.loads((rdir / 'outputs.json').read_text())
+        assert set(out['adapters']) == {'sft', 'dpo'} and [out['metrics'][k]['steps'] for k in ('sft', 'dpo')] == [4, 2]
+        assert set(out['served']) >= {f'{rdir.name}-sft', f'{rdir.name}-dpo'} and (rdir / 'loss.png').stat().st_size > 5000
+        manifest = json.loads((rdir / 'data' / 'dpo.manifest.json').read_text())
+        assert manifest['sources'] == {'resolved vs applied_failed': 4, 'gold vs wrong': 4}
     if name == 'bench_retrieval':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_retrieval.json').read_text())
         assert summary['identical_topn'] == '5/5' and summary['max_score_diff'] < 1e-6
