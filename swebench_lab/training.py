@@ -39,7 +39,7 @@ DEFAULTS = {
     'data': {'train': None},
     'train': {'learning_rate': 2e-4, 'lr_scheduler_type': 'cosine', 'warmup_ratio': 0.03, 'num_train_epochs': 3, 'max_steps': -1,
               'per_device_train_batch_size': 4, 'gradient_accumulation_steps': 4, 'optim': 'adamw_torch', 'weight_decay': 0.0,
-              'max_length': None, 'logging_steps': 1, 'save_steps': 50, 'save_total_limit': 2, 'gradient_checkpointing': False, 'seed': 0},
+              'max_length': None, 'logging_steps': 1, 'save_steps': 50, 'save_total_limit': 2, 'gradient_checkpointing': True, 'seed': 0},
     'dpo': {'beta': 0.1, 'loss_type': 'sigmoid'},
     'grpo': {'num_generations': 4, 'max_completion_length': 256, 'temperature': 1.0, 'beta': 0.0, 'rewards': ['similarity'],
              'dataset': None, 'backend': 'docker', 'reward_timeout': 300, 'reward_workers': 4},

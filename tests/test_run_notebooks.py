@@ -20,6 +20,7 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
                               'abandoned_streams': 1, 'normal_requests': 4},
         'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
         'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
+        'bench_training': {'steps': 2, 'repeats': 1, 'hidden_size': 32, 'layers': 1},
         'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
                   'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
 DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents'}
@@ -100,6 +101,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
         assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
         assert summary['server']['failing_streams_ended_with_error'] == 4
+    if name == 'bench_training':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_training.json').read_text())
+        assert {r['runner'] for r in summary['runs']} == {'plain TRL', 'workbench'} and summary['tokens_per_s_ratio'] > 0
+        assert (rdir / 'bench_training.png').exists()
     if name == 'train':
         out = json.loads((rdir / 'outputs.json').read_text())
         assert set(out['adapters']) == {'sft', 'dpo'} and [out['metrics'][k]['steps'] for k in ('sft', 'dpo')] == [4, 2]
