@@ -10,15 +10,18 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .core import iter_jsonl, results_dir, SwebenchLabError
 
 # %% auto #0
-__all__ = ['wilson_interval', 'collect_results', 'rate_table', 'plot_rates']
+__all__ = ['wilson_interval', 'collect_results', 'rate_table', 'plot_rates', 'outcome_matrix', 'mcnemar_exact',
+           'paired_bootstrap', 'sign_flip_test', 'pass_at_k', 'holm', 'sample_size_paired', 'compare_arms',
+           'comparison_table', 'plot_comparison']
 
 # %% ../nbs/14_analysis.ipynb #an-wilson
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     "95% Wilson score interval for k successes in n trials (z for other levels)."
     if n <= 0: return (float('nan'), float('nan'))
     p = k / n
@@ -89,5 +92,190 @@ def plot_rates(table: pd.DataFrame, path: str | Path | None = None, title: str =
     for i, (k, n) in enumerate(zip(t['resolved'], t['n'])): ax.text(101, i, f'{k}/{n}', va='center', fontsize=9)
     ax.set_yticks(list(y)); ax.set_yticklabels(labels); ax.set_xlim(0, 110); ax.set_xlabel('% resolved'); ax.set_title(title)
     ax.invert_yaxis(); fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=120)
+    return fig
+
+# %% ../nbs/14_analysis.ipynb #an-paired
+def outcome_matrix(df: pd.DataFrame, arm_col: str = 'model', value: str = 'resolved', instance_col: str = 'instance_id') -> pd.DataFrame:
+    "Instances × arms of per-instance pass rates (the mean over samples or runs); only instances every arm has."
+    if df.empty: raise SwebenchLabError('no results to compare')
+    m = df.assign(_v=df[value].astype(float)).pivot_table(index=instance_col, columns=arm_col, values='_v', aggfunc='mean')
+    full = m.dropna()
+    if full.empty: raise SwebenchLabError(f"no instance has results in every arm ({', '.join(map(str, m.columns))})")
+    return full
+
+def _samples(df: pd.DataFrame, arm, arm_col: str, value: str, instances) -> np.ndarray | None:
+    "(instances, samples) outcomes of one arm when every instance has the same number of samples, else None."
+    g = df[df[arm_col] == arm].groupby('instance_id')[value].apply(lambda s: s.astype(float).tolist())
+    rows = [g[i] for i in instances]
+    return np.array(rows) if len({len(r) for r in rows}) == 1 else None
+
+def mcnemar_exact(b: int, c: int) -> float:
+    "Two-sided exact McNemar p-value from the discordant counts (b: A only, c: B only)."
+    from scipy.stats import binom
+    n = b + c
+    return 1.0 if n == 0 else float(min(1.0, 2 * binom.cdf(min(b, c), n, 0.5)))
+
+def paired_bootstrap(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean difference b − a and its percentile bootstrap interval. `a`, `b`: per-instance outcomes (1-D), or
+    (instances, samples) arrays, where the samples of each resampled instance are resampled too."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape[0] != b.shape[0]: raise SwebenchLabError('paired_bootstrap: both arms need the same instances')
+    rng = np.random.default_rng(seed)
+    n = a.shape[0]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    def level_means(x):
+        if x.ndim == 1: return x[idx].mean(axis=1)
+        s = x.shape[1]
+        inner = rng.integers(0, s, size=(n_boot, n, s))
+        return np.take_along_axis(x[idx], inner, axis=2).mean(axis=(1, 2))
+    diffs = level_means(b) - level_means(a)
+    point = float(b.mean() - a.mean())
+    q = (1 - level) / 2
+    return point, float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q))
+
+def sign_flip_test(d, n_perm: int = 20000, seed: int = 0) -> float:
+    "Two-sided paired permutation test of per-instance differences `d` (exact when there are at most 16 non-zero ones)."
+    d = np.asarray(d, float)
+    d = d[d != 0]
+    if d.size == 0: return 1.0
+    obs = abs(d.sum())
+    if d.size <= 16:
+        signs = np.array(np.meshgrid(*[[-1, 1]] * d.size)).reshape(d.size, -1).T
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_perm, d.size))
+    return float(np.mean(np.abs(signs @ d) >= obs - 1e-12))
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    "Unbiased pass@k for one instance with n samples of which c pass (Chen et al. 2021)."
+    if k > n: raise SwebenchLabError(f'pass@{k} needs at least {k} samples per instance (have {n})')
+    if n - c < k: return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+def holm(pvals: Iterable[float]) -> list[float]:
+    "Holm step-down adjusted p-values, in the input's order."
+    p = list(pvals)
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+def sample_size_paired(delta: float, discordance: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Instances a paired (McNemar) comparison needs to detect a rate difference `delta` with `power` at two-sided
+    `alpha`, when a share `discordance` of instances is solved by exactly one arm (Connor 1987). None: impossible
+    (|delta| must not exceed the discordance)."""
+    from scipy.stats import norm
+    delta, psi = abs(delta), discordance
+    if delta <= 0 or psi <= 0 or delta > psi: return None
+    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    return int(math.ceil((za * math.sqrt(psi) + zb * math.sqrt(psi - delta ** 2)) ** 2 / delta ** 2))
+
+# %% ../nbs/14_analysis.ipynb #an-compare
+def compare_arms(df: pd.DataFrame, arm_col: str = 'model', baseline=None, value: str = 'resolved', n_boot: int = 10000,
+                 seed: int = 0, delta: float | None = None, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Paired comparison of two or more arms on the instances they share. `df`: one row per (arm, instance[, sample]) with
+    a 0/1 `value`. Pairs are baseline vs each other arm (every pair when `baseline` is None), Holm-corrected."""
+    mat = outcome_matrix(df, arm_col, value)
+    arms = list(mat.columns)
+    if len(arms) < 2: raise SwebenchLabError(f'need two arms to compare, have {arms}')
+    if baseline is not None and baseline not in arms: raise SwebenchLabError(f'baseline {baseline!r} is not an arm: {arms}')
+    shared = list(mat.index)
+    d = df[df['instance_id'].isin(shared)]
+    counts = d.groupby([arm_col, 'instance_id']).size()
+    multi = counts.max() > 1
+    samples = {a: _samples(d, a, arm_col, value, shared) for a in arms} if multi else {}
+    out_arms = {}
+    for a in arms:
+        k = int(round(mat[a].sum())) if not multi else None
+        lo, hi = wilson_interval(k, len(shared)) if not multi else paired_bootstrap(np.zeros(len(shared)), samples[a] if samples[a] is not None else mat[a].values, n_boot, seed)[1:]
+        row = {'instances': len(shared), 'rate': float(mat[a].mean()), 'lo': lo, 'hi': hi}
+        if not multi: row['resolved'] = k
+        else:
+            s = samples[a]
+            if s is not None:
+                n = s.shape[1]
+                row['samples_per_instance'] = n
+                row['pass_at_k'] = {k_: float(np.mean([pass_at_k(n, int(c), k_) for c in s.sum(axis=1)])) for k_ in sorted({1, min(n, 5), n})}
+        out_arms[str(a)] = row
+    pairs = [(baseline, b) for b in arms if b != baseline] if baseline is not None else [(arms[i], arms[j]) for i in range(len(arms)) for j in range(i + 1, len(arms))]
+    out_pairs = []
+    for a, b in pairs:
+        if multi and samples[a] is not None and samples[b] is not None:
+            diff, lo, hi = paired_bootstrap(samples[a], samples[b], n_boot, seed)
+        else:
+            diff, lo, hi = paired_bootstrap(mat[a].values, mat[b].values, n_boot, seed)
+        delta_i = mat[b] - mat[a]
+        improved = sorted(delta_i[delta_i > 0].index); regressed = sorted(delta_i[delta_i < 0].index)
+        row = {'a': str(a), 'b': str(b), 'difference': diff, 'lo': lo, 'hi': hi, 'improved': improved, 'regressed': regressed}
+        if not multi:
+            row.update(test='exact McNemar', b_only=len(improved), a_only=len(regressed), p=mcnemar_exact(len(regressed), len(improved)))
+        else:
+            row.update(test='paired sign-flip permutation', p=sign_flip_test(delta_i.values, seed=seed))
+        disc = (len(improved) + len(regressed)) / len(shared)
+        want = delta if delta is not None else (abs(diff) if diff else None)
+        row['discordance'] = disc
+        row['instances_needed'] = {'delta': want, 'alpha': alpha, 'power': power,
+                                   'n': sample_size_paired(want, disc, alpha, power) if want else None}
+        out_pairs.append(row)
+    for row, adj in zip(out_pairs, holm([r['p'] for r in out_pairs])): row['p_holm'] = adj
+    return {'arms': out_arms, 'pairs': out_pairs, 'instances': len(shared), 'multiple_samples': bool(multi),
+            'dropped_instances': sorted(set(df['instance_id']) - set(shared))}
+
+def comparison_table(cmp: dict) -> pd.DataFrame:
+    "The pairs of `compare_arms` as a table (differences in points)."
+    return pd.DataFrame([{'A': r['a'], 'B': r['b'], 'B - A (pts)': round(100 * r['difference'], 1),
+                          '95% CI': f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]", 'improved': len(r['improved']),
+                          'regressed': len(r['regressed']), 'test': r['test'], 'p': round(r['p'], 4), 'p (Holm)': round(r['p_holm'], 4),
+                          'instances for ±Δ': r['instances_needed']['n']} for r in cmp['pairs']])
+
+# %% ../nbs/14_analysis.ipynb #an-plotcmp
+def plot_comparison(df: pd.DataFrame, cmp: dict, a: str, b: str, path: str | Path | None = None, arm_col: str = 'model',
+                    title: str | None = None, n_boot: int = 2000):
+    "Three panels: rates with intervals per arm; the instances B improved and regressed; B − A per repository with intervals."
+    import matplotlib
+    if path is not None: matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    pair = next(p for p in cmp['pairs'] if {p['a'], p['b']} == {a, b})
+    sign = 1 if (pair['a'], pair['b']) == (a, b) else -1
+    fig, axes = plt.subplots(1, 3, figsize=(14, max(3.2, 0.28 * (len(pair['improved']) + len(pair['regressed'])) + 1.6)),
+                             gridspec_kw={'width_ratios': [1, 1.2, 1.2]})
+    ax = axes[0]
+    arms = list(cmp['arms'])
+    rates = [cmp['arms'][x]['rate'] * 100 for x in arms]
+    ax.bar(range(len(arms)), rates, color=['#8c8c8c' if x == a else '#4c72b0' if x == b else '#a1c9f4' for x in arms])
+    ax.errorbar(range(len(arms)), rates, yerr=[[r - cmp['arms'][x]['lo'] * 100 for r, x in zip(rates, arms)],
+                                               [cmp['arms'][x]['hi'] * 100 - r for r, x in zip(rates, arms)]], fmt='none', ecolor='k', capsize=4)
+    ax.set_xticks(range(len(arms)), arms, rotation=20, ha='right'); ax.set_ylabel('% resolved'); ax.set_ylim(0, 100)
+    ax.set_title(f"rates, 95% CI (n={cmp['instances']})")
+    ax = axes[1]
+    ch = [(i, 1) for i in pair['improved']] + [(i, -1) for i in pair['regressed']]
+    ch = [(i, s * sign) for i, s in ch]
+    if ch:
+        ch.sort(key=lambda t: (-t[1], t[0]))
+        ax.barh(range(len(ch)), [s for _, s in ch], color=['#55a868' if s > 0 else '#c44e52' for _, s in ch])
+        ax.set_yticks(range(len(ch)), [i for i, _ in ch], fontsize=8); ax.invert_yaxis()
+        ax.set_xlim(-1.3, 1.3); ax.set_xticks([-1, 1], [f'{a} only', f'{b} only'])
+    else:
+        ax.text(0.5, 0.5, 'the arms agree on every instance', ha='center', va='center', transform=ax.transAxes); ax.set_axis_off()
+    ax.set_title(f"{b} vs {a}: {sum(s > 0 for _, s in ch)} improved, {sum(s < 0 for _, s in ch)} regressed\n"
+                 f"{pair['test']} p = {pair['p']:.3g}", fontsize=10)
+    ax = axes[2]
+    d = df[df['instance_id'].isin(outcome_matrix(df, arm_col).index)]
+    repos = d.assign(repo=d['repo'] if 'repo' in d else d['instance_id'].map(_repo_of))
+    rows = []
+    for repo, g in repos.groupby('repo'):
+        m = outcome_matrix(g, arm_col)
+        if a in m and b in m:
+            diff, lo, hi = paired_bootstrap(m[a].values, m[b].values, n_boot)
+            rows.append((repo, diff * 100, lo * 100, hi * 100, len(m)))
+    rows.sort(key=lambda r: r[1])
+    ax.barh(range(len(rows)), [r[1] for r in rows], color=['#55a868' if r[1] > 0 else '#c44e52' if r[1] < 0 else '#8c8c8c' for r in rows])
+    ax.errorbar([r[1] for r in rows], range(len(rows)), xerr=[[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]], fmt='none', ecolor='k', capsize=3)
+    ax.set_yticks(range(len(rows)), [f'{r[0]} (n={r[4]})' for r in rows], fontsize=8); ax.axvline(0, color='k', lw=0.8)
+    ax.set_xlabel(f'{b} − {a} (points)'); ax.set_title('per repository, 95% bootstrap CI')
+    if title: fig.suptitle(title)
+    fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=120)
     return fig
