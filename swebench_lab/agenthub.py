@@ -717,17 +717,22 @@ def show_trajectory(traj, max_chars: int = 4000):
 # %% ../nbs/15_agenthub.ipynb #ah-scripted
 class ScriptedPolicy:
     "A loopback OpenAI-compatible server replaying scripted replies (a stand-in for a capable model in tests and demos)."
-    def __init__(self, scripts: dict[str, list], default: list | None = None, model: str = 'scripted-policy', context: int = 131072):
+    def __init__(self, scripts: dict[str, list], default: list | None = None, model: str = 'scripted-policy', context: int = 131072,
+                 by_model: dict[str, dict[str, list]] | None = None):
+        "`by_model`: scripts per requested model name (several policies behind one endpoint, like adapters of one server)."
         self.scripts, self.default, self.model, self.context = scripts, default, model, context
+        self.by_model = by_model or {}
         self.requests, self._seen, self._lock = 0, {}, threading.Lock()
 
-    def reply_for(self, messages: list[dict]):
+    def reply_for(self, messages: list[dict], model: str | None = None):
         """The scripted reply for a conversation. A reply `{'fail_first': n, 'error': {'status', 'message', 'code', 'retry_after'},
         'reply': …}` answers its first n requests with that error (a rate limit, a context overflow), then with `reply`."""
         first_user = next((m.get('content') or '' for m in messages if m.get('role') == 'user'), '')
         if isinstance(first_user, list): first_user = ''.join(c.get('text', '') for c in first_user if isinstance(c, dict))
-        key = next((k for k in self.scripts if k in first_user), None)
-        script = self.scripts[key] if key is not None else self.default
+        scripts = self.by_model.get(model, self.scripts) if model else self.scripts
+        key = next((k for k in scripts if k in first_user), None)
+        script = scripts[key] if key is not None else self.default
+        key = (model, key) if model in self.by_model else key
         if script is None: return 'I have no script for this task.'
         i = min(self.turn(messages), len(script) - 1)
         reply = script[i]
@@ -748,7 +753,7 @@ class ScriptedPolicy:
         return n
 
     def _response(self, body: dict) -> dict:
-        reply = self.reply_for(body.get('messages') or [])
+        reply = self.reply_for(body.get('messages') or [], body.get('model'))
         if isinstance(reply, dict) and 'error' in reply: return reply
         n_in = sum(len(str(m.get('content') or '')) for m in body.get('messages') or []) // 4
         if isinstance(reply, dict) and reply.get('tool_calls'):
@@ -758,7 +763,8 @@ class ScriptedPolicy:
         else:
             text = reply if isinstance(reply, str) else str(reply.get('content', ''))
             msg, n_out = {'role': 'assistant', 'content': text}, len(text) // 4 + 1
-        return {'id': f'chatcmpl-scripted-{self.requests}', 'object': 'chat.completion', 'created': int(time.time()), 'model': self.model,
+        return {'id': f'chatcmpl-scripted-{self.requests}', 'object': 'chat.completion', 'created': int(time.time()),
+                'model': body.get('model') if body.get('model') in self.by_model else self.model,
                 'choices': [{'index': 0, 'message': msg, 'finish_reason': 'tool_calls' if msg.get('tool_calls') else 'stop'}],
                 'usage': {'prompt_tokens': n_in, 'completion_tokens': n_out, 'total_tokens': n_in + n_out}}
 
@@ -773,7 +779,8 @@ class ScriptedPolicy:
                 self.end_headers(); self.wfile.write(data)
             def do_GET(self):
                 if self.path.rstrip('/').endswith('/models'):
-                    self._send(200, {'object': 'list', 'data': [{'id': policy.model, 'object': 'model', 'max_model_len': policy.context}]})
+                    self._send(200, {'object': 'list', 'data': [{'id': m, 'object': 'model', 'max_model_len': policy.context}
+                                                                      for m in [policy.model, *policy.by_model]]})
                 else: self._send(404, {'error': {'message': 'not found'}})
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get('content-length') or 0)) or b'{}')

@@ -247,7 +247,9 @@ def plot_comparison(df: pd.DataFrame, cmp: dict, a: str, b: str, path: str | Pat
     ax.bar(range(len(arms)), rates, color=['#8c8c8c' if x == a else '#4c72b0' if x == b else '#a1c9f4' for x in arms])
     ax.errorbar(range(len(arms)), rates, yerr=[[r - cmp['arms'][x]['lo'] * 100 for r, x in zip(rates, arms)],
                                                [cmp['arms'][x]['hi'] * 100 - r for r, x in zip(rates, arms)]], fmt='none', ecolor='k', capsize=4)
-    ax.set_xticks(range(len(arms)), arms, rotation=20, ha='right'); ax.set_ylabel('% resolved'); ax.set_ylim(0, 100)
+    for i, x in enumerate(arms):
+        if 'resolved' in cmp['arms'][x]: ax.text(i, cmp['arms'][x]['hi'] * 100 + 2, f"{cmp['arms'][x]['resolved']}/{cmp['instances']}", ha='center', fontsize=9)
+    ax.set_xticks(range(len(arms)), arms, rotation=20, ha='right'); ax.set_ylabel('% resolved'); ax.set_ylim(0, 108)
     ax.set_title(f"rates, 95% CI (n={cmp['instances']})")
     ax = axes[1]
     ch = [(i, 1) for i in pair['improved']] + [(i, -1) for i in pair['regressed']]
@@ -274,6 +276,8 @@ def plot_comparison(df: pd.DataFrame, cmp: dict, a: str, b: str, path: str | Pat
     ax.barh(range(len(rows)), [r[1] for r in rows], color=['#55a868' if r[1] > 0 else '#c44e52' if r[1] < 0 else '#8c8c8c' for r in rows])
     ax.errorbar([r[1] for r in rows], range(len(rows)), xerr=[[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]], fmt='none', ecolor='k', capsize=3)
     ax.set_yticks(range(len(rows)), [f'{r[0]} (n={r[4]})' for r in rows], fontsize=8); ax.axvline(0, color='k', lw=0.8)
+    lim = max([10.0] + [abs(v) for r in rows for v in r[1:4]]) * 1.1
+    ax.set_xlim(-lim, lim)
     ax.set_xlabel(f'{b} − {a} (points)'); ax.set_title('per repository, 95% bootstrap CI')
     if title: fig.suptitle(title)
     fig.tight_layout()

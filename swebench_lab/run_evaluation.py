@@ -531,11 +531,12 @@ def _saved(out: Path, iid: str) -> dict | None:
 def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | None = None, predictions_path: str | None = None,
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
-                   prebuilt: bool = False, network: bool = False) -> dict:
+                   prebuilt: bool = False, network: bool = False, output_dir: str | Path | None = None) -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
     `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them.
     `network`: give Docker sandboxes the default network, as SWE-bench's harness does (a patch that adds a dependency can
-    then install it; the code under test can reach the network too)."""
+    then install it; the code under test can reach the network too).
+    `output_dir`: where the reports go (default `experiment_results/evaluations/<run_id or dataset>/<model>/`)."""
     limits = replace(limits or Limits(), network=True) if network else limits
     net_key = '+network' if backend == 'docker' and (limits or Limits()).network else ''
     if model is None:
@@ -558,7 +559,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
         notes['missing_prediction_ids'] = sorted(i for i in ids if i not in preds or i in notes.get('no_model_patch_ids', []))
         for k, v in notes.items():
             if v: logger.warning("%s: %d %s: %s", path, len(v), k.replace('_', ' '), ', '.join(v[:5]) + (' …' if len(v) > 5 else ''))
-    out = eval_dir(run_id or label, model)
+    out = Path(output_dir) if output_dir else eval_dir(run_id or label, model)
     run_label = uuid.uuid4().hex[:12]
     store = RepoStore()
     if backend == 'docker': reap_orphans()
