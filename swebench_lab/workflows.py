@@ -126,7 +126,8 @@ def register_litellm(names: list[str], base_url: str, context: int | None = None
     "Tell LiteLLM the served names (OpenAI-compatible, free), so agents' cost and context checks know them."
     import litellm
     litellm.register_model({f'openai/{n}': {'litellm_provider': 'openai', 'mode': 'chat', 'input_cost_per_token': 0.0,
-                                            'output_cost_per_token': 0.0, **({'max_input_tokens': context, 'max_tokens': context} if context else {})}
+                                            'output_cost_per_token': 0.0,
+                                            'cache_creation_input_token_cost': 0.0, 'cache_read_input_token_cost': 0.0, **({'max_input_tokens': context, 'max_tokens': context} if context else {})}
                             for n in names})
 
 # %% ../nbs/19_workflows.ipynb #wf-run
@@ -286,7 +287,7 @@ def run_arms(cfg: dict, arms: dict[str, str | None], out: str | Path, no_vllm: b
     frames = []
     with serve_arms(cfg, adapters, out / 'logs' / 'server.log', no_vllm) as base_url:
         served = {n: (n if p or cfg['model']['endpoint'] else cfg['model']['served_name']) for n, p in arms.items()}
-        register_litellm(list(served.values()), base_url)
+        if runner is run_agent: register_litellm(list(served.values()), base_url)
         for arm, name in served.items():
             print(f'{arm}: {len(recs)} instance(s), {cfg["agent"]["scaffold"]}')
             df = runner(name, recs, cfg, base_url, out, progress)
@@ -302,10 +303,9 @@ def benchmark(cfg: dict, output_dir: str | Path, no_vllm: bool = False, progress
 
 def compare(cfg: dict, output_dir: str | Path, no_vllm: bool = False, progress: bool = True,
             names: tuple[str, str] = ('baseline', 'trained')) -> dict:
-    "Baseline vs trained adapter on the same instances; returns results/comparison.json."
+    "Baseline vs trained adapter on the same instances (no baseline adapter: the base model); returns results/comparison.json."
     m = cfg['model']
-    if not (m['lora_baseline'] or m['endpoint']) or not (m['lora_trained'] or m['endpoint']):
-        raise WorkflowError('--lora-baseline and --lora-trained are required')
+    if not (m['lora_trained'] or m['endpoint']): raise WorkflowError('--lora-trained is required')
     df, left_out = run_arms(cfg, {names[0]: m['lora_baseline'], names[1]: m['lora_trained']}, output_dir, no_vllm, progress)
     return write_results(df, Path(output_dir), *names, extra={'left_out_training_instances': left_out})
 
@@ -339,7 +339,7 @@ def _main(argv=None):
     b = sub.add_parser('benchmark', aliases=['run_swe_verified'], help='one adapter on the benchmark')
     _common(b); b.add_argument('--lora-path', '--lora_path')
     c = sub.add_parser('compare', aliases=['run_comparison'], help='baseline vs trained adapter, paired')
-    _common(c); c.add_argument('--lora-baseline', '--lora_baseline'); c.add_argument('--lora-trained', '--lora_trained')
+    _common(c); c.add_argument('--lora-baseline', '--lora_baseline', help='the baseline adapter (default: the base model itself)'); c.add_argument('--lora-trained', '--lora_trained')
     a = ap.parse_args(argv)
     setup_logging()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))   # every `finally` (the server) runs

@@ -1,6 +1,7 @@
 """Each run notebook in nbs/runs/ runs through papermill with tiny parameters and leaves a complete
 run record; secrets in the environment appear in none of its outputs."""
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from conftest import ROOT
 from swebench_lab.runs import execute_run, list_runs
 
-TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'},
+TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local', 'sft_steps': 4},
         'results': {},
         'build_infbench': {'info_pct': 0.5, 'use_bm25': True, 'topn': 2},
         'bench_retrieval': {'max_files': 40, 'n_queries': 5},
@@ -80,6 +81,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         import csv
         rates = {(r['model'], r['run_id']): int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
         assert rates[('gold', '0.5_body_issue')] == 4 and rates[('empty', '0.5_body_issue')] == 0 and len(rates) == 8
+        ab = json.loads(open(out['comparison']).read())
+        assert ab['left_out_training_instances'] == ['demo__textkit-1', 'demo__textkit-2'] and ab['total_instances'] == 2
+        assert set(ab['instance_comparison']) == {'demo__textkit-3', 'demo__textkit-4'} and Path(out['comparison_figure']).exists()
+        assert json.loads((Path(out['adapter']) / 'metrics.json').read_text())['steps'] == 4
     if name == 'results':
         import csv
         rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
