@@ -89,6 +89,9 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         import csv
         rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
         assert rates == {'gold': 4, 'empty': 0} and (rdir / 'resolved_by_repo.png').exists()
+        paired = json.loads((rdir / 'paired.json').read_text())['demo']['pairs'][0]
+        assert (paired['difference'], paired['p'], len(paired['improved']) + len(paired['regressed'])) in ((1.0, 0.125, 4), (-1.0, 0.125, 4))
+        assert (rdir / 'comparison_demo.png').exists()
         assert {r['repo'] for r in csv.DictReader(open(rdir / 'rates_by_repo.csv'))} == {'demo/textkit'}
     if name == 'evaluate':
         summary = json.loads((rdir / 'summary.json').read_text())
