@@ -21,6 +21,7 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
                               'abandoned_streams': 1, 'normal_requests': 4},
         'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
         'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
+        'bench_serving': {'clients': [1, 4], 'n_requests': 4, 'max_tokens': 4, 'repeats': 1},
         'bench_training': {'steps': 2, 'repeats': 1, 'hidden_size': 32, 'layers': 1},
         'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
                   'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
@@ -109,6 +110,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
         assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
         assert summary['server']['failing_streams_ended_with_error'] == 4
+    if name == 'bench_serving':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_serving.json').read_text())
+        assert [r['clients'] for r in summary['results'] if r['server'] == 'transformers'] == [1, 4]
+        assert all(r['tokens_per_s'] > 0 for r in summary['results']) and (rdir / 'bench_serving.png').exists()
     if name == 'bench_training':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_training.json').read_text())
         assert {r['runner'] for r in summary['runs']} == {'plain TRL', 'workbench'} and summary['tokens_per_s_ratio'] > 0
