@@ -17,7 +17,7 @@ py_versions = ['3.10', '3.11', '3.12', '3.13']
 readme = here / 'README.md'
 
 extras = {name: reqs(f'{name}_requirements') for name in ('gpu', 'vllm', 'agents', 'cluster')}
-extras['dev'] = reqs('dev_requirements') + extras['agents']
+extras['dev'] = reqs('dev_requirements') + extras['agents'] + extras['cluster']
 
 setuptools.setup(
     name=cfg['lib_name'], version=cfg['version'], description=cfg['description'],

@@ -523,7 +523,8 @@ def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_nam
                       temperature: float = 0.0, max_tokens: int | None = None, max_reward_calc_time: int = 300,
                       command_timeout: int = 120, cost_limit: float = 3.0, time_limit: int = 0, use_existing: bool = False,
                       base_url: str | None = None, context_limit: int | None = None, scaffold_config: str | None = None,
-                      network: bool = False, instance_ids: Iterable[str] | None = None, progress: bool = True) -> dict:
+                      network: bool = False, instance_ids: Iterable[str] | None = None, progress: bool = True,
+                      executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
     "Run an agent scaffold on many instances; writes FORMATS §6's outputs under `traj_dir` and returns the run summary."
     cfg = load_scaffold(scaffold, use_fn_calling, scaffold_config)
     access = resolve_llm(llm_name, base_url, context_limit)
@@ -565,7 +566,29 @@ def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_nam
             write_json(out / 'reward_summary.json', _reward_summary(done))
             stats['cost'] += rec_out['cost']
     guard = RunGuard(run_label, backend, cancel)
+    nodes: dict[str, int] = {}
     try:
+      if executor != 'local':    # tasks on a cluster: each returns its instance folder; the driver writes it and the JSONL lines
+        from swebench_lab.executors import make_executor, materialize
+        exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
+        jobs = {r['instance_id']: ((r, cfg, access, params), {'labels': {f'{LABEL}.run': run_label}}) for r in todo}
+        with guard:
+            try:
+                for res in exe.map(run_one, jobs, out_key='out_dir'):
+                    if res.error is not None:
+                        errors[res.key] = one_line(f'{type(res.error).__name__}: {res.error}')[:500]
+                        logger.warning('%s: %s', res.key, errors[res.key])
+                    else:
+                        import shutil; shutil.rmtree(out / res.key, ignore_errors=True)
+                        materialize(res.files, out)
+                        finish(res.value); stats['steps'] += res.value['steps']
+                        nodes[res.node] = nodes.get(res.node, 0) + 1
+                    bar.update(1)
+                    bar.set_postfix(steps=stats['steps'], reward1=sum(r['reward'] for r in done.values()), errors=len(errors), nodes=len(nodes), refresh=False)
+            except KeyboardInterrupt:
+                bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True; raise
+        exe.cleanup(run_label)
+      else:
         with guard:
             ex = ThreadPoolExecutor(max_workers)
             futs = {ex.submit(run_one, r, cfg, access, params, out, {f'{LABEL}.run': run_label}, cancel, on_step): r['instance_id'] for r in todo}
@@ -591,7 +614,8 @@ def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_nam
                                             for x in {done[r['instance_id']]['exit_reason'] for r in recs if r['instance_id'] in done}}.items())),
                'steps': sum(done[r['instance_id']]['steps'] for r in recs if r['instance_id'] in done),
                'cost': round(sum(done[r['instance_id']]['cost'] for r in recs if r['instance_id'] in done), 6),
-               'tokens': sum(done[r['instance_id']]['token_usage']['total'] for r in recs if r['instance_id'] in done)}
+               'tokens': sum(done[r['instance_id']]['token_usage']['total'] for r in recs if r['instance_id'] in done),
+               'executor': executor, **({'nodes': nodes} if nodes else {})}
     write_json(out / 'run_summary.json', summary)
     return summary
 
@@ -638,13 +662,16 @@ def _main(argv=None):
     p.add_argument('--context_limit', type=int, help="the model's context limit, for a model the registry does not know")
     p.add_argument('--network', action='store_true', help='give the sandboxes the network (default: none)')
     p.add_argument('--instance_ids', nargs='*')
+    from swebench_lab.executors import add_executor_args
+    add_executor_args(p)
     a = ap.parse_args(argv)
     setup_logging()
     try:
         s = runagent_multiple(a.dataset, a.traj_dir, a.exp_name, a.llm_name, a.scaffold, a.use_fn_calling, a.split, a.k, a.start_idx,
                               a.max_workers, a.backend, a.max_steps, a.max_steps_absolute, a.temperature, a.max_tokens,
                               a.max_reward_calc_time, a.command_timeout, a.cost_limit, a.time_limit, a.use_existing, a.base_url,
-                              a.context_limit, a.scaffold_config, a.network, a.instance_ids)
+                              a.context_limit, a.scaffold_config, a.network, a.instance_ids, executor=a.executor,
+                              ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb)
     except KeyboardInterrupt:
         print('interrupted: containers removed; finished instances are kept (run again with --use_existing)')
         return 130

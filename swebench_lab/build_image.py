@@ -199,6 +199,14 @@ class RepairModel:
         self.retry = self.retry or RetryPolicy()
         self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or 'EMPTY', max_retries=0)
 
+    def __getstate__(self):      # it travels to cluster nodes without its HTTP client, and makes a new one there
+        return {k: v for k, v in self.__dict__.items() if k != 'client'}
+
+    def __setstate__(self, state):
+        import openai
+        self.__dict__.update(state)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or 'EMPTY', max_retries=0)
+
     def chat(self, messages: list[dict]) -> tuple[str, float]:
         "The reply text and its cost (USD)."
         def call():
@@ -271,7 +279,8 @@ def transfer_instance(entry: dict, model: RepairModel | None, out_dir: Path, max
     return result
 
 def build_images(input_path: str | Path, output: str | Path, model: RepairModel | None, max_iterations: int = 5,
-                 eval_timeout: float = 300, max_workers: int = 2, skip_existing: bool = False, progress: bool = True) -> dict:
+                 eval_timeout: float = 300, max_workers: int = 2, skip_existing: bool = False, progress: bool = True,
+                 executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
     "Repair the environments of every entry of a FORMATS §5 input; writes the outputs in `output` and returns summary_main."
     entries = load_transfer_input(input_path)
     out = Path(output); out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +296,31 @@ def build_images(input_path: str | Path, output: str | Path, model: RepairModel 
     client, store = docker_client(), RepoStore()
     bar = tqdm(total=len(todo), desc='build_image', unit='inst', disable=not progress)
     guard = RunGuard(run_label, 'docker', cancel)
-    with guard:
+    nodes: dict[str, int] = {}
+    if executor != 'local':     # tasks on a cluster: each returns its instance folder; the driver writes it and the summaries
+        from swebench_lab.executors import make_executor, materialize
+        exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
+        jobs = {e['instance_id']: ((e, model), {'max_iterations': max_iterations, 'eval_timeout': eval_timeout,
+                                               'labels': {f'{LABEL}.run': run_label}}) for e in todo}
+        with guard:
+            try:
+                for res in exe.map(transfer_instance, jobs, out_key='out_dir'):
+                    iid = res.key
+                    if res.error is not None:
+                        errors[iid] = one_line(f'{type(res.error).__name__}: {res.error}')[:500]
+                        results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
+                    else:
+                        shutil.rmtree(out / safe_name(iid), ignore_errors=True)
+                        materialize(res.files, out)
+                        results[iid] = res.value
+                        nodes[res.node] = nodes.get(res.node, 0) + 1
+                    bar.update(1)
+                    bar.set_postfix(ok=sum(r['success'] for r in results.values()), nodes=len(nodes), refresh=False)
+            except KeyboardInterrupt:
+                bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True; raise
+        exe.cleanup(run_label)
+    else:
+     with guard:
         ex = ThreadPoolExecutor(max_workers)
         futs = {ex.submit(transfer_instance, e, model, out, max_iterations, eval_timeout, {f'{LABEL}.run': run_label}, cancel, client, store):
                 e['instance_id'] for e in todo}
@@ -316,7 +349,8 @@ def build_images(input_path: str | Path, output: str | Path, model: RepairModel 
     n = len(ok) + len(bad)
     main = {'total': n, 'succeeded': len(ok), 'failed': len(bad), 'success_rate': round(len(ok) / n, 4) if n else 0.0,
             'failed_instances': [r['instance_id'] for r in bad], 'total_cost': round(sum(r.get('cost', 0.0) for r in results.values()), 6),
-            'cost_per_instance': {r['instance_id']: r.get('cost', 0.0) for r in results.values()}, 'errors': errors}
+            'cost_per_instance': {r['instance_id']: r.get('cost', 0.0) for r in results.values()}, 'errors': errors,
+            'executor': executor, **({'nodes': nodes} if nodes else {})}
     write_json(out / 'summary_main.json', main)
     return main
 
@@ -378,6 +412,8 @@ def _main(argv=None):
     ap.add_argument('--eval-timeout', '--eval_timeout', type=float, default=300)
     ap.add_argument('--max-workers', '--max_workers', type=int, default=2)
     ap.add_argument('--skip-existing', '--skip_existing', action='store_true', help='keep the results of instances already tried')
+    from swebench_lab.executors import add_executor_args
+    add_executor_args(ap)
     ap.add_argument('--model_name', '--model-name', required=True)
     ap.add_argument('--base_url', '--base-url', help='an OpenAI-compatible endpoint (default: OPENROUTER_API_BASE_URL, or the registry)')
     ap.add_argument('--context_limit', '--context-limit', type=int)
@@ -385,7 +421,8 @@ def _main(argv=None):
     a = ap.parse_args(argv)
     setup_logging()
     model = repair_model(a.model_name, a.base_url, a.context_limit, a.temperature)
-    try: s = build_images(a.input, a.output, model, a.max_iterations, a.eval_timeout, a.max_workers, a.skip_existing)
+    try: s = build_images(a.input, a.output, model, a.max_iterations, a.eval_timeout, a.max_workers, a.skip_existing,
+                          executor=a.executor, ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb)
     except KeyboardInterrupt:
         print('interrupted: containers removed; finished instances are kept (run again with --skip-existing)')
         return 130

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from .repos import files_touched, normalize_patch, split_diff, RepoStore
 from .environments import (InstanceSpec, open_sandbox, Limits, LABEL, SandboxGone, resolve_image, reap_orphans,
                                        RunGuard)
 from .retrieval import tokenize
+from .executors import add_executor_args, make_executor
 
 # %% auto #0
 __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
@@ -531,12 +533,14 @@ def _saved(out: Path, iid: str) -> dict | None:
 def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | None = None, predictions_path: str | None = None,
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
-                   prebuilt: bool = False, network: bool = False, output_dir: str | Path | None = None) -> dict:
+                   prebuilt: bool = False, network: bool = False, output_dir: str | Path | None = None,
+                   executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
     `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them.
     `network`: give Docker sandboxes the default network, as SWE-bench's harness does (a patch that adds a dependency can
     then install it; the code under test can reach the network too).
-    `output_dir`: where the reports go (default `experiment_results/evaluations/<run_id or dataset>/<model>/`)."""
+    `output_dir`: where the reports go (default `experiment_results/evaluations/<run_id or dataset>/<model>/`).
+    `executor`: `local` threads, or `ray` tasks on a cluster (see `executors`); the reports are the same."""
     limits = replace(limits or Limits(), network=True) if network else limits
     net_key = '+network' if backend == 'docker' and (limits or Limits()).network else ''
     if model is None:
@@ -582,8 +586,13 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
         write_json(out / iid / 'report.json', rep)
         return rep
 
+    nodes: dict[str, int] = {}
     stop = RunGuard(run_label, backend, cancel)
-    with stop:
+    if executor != 'local':
+        _run_on_cluster(todo, preds, out, backend, timeout, limits, prebuilt, run_label, errors, nodes, stop, progress,
+                        f'eval {model} {run_id or label}', make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb))
+    else:
+      with stop:
         ex = ThreadPoolExecutor(max_workers)
         futs = {ex.submit(one, r): r['instance_id'] for r in todo}
         bar = tqdm(total=len(futs), desc=f'eval {model} {run_id or label}', unit='inst', disable=not progress)
@@ -606,7 +615,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
         ex.shutdown()
     summary = summarize(recs, preds, out, errors, keys, notes)
     summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'network': bool(net_key),
-                    'predictions': str(path)})
+                    'predictions': str(path), 'executor': executor, **({'nodes': nodes} if nodes else {})})
     write_json(out / 'summary.json', summary)
     return summary
 
@@ -670,6 +679,45 @@ def regrade(dataset_name: str, model: str, run_id: str | None = None, prediction
     s = summarize(recs, preds, out); s.update({'model': model, 'run_id': run_id, 'regraded': True})
     write_json(out / 'summary.json', s)
     return s
+
+
+def _evaluate_task(rec: dict, patch: str | None, backend: str, timeout: float, limits, out_dir: Path | None = None,
+                   labels: dict | None = None, prebuilt: bool = False) -> dict:
+    "One instance on a cluster node: `evaluate_instance` writing into the task's scratch folder (its files go back to the driver)."
+    return evaluate_instance(rec, patch, backend, timeout, limits, None, out_dir, labels=labels, prebuilt=prebuilt)
+
+def _run_on_cluster(todo, preds, out, backend, timeout, limits, prebuilt, run_label, errors, nodes, guard, progress, desc, exe):
+    "The cluster side of `run_evaluation`: tasks run anywhere; the driver writes every report, log and count."
+    from swebench_lab.executors import materialize
+    labels = {f'{LABEL}.run': run_label}
+    jobs = {r['instance_id']: ((r, preds.get(r['instance_id']), backend, timeout, limits), {'labels': labels, 'prebuilt': prebuilt}) for r in todo}
+    repos = {r['instance_id']: r['repo'] for r in todo}
+    for iid in jobs: (out / iid / 'report.json').unlink(missing_ok=True)
+    bar = tqdm(total=len(jobs), desc=desc, unit='inst', disable=not progress)
+    ok = res = 0
+    with guard:
+        try:
+            for r in exe.map(_evaluate_task, jobs, out_key='out_dir'):
+                iid = r.key
+                if r.error is not None:
+                    errors[iid] = one_line(f'{type(r.error).__name__}: {r.error}')[:1000]
+                    logger.warning('%s: evaluation error: %s', iid, errors[iid])
+                else:
+                    d = out / iid
+                    if d.exists(): shutil.rmtree(d)
+                    materialize(r.files, d)
+                    rep = r.value
+                    rep[iid]['repo'] = repos[iid]
+                    write_json(d / 'report.json', rep)
+                    ok += 1; res += bool(rep[iid].get('resolved'))
+                    nodes[r.node] = nodes.get(r.node, 0) + 1
+                bar.update(1); bar.set_postfix(done=ok, resolved=res, errors=len(errors), nodes=len(nodes), refresh=False)
+        except KeyboardInterrupt:
+            bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True
+            raise
+        finally:
+            bar.close()
+    exe.cleanup(run_label)      # containers a dead worker left behind, on every live node
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-validate
 def _failing(rep: dict) -> dict[str, list[str]]:
@@ -804,6 +852,7 @@ def _print_summary(s: dict):
     for k in ('unknown_prediction_ids', 'missing_prediction_ids', 'duplicate_prediction_ids', 'tampered_ids', 'suspicious_ids'):
         if s.get(k): print(f"{k.ljust(w)}  {len(s[k])}: {', '.join(s[k][:8])}{' …' if len(s[k]) > 8 else ''}")
     for iid, e in list((s.get('errors') or {}).items())[:10]: print(f"error  {iid}: {e[:200]}")
+    if s.get('nodes'): print(f"{'nodes'.ljust(w)}  " + ', '.join(f'{n}: {c}' for n, c in sorted(s['nodes'].items())))
 
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.run_evaluation')
@@ -822,6 +871,7 @@ def _main(argv=None):
             p.add_argument('--instance_ids', '--instance-ids', nargs='*')
             p.add_argument('--prebuilt', action='store_true', help="use each record's prebuilt `image` as is (needs a registry)")
             p.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
+            add_executor_args(p)
     v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
     v.add_argument('--dataset_name', '--dataset-name', required=True)
     v.add_argument('--instance_ids', '--instance-ids', nargs='*')
@@ -839,7 +889,8 @@ def _main(argv=None):
             return 0 if s['valid'] == s['total'] else 1
         if a.cmd == 'run':
             s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
-                               a.rerun, a.instance_ids, prebuilt=a.prebuilt, network=a.network)
+                               a.rerun, a.instance_ids, prebuilt=a.prebuilt, network=a.network, executor=a.executor,
+                               ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb)
             a.model = s['model']
         elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
         else:

@@ -26,8 +26,8 @@ from .run_api import extract_patch
 # %% auto #0
 __all__ = ['DEFAULTS', 'TRAINERS', 'main', 'TrainingError', 'shipped_config', 'load_config', 'load_model', 'lora_config',
            'load_rows', 'max_length_for', 'adapter_dir', 'save_adapter', 'train_sft', 'train_dpo', 'SWEBenchEnv',
-           'patch_similarity', 'similarity_reward', 'TestReward', 'train_grpo', 'resolve_adapter', 'push_adapter',
-           'train']
+           'grade_patch', 'patch_similarity', 'similarity_reward', 'TestReward', 'train_grpo', 'resolve_adapter',
+           'push_adapter', 'train']
 
 # %% ../nbs/18_training.ipynb #tr-config
 class TrainingError(SwebenchLabError): "A training configuration or run that cannot go ahead."
@@ -42,7 +42,8 @@ DEFAULTS = {
               'max_length': None, 'logging_steps': 1, 'save_steps': 50, 'save_total_limit': 2, 'gradient_checkpointing': True, 'seed': 0},
     'dpo': {'beta': 0.1, 'loss_type': 'sigmoid'},
     'grpo': {'num_generations': 4, 'max_completion_length': 256, 'temperature': 1.0, 'beta': 0.0, 'rewards': ['similarity'],
-             'dataset': None, 'backend': 'docker', 'reward_timeout': 300, 'reward_workers': 4},
+             'dataset': None, 'backend': 'docker', 'reward_timeout': 300, 'reward_workers': 4,
+             'executor': 'local', 'ray_address': None},
     'output': {'name': None},
 }
 
@@ -322,13 +323,30 @@ class SWEBenchEnv:
         return self.state(instance_id)
 
     def step(self, patch: str, instance_id: str | None = None) -> tuple[dict, float, bool, dict]:
-        from swebench_lab.environments import Limits
-        from swebench_lab.run_evaluation import evaluate_instance
         iid = instance_id or self.current
         if iid is None: raise TrainingError('call reset(instance_id) before step(patch)')
-        rep = evaluate_instance(self.records[iid], patch, self.backend, self.timeout, Limits(network=self.network))[iid]
-        reward = 1.0 if rep.get('resolved') else 0.0 if rep.get('patch_successfully_applied') else -1.0
+        reward, rep = grade_patch(self.records[iid], patch, self.backend, self.timeout, self.network)
         return self.state(iid), reward, True, rep
+
+    def step_batch(self, patches: list[str], instance_ids: list[str], executor=None) -> list[tuple[float, dict]]:
+        "Grade a batch of patches (a GRPO group, a batch of rollouts) on `executor`: local threads by default, or a Ray cluster."
+        from swebench_lab.executors import LocalExecutor
+        exe = executor or LocalExecutor(4)
+        for iid in instance_ids:
+            if iid not in self.records: raise TrainingError(f"unknown instance {iid!r}")
+        jobs = {str(i): ((self.records[iid], p, self.backend, self.timeout, self.network), {}) for i, (p, iid) in enumerate(zip(patches, instance_ids))}
+        out = {}
+        for r in exe.map(grade_patch, jobs):
+            if r.error is not None: raise r.error
+            out[int(r.key)] = r.value
+        return [out[i] for i in range(len(jobs))]
+
+def grade_patch(rec: dict, patch: str, backend: str = 'docker', timeout: float = 300, network: bool = False) -> tuple[float, dict]:
+    "`(reward, report)` of one patch: +1 all tests pass, 0 applies but fails, -1 does not apply (the environment's reward)."
+    from swebench_lab.environments import Limits
+    from swebench_lab.run_evaluation import evaluate_instance
+    rep = evaluate_instance(rec, patch, backend, timeout, Limits(network=network))[rec['instance_id']]
+    return (1.0 if rep.get('resolved') else 0.0 if rep.get('patch_successfully_applied') else -1.0), rep
 
 def _gym_env_class():
     import gymnasium
@@ -376,11 +394,12 @@ def similarity_reward(prompts=None, completions=None, gold=None, **kw) -> list[f
 class TestReward:
     "GRPO reward from the tests: each completion's patch graded by `SWEBenchEnv.step` in parallel sandboxes (+1 / 0 / −1)."
     __name__ = 'test_reward'
-    def __init__(self, env: SWEBenchEnv, workers: int = 4):
-        self.env, self.workers = env, workers
+    def __init__(self, env: SWEBenchEnv, workers: int = 4, executor=None):
+        "`executor`: where the grading runs (`executors.make_executor('ray', ...)` for a cluster; local threads by default)."
+        from swebench_lab.executors import LocalExecutor
+        self.env, self.workers, self.executor = env, workers, executor or LocalExecutor(workers)
     def __call__(self, prompts=None, completions=None, instance_id=None, **kw) -> list[float]:
-        with ThreadPoolExecutor(self.workers) as ex:
-            return list(ex.map(lambda a: self.env.step(extract_patch(_text(a[0])), a[1])[1], zip(completions, instance_id)))
+        return [r for r, _ in self.env.step_batch([extract_patch(_text(c)) for c in completions], list(instance_id), self.executor)]
 
 def train_grpo(cfg: dict) -> Path:
     "GRPO with TRL's GRPOTrainer and the configured rewards (similarity, tests); returns the adapter folder."
@@ -396,7 +415,10 @@ def train_grpo(cfg: dict) -> Path:
     funcs = []
     for name in g['rewards']:
         if name == 'similarity': funcs.append(similarity_reward)
-        elif name == 'tests': funcs.append(TestReward(SWEBenchEnv(recs, g['backend'], g['reward_timeout']), g['reward_workers']))
+        elif name == 'tests':
+            from swebench_lab.executors import make_executor
+            funcs.append(TestReward(SWEBenchEnv(recs, g['backend'], g['reward_timeout']), g['reward_workers'],
+                                    make_executor(g['executor'], g['reward_workers'], g['ray_address'])))
         else: raise TrainingError(f"unknown grpo reward {name!r}: similarity or tests")
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
