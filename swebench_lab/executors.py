@@ -117,8 +117,8 @@ class RayExecutor:
     def __init__(self, address: str | None = None, max_workers: int | None = None, num_cpus: float = 1.0,
                  memory_mb: int | None = None, max_retries: int = 3):
         ray = _ray()
-        if not ray.is_initialized():
-            ray.init(address=address, runtime_env={'env_vars': forwarded_env()}, log_to_driver=False, logging_level='WARNING')
+        if not ray.is_initialized():   # no address: RAY_ADDRESS, else a Ray of this machine's own (never a stale cluster file's)
+            ray.init(address=address or os.environ.get('RAY_ADDRESS') or 'local', runtime_env={'env_vars': forwarded_env()}, log_to_driver=False, logging_level='WARNING')
         self.ray, self.max_workers, self.max_retries = ray, max_workers, max_retries
         self.options = {'num_cpus': num_cpus, 'max_retries': max_retries, 'retry_exceptions': False,
                         **({'memory': int(memory_mb) * 2**20} if memory_mb else {})}
@@ -172,7 +172,7 @@ def make_executor(kind: str = 'local', max_workers: int = 4, ray_address: str | 
 def add_executor_args(ap) -> None:
     "The executor flags of a command that fans out over instances."
     ap.add_argument('--executor', choices=EXECUTORS, default='local', help='local threads (default) or tasks on a Ray cluster')
-    ap.add_argument('--ray-address', '--ray_address', help='the Ray cluster (default: RAY_ADDRESS, else a local Ray)')
+    ap.add_argument('--ray-address', '--ray_address', help='the Ray cluster: host:port, ray://host:10001, or auto for the cluster this machine belongs to (default: RAY_ADDRESS, else a Ray started on this machine)')
     ap.add_argument('--ray-cpus', '--ray_cpus', type=float, default=1.0, help='CPUs each Ray task requests')
     ap.add_argument('--ray-memory-mb', '--ray_memory_mb', type=int, help='memory each Ray task requests (MB)')
 

@@ -4,6 +4,7 @@ worker node killed mid-run loses nothing and grades nothing twice, Ctrl-C on the
 their containers, and the agent runner, build_image and the RL environment's batch run their instances as tasks."""
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,9 @@ DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'
 MISSING = 'diff --git a/missing.py b/missing.py\n--- a/missing.py\n+++ b/missing.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n'
+# Ray enables token authentication once ~/.ray/auth_token exists (any local ray.init() writes one), and a driver that
+# connects without the token hangs: the test cluster and every driver share a token of their own.
+AUTH = {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': secrets.token_hex(32)}
 HANG = ('diff --git a/textkit/__init__.py b/textkit/__init__.py\n--- a/textkit/__init__.py\n+++ b/textkit/__init__.py\n'
         '@@ -1 +1,2 @@\n \"\"\"textkit: small text utilities.\"\"\"\n+import time; time.sleep(300)\n')
 
@@ -44,12 +48,12 @@ class Cluster:
     def _start(self, args):
         return subprocess.Popen([RAY, 'start', '--block', '--disable-usage-stats', '--node-ip-address', '127.0.0.1',
                                  '--object-store-memory', '80000000', *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, 'RAY_ADDRESS': ''})
+                                start_new_session=True, env={**os.environ, 'RAY_ADDRESS': '', **AUTH})
 
     def alive_workers(self) -> int:
         code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
                 "print(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU', 0) > 0))" % self.address)
-        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, env={**os.environ, **AUTH})
         return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else -1
 
     def _wait(self, workers: int, limit: float = 120):
@@ -81,6 +85,7 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
     monkeypatch.delenv('RAY_ADDRESS', raising=False)
+    for k, v in AUTH.items(): monkeypatch.setenv(k, v)
     yield
     from swebench_lab.environments import LABEL, docker_client
     assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'

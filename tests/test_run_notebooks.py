@@ -22,10 +22,11 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
         'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
         'bench_serving': {'clients': [1, 4], 'n_requests': 4, 'max_tokens': 4, 'repeats': 1},
+        'bench_cluster': {'workers': 2, 'n_noop': 20, 'repeats': 1, 'rounds': 1},
         'bench_training': {'steps': 2, 'repeats': 1, 'hidden_size': 32, 'layers': 1},
         'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
                   'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
-DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents'}
+DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents', 'bench_cluster'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
@@ -76,6 +77,11 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_inference':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_inference.json').read_text())
         assert [r['workers'] for r in summary['throughput']] == [1, 4] and summary['resume'][0]['file_lines'] == 500
+    if name == 'bench_cluster':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_cluster.json').read_text())
+        assert [r['executor'] for r in summary['noop']] == ['local', 'ray'] and all(r['ms_per_task_median'] > 0 for r in summary['noop'])
+        assert summary['instances_per_measurement'] == 4 and summary['driver_folders_per_s'] > 0
+        assert {'env', 'inst'} <= {r['kind'] for r in summary['images']} and len(summary['plans']) == 6
     if name == 'demo':
         out = json.loads((rdir / 'outputs.json').read_text())
         assert out['backend'] == 'local' and (rdir / 'resolved_rates.png').stat().st_size > 10000
