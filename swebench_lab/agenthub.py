@@ -569,25 +569,14 @@ def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_nam
     nodes: dict[str, int] = {}
     try:
       if executor != 'local':    # tasks on a cluster: each returns its instance folder; the driver writes it and the JSONL lines
-        from swebench_lab.executors import make_executor, materialize
+        from swebench_lab.executors import drive, make_executor
         exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
         jobs = {r['instance_id']: ((r, cfg, access, params), {'labels': {f'{LABEL}.run': run_label}}) for r in todo}
-        with guard:
-            try:
-                for res in exe.map(run_one, jobs, out_key='out_dir'):
-                    if res.error is not None:
-                        errors[res.key] = one_line(f'{type(res.error).__name__}: {res.error}')[:500]
-                        logger.warning('%s: %s', res.key, errors[res.key])
-                    else:
-                        import shutil; shutil.rmtree(out / res.key, ignore_errors=True)
-                        materialize(res.files, out)
-                        finish(res.value); stats['steps'] += res.value['steps']
-                        nodes[res.node] = nodes.get(res.node, 0) + 1
-                    bar.update(1)
-                    bar.set_postfix(steps=stats['steps'], reward1=sum(r['reward'] for r in done.values()), errors=len(errors), nodes=len(nodes), refresh=False)
-            except KeyboardInterrupt:
-                bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True; raise
-        exe.cleanup(run_label)
+        def on_value(iid, value): finish(value); stats['steps'] += value['steps']
+        def on_error(iid, msg):
+            errors[iid] = msg[:500]; logger.warning('%s: %s', iid, errors[iid])
+        nodes.update(drive(exe, run_one, jobs, run_label, guard, lambda iid: (out / iid, out), on_value, on_error, bar,
+                           lambda: {'steps': stats['steps'], 'reward1': sum(r['reward'] for r in done.values()), 'errors': len(errors)}))
       else:
         with guard:
             ex = ThreadPoolExecutor(max_workers)

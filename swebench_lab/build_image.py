@@ -298,27 +298,15 @@ def build_images(input_path: str | Path, output: str | Path, model: RepairModel 
     guard = RunGuard(run_label, 'docker', cancel)
     nodes: dict[str, int] = {}
     if executor != 'local':     # tasks on a cluster: each returns its instance folder; the driver writes it and the summaries
-        from swebench_lab.executors import make_executor, materialize
+        from swebench_lab.executors import drive, make_executor
         exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
         jobs = {e['instance_id']: ((e, model), {'max_iterations': max_iterations, 'eval_timeout': eval_timeout,
                                                'labels': {f'{LABEL}.run': run_label}}) for e in todo}
-        with guard:
-            try:
-                for res in exe.map(transfer_instance, jobs, out_key='out_dir'):
-                    iid = res.key
-                    if res.error is not None:
-                        errors[iid] = one_line(f'{type(res.error).__name__}: {res.error}')[:500]
-                        results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
-                    else:
-                        shutil.rmtree(out / safe_name(iid), ignore_errors=True)
-                        materialize(res.files, out)
-                        results[iid] = res.value
-                        nodes[res.node] = nodes.get(res.node, 0) + 1
-                    bar.update(1)
-                    bar.set_postfix(ok=sum(r['success'] for r in results.values()), nodes=len(nodes), refresh=False)
-            except KeyboardInterrupt:
-                bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True; raise
-        exe.cleanup(run_label)
+        def on_error(iid, msg):
+            errors[iid] = msg[:500]
+            results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
+        nodes.update(drive(exe, transfer_instance, jobs, run_label, guard, lambda iid: (out / safe_name(iid), out),
+                           results.__setitem__, on_error, bar, lambda: {'ok': sum(r['success'] for r in results.values())}))
     else:
      with guard:
         ex = ThreadPoolExecutor(max_workers)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .core import SwebenchLabError, logger
+from .core import SwebenchLabError, logger, one_line
 
 # %% auto #0
 __all__ = ['EXECUTORS', 'TaskResult', 'node_name', 'scratch_call', 'materialize', 'LocalExecutor', 'forwarded_env',
-           'remove_run_containers', 'RayExecutor', 'make_executor', 'add_executor_args', 'node_counts']
+           'remove_run_containers', 'RayExecutor', 'make_executor', 'add_executor_args', 'node_counts', 'drive']
 
 # %% ../nbs/20_executors.ipynb #ex-core
 EXECUTORS = ('local', 'ray')
@@ -67,12 +67,15 @@ class LocalExecutor:
     def __init__(self, max_workers: int = 4):
         self.max_workers, self._ex, self._futs = max_workers, None, {}
     def map(self, fn: Callable, jobs: dict[str, tuple[tuple, dict]], out_key: str | None = None) -> Iterator[TaskResult]:
+        "With `out_key`, each job writes into a scratch folder whose files come back, as on Ray; without, where it is told."
         self._ex = ThreadPoolExecutor(self.max_workers)
-        self._futs = {self._ex.submit(fn, *a, **kw): k for k, (a, kw) in jobs.items()}
+        self._futs = {self._ex.submit(scratch_call, fn, a, kw, out_key): k for k, (a, kw) in jobs.items()}
         try:
             for f in as_completed(self._futs):
                 k = self._futs[f]
-                try: yield TaskResult(k, f.result(), node=node_name())
+                try:
+                    value, files, node = f.result()
+                    yield TaskResult(k, value, node=node, files=files)
                 except Exception as e: yield TaskResult(k, error=e, node=node_name())
         finally: self._ex.shutdown(wait=False, cancel_futures=True)
     @property
@@ -179,3 +182,35 @@ def add_executor_args(ap) -> None:
 def node_counts(results) -> dict[str, int]:
     "Instances per node, for a summary."
     return dict(Counter(r.node for r in results))
+
+def drive(exe, fn: Callable, jobs: dict[str, tuple[tuple, dict]], run_label: str, guard, place: Callable[[str], tuple[Path, Path]],
+          on_value: Callable[[str, Any], None], on_error: Callable[[str, str], None], bar=None,
+          postfix: Callable[[], dict] | None = None) -> dict[str, int]:
+    """The driver's loop of a command that fans out over instances: run `jobs` as `fn` (its `out_dir` a scratch folder) on
+    `exe` inside `guard` (the run's `RunGuard`), and write what comes back here and nowhere else. `place(key)` names the folder
+    to clear and the one the job's files go into; then `on_value(key, value)`. A failed job goes to `on_error(key, message)`.
+    Ctrl-C cancels the tasks and removes the run's containers on every live node; at the end, containers that dead workers
+    left behind go too. Returns the instances per node."""
+    nodes: dict[str, int] = {}
+    with guard:
+        try:
+            for r in exe.map(fn, jobs, out_key='out_dir'):
+                if r.error is not None: on_error(r.key, one_line(f'{type(r.error).__name__}: {r.error}'))
+                else:
+                    clear, into = place(r.key)
+                    shutil.rmtree(clear, ignore_errors=True)
+                    materialize(r.files, into)
+                    nodes[r.node] = nodes.get(r.node, 0) + 1
+                    on_value(r.key, r.value)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(**(postfix() if postfix else {}), nodes=len(nodes), refresh=False)
+        except KeyboardInterrupt:
+            if bar is not None: bar.close()
+            exe.cancel(); exe.cleanup(run_label)
+            if hasattr(guard, 'interrupted'): guard.interrupted = True
+            raise
+        finally:
+            if bar is not None: bar.close()
+    exe.cleanup(run_label)
+    return nodes

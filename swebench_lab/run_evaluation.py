@@ -688,36 +688,22 @@ def _evaluate_task(rec: dict, patch: str | None, backend: str, timeout: float, l
 
 def _run_on_cluster(todo, preds, out, backend, timeout, limits, prebuilt, run_label, errors, nodes, guard, progress, desc, exe):
     "The cluster side of `run_evaluation`: tasks run anywhere; the driver writes every report, log and count."
-    from swebench_lab.executors import materialize
+    from swebench_lab.executors import drive
     labels = {f'{LABEL}.run': run_label}
     jobs = {r['instance_id']: ((r, preds.get(r['instance_id']), backend, timeout, limits), {'labels': labels, 'prebuilt': prebuilt}) for r in todo}
     repos = {r['instance_id']: r['repo'] for r in todo}
     for iid in jobs: (out / iid / 'report.json').unlink(missing_ok=True)
+    counts = {'done': 0, 'resolved': 0}
+    def on_value(iid, rep):
+        rep[iid]['repo'] = repos[iid]
+        write_json(out / iid / 'report.json', rep)
+        counts['done'] += 1; counts['resolved'] += bool(rep[iid].get('resolved'))
+    def on_error(iid, msg):
+        errors[iid] = msg[:1000]
+        logger.warning('%s: evaluation error: %s', iid, errors[iid])
     bar = tqdm(total=len(jobs), desc=desc, unit='inst', disable=not progress)
-    ok = res = 0
-    with guard:
-        try:
-            for r in exe.map(_evaluate_task, jobs, out_key='out_dir'):
-                iid = r.key
-                if r.error is not None:
-                    errors[iid] = one_line(f'{type(r.error).__name__}: {r.error}')[:1000]
-                    logger.warning('%s: evaluation error: %s', iid, errors[iid])
-                else:
-                    d = out / iid
-                    if d.exists(): shutil.rmtree(d)
-                    materialize(r.files, d)
-                    rep = r.value
-                    rep[iid]['repo'] = repos[iid]
-                    write_json(d / 'report.json', rep)
-                    ok += 1; res += bool(rep[iid].get('resolved'))
-                    nodes[r.node] = nodes.get(r.node, 0) + 1
-                bar.update(1); bar.set_postfix(done=ok, resolved=res, errors=len(errors), nodes=len(nodes), refresh=False)
-        except KeyboardInterrupt:
-            bar.close(); exe.cancel(); exe.cleanup(run_label); guard.interrupted = True
-            raise
-        finally:
-            bar.close()
-    exe.cleanup(run_label)      # containers a dead worker left behind, on every live node
+    nodes.update(drive(exe, _evaluate_task, jobs, run_label, guard, lambda iid: (out / iid, out / iid), on_value, on_error,
+                       bar, lambda: {**counts, 'errors': len(errors)}))
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-validate
 def _failing(rep: dict) -> dict[str, list[str]]:
