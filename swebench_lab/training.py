@@ -267,34 +267,31 @@ def _tokens(trainer, per_epoch: int) -> int | None:
     if logged: return int(logged[-1])
     return int(per_epoch * trainer.state.epoch) if per_epoch and trainer.state.epoch else None
 
-def train_sft(cfg: dict) -> Path:
-    "Supervised fine-tuning of a LoRA/QLoRA adapter with TRL's SFTTrainer; returns the adapter folder."
-    from trl import SFTConfig, SFTTrainer
-    ds, manifest = load_rows(cfg['data']['train'], 'sft')
+def _train_on_rows(cfg: dict, kind: str, make_trainer) -> Path:
+    "The shared course of SFT and DPO: rows, the length limit, the model, `make_trainer(model, tok, out, rows)`, the no-truncation check, resume, save."
+    ds, manifest = load_rows(cfg['data']['train'], kind)
     max_length = max_length_for(cfg, manifest, cfg['data']['train'])
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
-    args = SFTConfig(**_common_args(cfg, out))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=None if cfg['model']['adapter'] else lora_config(cfg))
+    trainer = make_trainer(model, tok, out, ds)
     per_epoch = _check_untruncated(trainer, max_length, cfg['data']['train'])
     resume = _resume_point(out)
     trainer.train(resume_from_checkpoint=resume)
     return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
 
+def train_sft(cfg: dict) -> Path:
+    "Supervised fine-tuning of a LoRA/QLoRA adapter with TRL's SFTTrainer; returns the adapter folder."
+    from trl import SFTConfig, SFTTrainer
+    return _train_on_rows(cfg, 'sft', lambda model, tok, out, ds: SFTTrainer(
+        model=model, args=SFTConfig(**_common_args(cfg, out)), train_dataset=ds, processing_class=tok,
+        peft_config=None if cfg['model']['adapter'] else lora_config(cfg)))
+
 def train_dpo(cfg: dict) -> Path:
     "DPO from an SFT adapter (the SFT policy is the reference) with TRL's DPOTrainer; returns the adapter folder."
     from trl import DPOConfig, DPOTrainer
-    ds, manifest = load_rows(cfg['data']['train'], 'dpo')
-    max_length = max_length_for(cfg, manifest, cfg['data']['train'])
-    out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
-    model, tok, mode = load_model(cfg)
-    args = DPOConfig(**_common_args(cfg, out), beta=cfg['dpo']['beta'], loss_type=cfg['dpo']['loss_type'])
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    per_epoch = _check_untruncated(trainer, max_length, cfg['data']['train'])
-    resume = _resume_point(out)
-    trainer.train(resume_from_checkpoint=resume)
-    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
+    return _train_on_rows(cfg, 'dpo', lambda model, tok, out, ds: DPOTrainer(
+        model=model, args=DPOConfig(**_common_args(cfg, out), beta=cfg['dpo']['beta'], loss_type=cfg['dpo']['loss_type']),
+        train_dataset=ds, processing_class=tok))
 
 # %% ../nbs/18_training.ipynb #tr-rl
 class SWEBenchEnv:
