@@ -52,7 +52,7 @@ __all__ = ['LABEL', 'DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', '
            'resolve_image', 'clone_at', 'build_instance_images', 'Limits', 'RunResult', 'SandboxGone', 'output_cap',
            'OutputCapture', 'Sandbox', 'owner_label', 'owner_alive', 'offline_network', 'DockerSandbox', 'host_python',
            'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox', 'list_resources',
-           'own_containers', 'reap_orphans', 'remove_resources', 'RunGuard']
+           'remove_run_containers', 'own_containers', 'reap_orphans', 'remove_resources', 'RunGuard']
 
 # %% ../nbs/08_environments.ipynb #env-engine
 LABEL = 'swebench_lab'
@@ -1201,6 +1201,13 @@ def _remove_container(c) -> bool:
         if 'already in progress' in str(e): return False
         raise
 
+def remove_run_containers(run_label: str, client=None) -> int:
+    "Remove a run's containers (labelled `swebench_lab.run=<run_label>`) on this engine; returns how many."
+    n = 0
+    for c in (client or docker_client(timeout=30)).containers.list(all=True, filters={'label': f'{LABEL}.run={run_label}'}):
+        _remove_container(c); n += 1
+    return n
+
 def own_containers(client=None) -> list:
     "The workbench's containers started by this process (by their owner label), e.g. to check that none is left."
     client = client or docker_client()
@@ -1240,9 +1247,7 @@ class RunGuard:
     def cleanup(self):
         self.cancel.set()
         if self.backend == 'local': kill_local_sandboxes(); return
-        try:
-            for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={self.run_label}'}):
-                _remove_container(c)
+        try: remove_run_containers(self.run_label)
         except Exception as e: logger.warning('cleanup after interrupt: %s', e)
     def drain(self, futs, limit: float = 120):
         "Remove the run's containers again and again until the running work has ended (it fails fast without them)."

@@ -9,8 +9,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Any, Callable, Iterator
 from .core import SwebenchLabError, logger, one_line
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'TaskResult', 'node_name', 'scratch_call', 'materialize', 'LocalExecutor', 'forwarded_env',
-           'remove_run_containers', 'RayExecutor', 'make_executor', 'add_executor_args', 'node_counts', 'drive']
+__all__ = ['EXECUTORS', 'TaskResult', 'node_name', 'scratch_call', 'materialize', 'LocalExecutor', 'forwarded_env', 'clean_node',
+           'RayExecutor', 'make_executor', 'add_executor_args', 'drive']
 
 # %% ../nbs/20_executors.ipynb #ex-core
 EXECUTORS = ('local', 'ray')
@@ -78,8 +76,6 @@ class LocalExecutor:
                     yield TaskResult(k, value, node=node, files=files)
                 except Exception as e: yield TaskResult(k, error=e, node=node_name())
         finally: self._ex.shutdown(wait=False, cancel_futures=True)
-    @property
-    def futures(self): return self._futs
     def cancel(self) -> None:
         if self._ex: self._ex.shutdown(wait=False, cancel_futures=True)
     def cleanup(self, run_label: str) -> None: pass   # RunGuard removes a local run's containers
@@ -103,16 +99,14 @@ def _ray():
     except ImportError:
         raise SwebenchLabError('the ray executor needs Ray: pip install -e ".[cluster]"') from None
 
-def remove_run_containers(run_label: str) -> int:
-    "On this node: remove the containers of a run and the orphans whose owner process is gone; returns how many."
-    from swebench_lab.environments import LABEL, _remove_container, docker_client, reap_orphans
-    n = 0
+def clean_node(run_label: str) -> int:
+    "On this node: remove the containers of a run and the orphans whose owner process is gone; returns how many of the run's."
+    from swebench_lab.environments import reap_orphans, remove_run_containers
     try:
-        for c in docker_client(timeout=30).containers.list(all=True, filters={'label': f'{LABEL}.run={run_label}'}):
-            _remove_container(c); n += 1
-        reap_orphans()
-    except Exception as e: logger.warning('cleanup on %s: %s', node_name(), e)
-    return n
+        n = remove_run_containers(run_label); reap_orphans()
+        return n
+    except Exception as e:
+        logger.warning('cleanup on %s: %s', node_name(), e); return 0
 
 class RayExecutor:
     "Each job a Ray task (CPU and memory requests, retried on a live node when its worker dies); files come back to the driver."
@@ -158,7 +152,7 @@ class RayExecutor:
     def cleanup(self, run_label: str) -> int:
         "Remove the run's containers (and orphans) on every live node."
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        t = self.ray.remote(remove_run_containers)
+        t = self.ray.remote(clean_node)
         refs = [t.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(run_label)
                 for n in self.alive_nodes()]
         try: return sum(self.ray.get(refs, timeout=120))
@@ -178,10 +172,6 @@ def add_executor_args(ap) -> None:
     ap.add_argument('--ray-address', '--ray_address', help='the Ray cluster: host:port, ray://host:10001, or auto for the cluster this machine belongs to (default: RAY_ADDRESS, else a Ray started on this machine)')
     ap.add_argument('--ray-cpus', '--ray_cpus', type=float, default=1.0, help='CPUs each Ray task requests')
     ap.add_argument('--ray-memory-mb', '--ray_memory_mb', type=int, help='memory each Ray task requests (MB)')
-
-def node_counts(results) -> dict[str, int]:
-    "Instances per node, for a summary."
-    return dict(Counter(r.node for r in results))
 
 def drive(exe, fn: Callable, jobs: dict[str, tuple[tuple, dict]], run_label: str, guard, place: Callable[[str], tuple[Path, Path]],
           on_value: Callable[[str, Any], None], on_error: Callable[[str, str], None], bar=None,
