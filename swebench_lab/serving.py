@@ -408,6 +408,22 @@ class ServerHandle:
             self.proc.terminate()
             try: self.proc.wait(timeout)
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+    def wait_healthy(self, timeout: float = 180, name: str = 'model server') -> 'ServerHandle':
+        "Wait until `/health` answers 200; if the process exits first or time runs out, stop it and say why (with its log's tail)."
+        import httpx
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SwebenchLabError(f"{name} exited with status {self.proc.returncode}: {self._log_tail()}")
+            try:
+                if httpx.get(self.url + '/health', timeout=2).status_code == 200: return self
+            except httpx.HTTPError: pass
+            time.sleep(0.25)
+        self.stop()
+        raise SwebenchLabError(f"{name} did not answer /health within {timeout:.0f}s" + (f": see {self.log_path}" if self.log_path else ''))
+    def _log_tail(self) -> str:
+        try: return Path(self.log_path).read_text(errors='replace')[-2000:] if self.log_path else ''
+        except OSError: return ''
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
@@ -415,25 +431,13 @@ def serve_in_background(base_model: str, lora_modules: str | None = None, port: 
                         host: str = '127.0.0.1', log_path: str | Path | None = None, timeout: float = 180,
                         extra_args: list[str] | None = None) -> ServerHandle:
     "Start `python -m swebench_lab.serving` and wait for `/health`; returns a `ServerHandle`."
-    import httpx
     port = port or free_port(host)
     cmd = [sys.executable, '-m', 'swebench_lab.serving', '--base-model', str(base_model), '--host', host, '--port', str(port)]
     if lora_modules: cmd += ['--lora-modules', lora_modules]
     cmd += list(extra_args or [])
     log = open(log_path, 'ab') if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL)
-    h = ServerHandle(proc, host, port, Path(log_path) if log_path else None)
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            tail = Path(log_path).read_text(errors='replace')[-2000:] if log_path else ''
-            raise SwebenchLabError(f"model server exited with status {proc.returncode}: {tail}")
-        try:
-            if httpx.get(h.url + '/health', timeout=2).status_code == 200: return h
-        except httpx.HTTPError: pass
-        time.sleep(0.25)
-    h.stop()
-    raise SwebenchLabError(f"model server did not answer /health within {timeout}s")
+    return ServerHandle(proc, host, port, Path(log_path) if log_path else None).wait_healthy(timeout)
 def _rss_mb(pid: int) -> float | None:
     try: return int(next(l for l in Path(f'/proc/{pid}/status').read_text().splitlines() if l.startswith('VmRSS')).split()[1]) / 1024
     except (OSError, StopIteration): return None

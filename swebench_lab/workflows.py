@@ -102,25 +102,12 @@ def serve_arms(cfg: dict, adapters: dict[str, str], log_path: Path, no_vllm: boo
         log = open(log_path, 'ab')
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         handle = ServerHandle(proc, '127.0.0.1', port, log_path)
-        _wait_health(handle, timeout)
+        handle.wait_healthy(timeout, 'vLLM server')
     try:
         yield handle.base_url
     finally:
         handle.stop()
         logger.info('server stopped')
-
-def _wait_health(handle, timeout: float):
-    import httpx
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if handle.proc.poll() is not None:
-            raise WorkflowError(f'the server exited with status {handle.proc.returncode}: see {handle.log_path}')
-        try:
-            if httpx.get(handle.url + '/health', timeout=2).status_code == 200: return
-        except httpx.HTTPError: pass
-        time.sleep(1)
-    handle.stop()
-    raise WorkflowError(f'the server did not answer /health within {timeout:.0f}s: see {handle.log_path}')
 
 def register_litellm(names: list[str], base_url: str, context: int | None = None) -> None:
     "Tell LiteLLM the served names (OpenAI-compatible, free), so agents' cost and context checks know them."
