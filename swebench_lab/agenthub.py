@@ -6,44 +6,42 @@
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable
 
 os.environ.setdefault('MSWEA_SILENT_STARTUP', '1')     # mini-swe-agent prints a banner on import otherwise
 os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')   # LiteLLM fetches its price table from GitHub on import otherwise
 import yaml
-from jinja2 import StrictUndefined, Template
+from minisweagent.agents.default import DefaultAgent
 from tqdm.auto import tqdm
 
 from .core import (SwebenchLabError, cli_entry, logger, redact, setup_logging, write_json, atomic_write_text,
                                iter_jsonl, JSONLWriter, one_line)
-from .data import load_instances
-from .environments import InstanceSpec, Limits, LABEL, open_sandbox, RunGuard, reap_orphans, Sandbox
-from .models import ModelSpec, get_model, load_registry
-from .repos import split_diff
-from .run_api import RetryPolicy, classify_error, call_with_retries, MalformedResponse
+from .data import load_instances, filter_instances
+from .models import LLMAccess, resolve_llm
+from .prompt_builder import task_text
+from .recipes import InstanceSpec
+from .images import LABEL
+from .sandbox import Limits, open_sandbox, Sandbox
+from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 from .run_evaluation import evaluate_instance
+from .agent_env import SandboxEnvironment
+from .agent_models import ContextExceeded, WorkbenchTextModel, WorkbenchToolModel, WorkbenchToolTextModel, openai_tools
+from .trajectories import chat_messages
 
 # %% auto #0
-__all__ = ['SCAFFOLDS', 'TOOL_KINDS', 'SUBMIT_LINE', 'OBSERVATION_CHARS', 'main', 'scaffold_path', 'load_scaffold',
-           'openai_tools', 'ToolError', 'clip', 'FileEditor', 'EnvConfig', 'SandboxEnvironment', 'ContextExceeded',
-           'LLMAccess', 'resolve_llm', 'WorkbenchTextModel', 'WorkbenchToolModel', 'parse_function_call',
-           'WorkbenchToolTextModel', 'WorkbenchAgent', 'exit_reason', 'task_text', 'chat_messages', 'git_patch',
-           'AgentParams', 'Cancelled', 'run_one', 'load_agent_dataset', 'runagent_multiple', 'print_agent_summary',
-           'trajectory_html', 'show_trajectory', 'ScriptedPolicy', 'scripted_policy_for', 'gold_script']
+__all__ = ['SCAFFOLDS', 'TOOL_KINDS', 'main', 'scaffold_path', 'load_scaffold', 'WorkbenchAgent', 'exit_reason', 'git_patch',
+           'AgentConfig', 'Cancelled', 'run_one', 'load_agent_dataset', 'print_agent_summary', 'runagent_multiple']
 
 # %% ../nbs/15_agenthub.ipynb #ah-config
 SCAFFOLDS = {'mini_swe_agent': ('text',), 'live_swe_agent': ('text',), 'r2egym': ('fn', 'text'), 'openhands': ('fn', 'text')}
+
 TOOL_KINDS = {'editor', 'search', 'bash', 'think', 'finish'}
 
 def scaffold_path(scaffold: str, fn_calling: bool) -> Path:
@@ -79,282 +77,6 @@ def load_scaffold(scaffold: str, fn_calling: bool, path: str | Path | None = Non
     cfg['source'] = str(p)
     return cfg
 
-def openai_tools(tools: list[dict]) -> list[dict]:
-    "The scaffold's tools as OpenAI `tools` (function schemas)."
-    return [{'type': 'function', 'function': {'name': t['name'], 'description': t['description'], 'parameters': t['parameters']}} for t in tools]
-
-# %% ../nbs/15_agenthub.ipynb #ah-env
-from minisweagent.exceptions import Submitted, FormatError
-
-SUBMIT_LINE = 'COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT'
-OBSERVATION_CHARS = 10_000
-
-class ToolError(Exception): "A tool call that cannot be carried out; its message goes back to the model."
-
-def clip(text: str, limit: int = OBSERVATION_CHARS) -> str:
-    "The first and last `limit/2` characters of a long text, with a note of what was left out."
-    if len(text) <= limit: return text
-    h = limit // 2
-    return f"{text[:h]}\n[... {len(text) - limit} characters left out; narrow the command (head, tail, grep, sed -n) to see them ...]\n{text[-h:]}"
-
-class FileEditor:
-    "view / create / str_replace / insert / undo_edit on files in a sandbox, with an undo history per file."
-    def __init__(self, box: Sandbox):
-        self.box, self.history = box, {}
-
-    def _abs(self, path: str) -> str:
-        if not path: raise ToolError('path is required')
-        return path if path.startswith('/') else f'{self.box.testbed}/{path}'
-
-    def _kind(self, path: str) -> str:
-        r = self.box.run(f'if [ -d {_q(path)} ]; then echo dir; elif [ -f {_q(path)} ]; then echo file; else echo none; fi', timeout=30)
-        return r.output.strip().splitlines()[-1] if r.output.strip() else 'none'
-
-    def _read(self, path: str) -> str:
-        try: return self.box.read_file(path).decode('utf-8')
-        except UnicodeDecodeError: raise ToolError(f'{path} is not a UTF-8 text file') from None
-
-    def _write(self, path: str, text: str) -> None:
-        self.box.run(f'mkdir -p {_q(os.path.dirname(path))}', timeout=30)
-        self.box.write_file(path, text)
-
-    def __call__(self, command: str = '', path: str = '', file_text: str | None = None, old_str: str | None = None,
-                 new_str: str | None = None, insert_line: int | None = None, view_range: list[int] | None = None, **_) -> str:
-        path = self._abs(path)
-        kind = self._kind(path)
-        if command == 'view':
-            if kind == 'dir':
-                r = self.box.run(f"find {_q(path)} -maxdepth 2 -not -path '*/.*' | sort | head -n 400", timeout=60)
-                return f"Files and directories in {path}, two levels deep (hidden ones left out):\n{r.output}"
-            if kind != 'file': raise ToolError(f'{path} does not exist')
-            lines = self._read(path).split('\n')
-            start, end = 1, len(lines)
-            if view_range:
-                if len(view_range) != 2 or not all(isinstance(x, int) for x in view_range): raise ToolError('view_range is [start, end]')
-                start, end = view_range[0], (len(lines) if view_range[1] == -1 else view_range[1])
-                if not 1 <= start <= max(end, 1) <= len(lines): raise ToolError(f'view_range {view_range} is outside the file (1..{len(lines)})')
-            return clip('\n'.join(f'{i:6}\t{l}' for i, l in enumerate(lines[start - 1:end], start)))
-        if command == 'create':
-            if kind != 'none': raise ToolError(f'{path} exists; `create` does not overwrite (use str_replace, or remove it first)')
-            if file_text is None: raise ToolError('create needs file_text')
-            self._write(path, file_text); self.history.setdefault(path, []).append(None)
-            return f'Created {path} ({len(file_text.splitlines())} lines).'
-        if command in ('str_replace', 'insert', 'undo_edit') and kind != 'file': raise ToolError(f'{path} is not a file')
-        if command == 'str_replace':
-            if not old_str: raise ToolError('str_replace needs a non-empty old_str')
-            text = self._read(path)
-            n = text.count(old_str)
-            if n == 0: raise ToolError(f'old_str does not occur in {path} exactly as given (whitespace included); view the file and copy the text')
-            if n > 1:
-                at = [text[:m.start()].count('\n') + 1 for m in re.finditer(re.escape(old_str), text)]
-                raise ToolError(f'old_str occurs {n} times in {path} (lines {at[:10]}); add surrounding lines to make it unique')
-            self.history.setdefault(path, []).append(text)
-            new = text.replace(old_str, new_str or '', 1)
-            self._write(path, new)
-            at = text[:text.index(old_str)].count('\n')
-            return f'Edited {path}. Lines {at + 1}-{at + (new_str or "").count(chr(10)) + 1} now read:\n' + self._snippet(new, at, (new_str or '').count('\n'))
-        if command == 'insert':
-            if new_str is None or insert_line is None: raise ToolError('insert needs new_str and insert_line')
-            text = self._read(path); lines = text.split('\n')
-            if not 0 <= insert_line <= len(lines): raise ToolError(f'insert_line must be between 0 and {len(lines)}')
-            self.history.setdefault(path, []).append(text)
-            new = '\n'.join(lines[:insert_line] + new_str.split('\n') + lines[insert_line:])
-            self._write(path, new)
-            return f'Inserted {new_str.count(chr(10)) + 1} line(s) after line {insert_line} of {path}:\n' + self._snippet(new, insert_line, new_str.count('\n'))
-        if command == 'undo_edit':
-            if not self.history.get(path): raise ToolError(f'no edit of {path} to undo')
-            prev = self.history[path].pop()
-            if prev is None: self.box.run(f'rm -f {_q(path)}', timeout=30); return f'Undid the creation of {path}.'
-            self._write(path, prev)
-            return f'Reverted the last edit of {path}.'
-        raise ToolError(f'unknown command {command!r}: use view, create, str_replace, insert or undo_edit')
-
-    @staticmethod
-    def _snippet(text: str, first: int, extra: int, context: int = 4) -> str:
-        lines = text.split('\n')
-        lo, hi = max(0, first - context), min(len(lines), first + extra + 1 + context)
-        return '\n'.join(f'{i:6}\t{l}' for i, l in enumerate(lines[lo:hi], lo + 1))
-
-def _q(s: str) -> str:
-    import shlex
-    return shlex.quote(s)
-
-@dataclass
-class EnvConfig:
-    cwd: str = '/testbed'
-    timeout: int = 120
-    def model_dump(self, mode: str | None = None) -> dict: return asdict(self)
-
-class SandboxEnvironment:
-    "mini-swe-agent's `Environment` over a workbench sandbox, with the scaffold's tools."
-    def __init__(self, box: Sandbox, timeout: int = 120, tools: list[dict] | None = None):
-        self.box, self.config = box, EnvConfig(box.testbed, int(timeout))
-        self.tools = {t['name']: t for t in tools or []}
-        self.editor = FileEditor(box)
-
-    def get_template_vars(self, **kw) -> dict:
-        return {'cwd': '/testbed', 'timeout': self.config.timeout, 'system': 'Linux', 'release': '', 'version': '', 'machine': 'x86_64', **kw}
-
-    def serialize(self) -> dict:
-        return {'info': {'config': {'environment': self.config.model_dump(), 'environment_type': f'{__name__}.SandboxEnvironment',
-                                    'sandbox': type(self.box).__name__}}}
-
-    def execute(self, action: dict, cwd: str = '', *, timeout: int | None = None) -> dict:
-        "Run one action; an `output` dict for the observation. Raises `Submitted` when the agent submits."
-        if 'tool' not in action: return self._bash(action.get('command', ''), timeout, submit_rule=True)
-        name, args = action['tool'], action.get('args') or {}
-        kind = self.tools[name]['kind']
-        try:
-            if kind == 'finish':
-                raise Submitted({'role': 'exit', 'content': args.get('message', ''),
-                                 'extra': {'exit_status': 'Submitted', 'submission': ''}})
-            if kind == 'think': return {'output': 'Your thought is noted.', 'returncode': 0, 'exception_info': ''}
-            if kind == 'bash': return self._bash(str(args.get('command', '')), timeout)
-            if kind == 'search': return self._search(str(args.get('search_term', '')), str(args.get('path') or self.box.testbed))
-            return {'output': self.editor(**args), 'returncode': 0, 'exception_info': ''}
-        except ToolError as e: return {'output': f'Error: {e}', 'returncode': 1, 'exception_info': ''}
-        except TypeError as e: return {'output': f'Error: bad arguments for {name}: {e}', 'returncode': 1, 'exception_info': ''}
-
-    def _bash(self, command: str, timeout: int | None, submit_rule: bool = False) -> dict:
-        t = timeout or self.config.timeout
-        r = self.box.run(command, timeout=t)
-        out = {'output': clip(r.output), 'returncode': r.exit_code,
-               'exception_info': f'The command was stopped after {t} seconds.' if r.timed_out else ''}
-        lines = r.output.lstrip().splitlines()
-        if submit_rule and lines and lines[0].strip() == SUBMIT_LINE and r.exit_code == 0:
-            raise Submitted({'role': 'exit', 'content': '', 'extra': {'exit_status': 'Submitted', 'submission': ''}})
-        return out
-
-    def _search(self, term: str, path: str) -> dict:
-        if not term: return {'output': 'Error: search_term is required', 'returncode': 1, 'exception_info': ''}
-        r = self.box.run(f'grep -rnIF --exclude-dir=.git -- {_q(term)} {_q(path)} | head -n 101', timeout=60)
-        lines = r.output.splitlines()
-        if not lines: return {'output': f'No matches for "{term}" in {path}.', 'returncode': 0, 'exception_info': ''}
-        more = len(lines) > 100
-        return {'output': f'Matches for "{term}" in {path}' + (' (the first 100; narrow the search)' if more else '') + ':\n'
-                          + '\n'.join(lines[:100]), 'returncode': 0, 'exception_info': ''}
-
-# %% ../nbs/15_agenthub.ipynb #ah-model
-from minisweagent.agents.default import DefaultAgent
-from minisweagent.models.litellm_model import LitellmModel
-from minisweagent.models.litellm_textbased_model import LitellmTextbasedModel
-
-class ContextExceeded(Exception): "The conversation no longer fits the model's context."
-
-@dataclass
-class LLMAccess:
-    "How to reach a model: the LiteLLM model string, its registry entry, the endpoint."
-    litellm_name: str
-    spec: ModelSpec
-    base_url: str | None = None
-    def key(self) -> str:
-        return os.environ.get(self.spec.api_key_env) or ('EMPTY' if self.base_url else '')
-
-def resolve_llm(llm_name: str, base_url: str | None = None, context_limit: int | None = None) -> LLMAccess:
-    "A model from the registry (or the endpoint's `/models`), as LiteLLM will call it."
-    reg = load_registry()
-    short = llm_name.split('/', 1)[1] if '/' in llm_name else llm_name
-    base_url = base_url or (os.environ.get('OPENAI_API_BASE') if llm_name.startswith('openai/') and short not in reg else None)
-    spec = get_model(llm_name if llm_name in reg else short, context_limit, base_url, reg)
-    name = llm_name if '/' in llm_name else (f'openai/{spec.api_model}' if base_url else spec.api_model)
-    return LLMAccess(name, spec, base_url or spec.base_url)
-
-class _WorkbenchQuery:
-    "The workbench's part of a model class: the call (registry key, run_api's retries, token counts) and the cost."
-    abort_exceptions = [Exception]          # the call below retries what can be retried; mini-swe-agent's outer retry would repeat it
-
-    def _wb_init(self, access: LLMAccess, tools: list[dict] | None, fn_calling: bool, retry: RetryPolicy | None, request_timeout: float):
-        self.access, self.wb_tools, self.fn_calling = access, tools or [], fn_calling
-        self.retry, self.request_timeout = retry or RetryPolicy(), request_timeout
-        self.usage, self._usage_lock = {'input': 0, 'output': 0}, threading.Lock()
-
-    def _query(self, messages, **kw):
-        import litellm
-        extra = {'tools': openai_tools(self.wb_tools)} if self.fn_calling else {}
-        def call():
-            r = litellm.completion(model=self.config.model_name, messages=messages, api_base=self.access.base_url,
-                                   api_key=self.access.key() or None, timeout=self.request_timeout, **self.config.model_kwargs, **extra, **kw)
-            if not getattr(r, 'choices', None) or getattr(r.choices[0], 'message', None) is None:
-                raise MalformedResponse(f'no usable choice in the response: {str(r)[:200]}')
-            return r
-        try: r = call_with_retries(call, self.retry, self.config.model_name)
-        except Exception as e:
-            if classify_error(e) == 'context' or type(e).__name__ == 'ContextWindowExceededError': raise ContextExceeded(one_line(str(e))[:300]) from None
-            raise
-        u = getattr(r, 'usage', None)
-        with self._usage_lock:
-            self.usage['input'] += getattr(u, 'prompt_tokens', 0) or 0
-            self.usage['output'] += getattr(u, 'completion_tokens', 0) or 0
-        return r
-
-    def _calculate_cost(self, response) -> dict[str, float]:
-        u = getattr(response, 'usage', None)
-        return {'cost': self.access.spec.cost(getattr(u, 'prompt_tokens', 0) or 0, getattr(u, 'completion_tokens', 0) or 0)}
-
-def _format_error(template: str, error: str, **kw) -> FormatError:
-    return FormatError({'role': 'user', 'content': Template(template, undefined=StrictUndefined).render(error=error, actions=[], **kw),
-                        'extra': {'interrupt_type': 'FormatError'}})
-
-class WorkbenchTextModel(_WorkbenchQuery, LitellmTextbasedModel):
-    "mini-swe-agent's text-based model (one bash block per reply), called through the workbench."
-    def __init__(self, access: LLMAccess, retry: RetryPolicy | None = None, request_timeout: float = 600, **config):
-        LitellmTextbasedModel.__init__(self, **config)
-        self._wb_init(access, None, False, retry, request_timeout)
-
-class WorkbenchToolModel(_WorkbenchQuery, LitellmModel):
-    "mini-swe-agent's function-calling model class with the scaffold's tools."
-    def __init__(self, access: LLMAccess, tools: list[dict], retry: RetryPolicy | None = None, request_timeout: float = 600, **config):
-        LitellmModel.__init__(self, **config)
-        self._wb_init(access, tools, True, retry, request_timeout)
-
-    def _parse_actions(self, response) -> list[dict]:
-        calls = response.choices[0].message.tool_calls or []
-        tmpl, names = self.config.format_error_template, {t['name'] for t in self.wb_tools}
-        if not calls: raise _format_error(tmpl, 'no tool call in the reply; every reply must call a tool.')
-        actions = []
-        for c in calls:
-            if c.function.name not in names: raise _format_error(tmpl, f"unknown tool {c.function.name!r}; the tools are {', '.join(sorted(names))}.")
-            try: args = json.loads(c.function.arguments or '{}')
-            except json.JSONDecodeError as e: raise _format_error(tmpl, f'the arguments of {c.function.name} are not valid JSON ({e.msg}).') from None
-            if not isinstance(args, dict): raise _format_error(tmpl, f'the arguments of {c.function.name} must be a JSON object.')
-            actions.append({'tool': c.function.name, 'args': args, 'tool_call_id': c.id})
-        return actions
-
-_FUNCTION = re.compile(r'<function=([\w.\-]+)>(.*?)</function>', re.S)
-_PARAM = re.compile(r'<parameter=([\w.\-]+)>(.*?)</parameter>', re.S)
-
-def parse_function_call(text: str, tools: list[dict]) -> dict:
-    "The one `<function=name><parameter=p>…</parameter></function>` call in a reply, as an action; ValueError otherwise."
-    calls = _FUNCTION.findall(text or '')
-    if len(calls) != 1: raise ValueError(f'expected exactly one <function=...> call, found {len(calls)}.')
-    name, body = calls[0]
-    tool = next((t for t in tools if t['name'] == name), None)
-    if tool is None: raise ValueError(f"unknown tool {name!r}; the tools are {', '.join(t['name'] for t in tools)}.")
-    props = tool['parameters'].get('properties', {})
-    args = {}
-    for p, v in _PARAM.findall(body):
-        v = v[1:] if v.startswith('\n') else v
-        v = v[:-1] if v.endswith('\n') else v
-        typ = props.get(p, {}).get('type')
-        try:
-            if typ == 'integer': v = int(v.strip())
-            elif typ == 'array': v = json.loads(v) if v.strip().startswith('[') else [int(x) for x in re.split(r'[,\s]+', v.strip()) if x]
-        except ValueError: raise ValueError(f'parameter {p} of {name} must be {typ}, got {v!r}.') from None
-        args[p] = v
-    missing = [p for p in tool['parameters'].get('required', []) if p not in args]
-    if missing: raise ValueError(f"{name} needs {', '.join(missing)}.")
-    return {'tool': name, 'args': args}
-
-class WorkbenchToolTextModel(_WorkbenchQuery, LitellmTextbasedModel):
-    "The tool scaffolds in text mode: one `<function=…>` call per reply, run by the same tools."
-    def __init__(self, access: LLMAccess, tools: list[dict], retry: RetryPolicy | None = None, request_timeout: float = 600, **config):
-        LitellmTextbasedModel.__init__(self, **config)
-        self._wb_init(access, tools, False, retry, request_timeout)
-
-    def _parse_actions(self, response) -> list[dict]:
-        try: return [parse_function_call(response.choices[0].message.content or '', self.wb_tools)]
-        except ValueError as e: raise _format_error(self.config.format_error_template, str(e)) from None
-
 # %% ../nbs/15_agenthub.ipynb #ah-agent
 class WorkbenchAgent(DefaultAgent):
     "mini-swe-agent's `DefaultAgent` (loop unchanged) with a soft step limit, redacted saves and a per-step callback."
@@ -375,6 +97,7 @@ class WorkbenchAgent(DefaultAgent):
         if path: atomic_write_text(Path(path), json.dumps(data, indent=2, default=str))
         return data
 
+# %% ../nbs/15_agenthub.ipynb #ah-exit
 def exit_reason(agent: WorkbenchAgent, error: BaseException | None = None) -> str:
     "The name of the way a run ended."
     if isinstance(error, ContextExceeded): return 'context_exceeded'
@@ -387,50 +110,48 @@ def exit_reason(agent: WorkbenchAgent, error: BaseException | None = None) -> st
         return 'step_limit' if 0 < agent.config.step_limit <= agent.n_calls else 'cost_limit'
     return status or 'unknown'
 
-def task_text(rec: dict) -> str:
-    "The task an agent is given: the issue (`problem_statement`), or an edit-history task's PR and issue text."
-    if rec.get('problem_statement'): return rec['problem_statement']
-    from swebench_lab.prompt_builder import requirement_text
-    return requirement_text(rec)
-
-def chat_messages(messages: list[dict]) -> list[dict]:
-    "A trajectory's messages as plain chat messages (the fields an API takes), without mini-swe-agent's `extra` and the final `exit`."
-    out = []
-    for m in messages:
-        if m.get('role') not in ('system', 'user', 'assistant', 'tool'): continue
-        c = {'role': m['role'], 'content': m.get('content') or ''}
-        if m.get('tool_calls'):
-            c['tool_calls'] = [{'id': t.get('id'), 'type': 'function', 'function': {'name': t['function']['name'], 'arguments': t['function']['arguments']}}
-                               for t in m['tool_calls']]
-        if m['role'] == 'tool': c['tool_call_id'] = m.get('tool_call_id')
-        out.append(c)
-    return out
-
 def git_patch(box: Sandbox) -> str:
     "The agent's change: `git add -A && git diff --cached` in /testbed (build artefacts are excluded by .git/info/exclude)."
     r = box.run('git add -A && git diff --cached', timeout=120)
     if r.exit_code: raise SwebenchLabError(f'could not take the patch: {r.output[-300:]}')
     return r.output if r.output.strip() else ''
 
+# %% ../nbs/15_agenthub.ipynb #ah-agentconfig
 @dataclass
-class AgentParams:
-    "Settings of a batch of agent runs."
+class AgentConfig:
+    "Everything a batch of agent runs is set by (FORMATS §6's flags)."
+    dataset: str
+    traj_dir: str | Path
     exp_name: str
     llm_name: str
     scaffold: str = 'mini_swe_agent'
-    fn_calling: bool = False
+    use_fn_calling: bool = False
+    split: str = 'test'
+    k: int | None = None                 # how many instances, from start_idx (all by default)
+    start_idx: int = 0
+    max_workers: int = 1
     backend: str = 'docker'
-    max_steps: int = 40
-    max_steps_absolute: int = 50
+    max_steps: int = 40                  # soft limit: the model is told to finish
+    max_steps_absolute: int = 50         # hard limit: the run stops
     temperature: float = 0.0
     max_tokens: int | None = None
     max_reward_calc_time: int = 300
-    command_timeout: int = 120
-    cost_limit: float = 3.0
-    time_limit: int = 0
+    command_timeout: int = 120           # seconds a command may run
+    cost_limit: float = 3.0              # USD per instance
+    time_limit: int = 0                  # seconds per instance (0: none)
+    use_existing: bool = False           # resume: keep finished instances, run the rest
+    base_url: str | None = None
+    context_limit: int | None = None
+    scaffold_config: str | None = None
     network: bool = False
+    instance_ids: list[str] | None = None
+    executor: str = 'local'
+    ray_address: str | None = None
+    ray_cpus: float = 1.0
+    ray_memory_mb: int | None = None
     request_timeout: float = 600
 
+# %% ../nbs/15_agenthub.ipynb #ah-run-one
 class Cancelled(Exception): "The batch was interrupted while this instance ran (nothing of it is recorded)."
 
 def _agent_logger(iid: str, path: Path) -> logging.Logger:
@@ -446,34 +167,43 @@ def _summarize_action(msg: dict) -> str:
     s = a['command'] if 'command' in a else f"{a['tool']}({json.dumps(a.get('args', {}))[:300]})"
     return one_line(s)[:400]
 
-def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentParams, out_dir: Path, labels: dict | None = None,
-            cancel: threading.Event | None = None, on_step=None) -> dict:
-    "One agent run on one instance, its reward from the harness; returns the instance's record (and writes its files)."
-    iid = rec['instance_id']
-    d = Path(out_dir) / iid
-    d.mkdir(parents=True, exist_ok=True)
-    alog = _agent_logger(iid, d / 'agent.log')
-    prebuilt = bool(rec.get('docker_image'))
-    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-    a, m = cfg['agent'], cfg['model']
+def _agent_model(cfg: dict, access: LLMAccess, params: AgentConfig):
+    "The scaffold's model class, configured with its templates and the run's sampling settings."
+    m = cfg['model']
     model_config = {'model_name': access.litellm_name, 'cost_tracking': 'ignore_errors',
                     'model_kwargs': {'temperature': params.temperature, **({'max_tokens': params.max_tokens} if params.max_tokens else {})},
                     **{k: m[k] for k in ('format_error_template', 'observation_template', 'action_regex') if k in m}}
-    if cfg['tools']:
-        model = (WorkbenchToolModel if cfg['mode'] == 'fn' else WorkbenchToolTextModel)(access, cfg['tools'], request_timeout=params.request_timeout, **model_config)
-    else: model = WorkbenchTextModel(access, request_timeout=params.request_timeout, **model_config)
+    if not cfg['tools']: return WorkbenchTextModel(access, request_timeout=params.request_timeout, **model_config)
+    cls = WorkbenchToolModel if cfg['mode'] == 'fn' else WorkbenchToolTextModel
+    return cls(access, cfg['tools'], request_timeout=params.request_timeout, **model_config)
+
+def _reward(rec: dict, patch: str, params: AgentConfig, d: Path, labels, prebuilt: bool, cancel) -> tuple[dict, float]:
+    "The harness's report on the agent's patch (in a fresh sandbox), and how long grading took; its log goes next to the agent's."
+    t1 = time.perf_counter()
+    rep = evaluate_instance(rec, patch, params.backend, timeout=params.max_reward_calc_time, out_dir=d / 'eval', labels=labels,
+                            prebuilt=prebuilt, cancel=cancel, limits=Limits(network=params.network))[rec['instance_id']]
+    if (d / 'eval' / 'test_output.log').exists(): (d / 'test_output.log').write_bytes((d / 'eval' / 'test_output.log').read_bytes())
+    write_json(d / 'report.json', {rec['instance_id']: rep})
+    return rep, time.perf_counter() - t1
+
+# %% ../nbs/15_agenthub.ipynb #ah-run-one-fn
+def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentConfig, out_dir: Path, labels: dict | None = None,
+            cancel: threading.Event | None = None, on_step=None) -> dict:
+    "One agent run on one instance, its reward from the harness; returns the instance's record (and writes its files)."
+    iid, prebuilt = rec['instance_id'], bool(rec.get('docker_image'))
+    d = Path(out_dir) / iid; d.mkdir(parents=True, exist_ok=True)
+    alog, spec, model, a = _agent_logger(iid, d / 'agent.log'), InstanceSpec.from_record(rec, prebuilt=prebuilt), _agent_model(cfg, access, params), cfg['agent']
     t0, error, agent = time.perf_counter(), None, None
     alog.info('instance %s: %s (%s mode), model %s, backend %s', iid, cfg['scaffold'], cfg['mode'], access.litellm_name, params.backend)
     def step(ag, msg):
         alog.info('step %d: %s', ag.n_calls, _summarize_action(msg))
         if on_step: on_step(ag)
         if cancel is not None and cancel.is_set(): raise Cancelled(iid)
-    with open_sandbox(spec, params.backend, Limits(network=params.network, lifetime=params.time_limit + 3 * 3600 if params.time_limit else 6 * 3600),
-                      labels=labels) as box:
-        env = SandboxEnvironment(box, params.command_timeout, cfg['tools'])
-        agent = WorkbenchAgent(model, env, system_template=a['system_template'], instance_template=a['instance_template'],
-                               step_limit=params.max_steps_absolute, cost_limit=params.cost_limit, wall_time_limit_seconds=params.time_limit,
-                               max_consecutive_format_errors=a.get('max_consecutive_format_errors', 3),
+    limits = Limits(network=params.network, lifetime=params.time_limit + 3 * 3600 if params.time_limit else 6 * 3600)
+    with open_sandbox(spec, params.backend, limits, labels=labels) as box:
+        agent = WorkbenchAgent(model, SandboxEnvironment(box, params.command_timeout, cfg['tools']), system_template=a['system_template'],
+                               instance_template=a['instance_template'], step_limit=params.max_steps_absolute, cost_limit=params.cost_limit,
+                               wall_time_limit_seconds=params.time_limit, max_consecutive_format_errors=a.get('max_consecutive_format_errors', 3),
                                soft_step_limit=params.max_steps, soft_limit_message=a.get('soft_limit_message', ''),
                                output_path=d / f'{iid}.traj.json', on_step=step)
         try: agent.run(task_text(rec), repo=rec.get('repo', ''), instance_id=iid, soft_step_limit=params.max_steps, tools=cfg['tools'])
@@ -481,17 +211,11 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentParams, out_di
         except Exception as e: error = e
         if cancel is not None and cancel.is_set(): raise Cancelled(iid)
         patch = git_patch(box)
-    reason = exit_reason(agent, error)
-    agent_s = time.perf_counter() - t0
+    reason, agent_s = exit_reason(agent, error), time.perf_counter() - t0
     alog.info('exit: %s after %d steps (%.1fs); patch %d bytes', reason, agent.n_calls, agent_s, len(patch))
     atomic_write_text(d / 'output_patch.diff', patch)
-    t1 = time.perf_counter()
-    rep = evaluate_instance(rec, patch, params.backend, timeout=params.max_reward_calc_time, out_dir=d / 'eval', labels=labels,
-                            prebuilt=prebuilt, cancel=cancel, limits=Limits(network=params.network))[iid]
-    reward_s = time.perf_counter() - t1
+    rep, reward_s = _reward(rec, patch, params, d, labels, prebuilt, cancel)
     reward = int(bool(rep.get('resolved')))
-    if (d / 'eval' / 'test_output.log').exists(): (d / 'test_output.log').write_bytes((d / 'eval' / 'test_output.log').read_bytes())
-    write_json(d / 'report.json', {iid: rep})
     usage = {'input': model.usage['input'], 'output': model.usage['output'], 'total': model.usage['input'] + model.usage['output']}
     meta = {'instance_id': iid, 'docker_image': rep.get('image') or spec.image, 'repo': rec.get('repo'), 'reward': reward,
             'reward_calc_time': round(reward_s, 2), 'exit_reason': reason, 'exp_name': params.exp_name,
@@ -501,8 +225,7 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentParams, out_di
     write_json(d / 'metadata.json', meta)
     alog.info('reward %d (%s) in %.1fs', reward, rep.get('status'), reward_s)
     for h in list(alog.handlers): h.close(); alog.removeHandler(h)
-    traj = agent.save(None)
-    return {**meta, 'output_patch': patch, 'messages': traj['messages'], 'tools': openai_tools(cfg['tools']) if cfg['mode'] == 'fn' else None}
+    return {**meta, 'output_patch': patch, 'messages': agent.save(None)['messages'], 'tools': openai_tools(cfg['tools']) if cfg['mode'] == 'fn' else None}
 
 # %% ../nbs/15_agenthub.ipynb #ah-batch
 def load_agent_dataset(dataset: str | Path, split: str = 'test') -> list[dict]:
@@ -517,104 +240,72 @@ def _reward_summary(recs: dict[str, dict]) -> dict:
     r0 = sorted(i for i, r in recs.items() if r['reward'] != 1)
     return {'total': len(recs), 'reward_1': {'count': len(r1), 'instance_ids': r1}, 'reward_0': {'count': len(r0), 'instance_ids': r0}}
 
-def runagent_multiple(dataset: str, traj_dir: str | Path, exp_name: str, llm_name: str, scaffold: str = 'mini_swe_agent',
-                      use_fn_calling: bool = False, split: str = 'test', k: int | None = None, start_idx: int = 0,
-                      max_workers: int = 1, backend: str = 'docker', max_steps: int = 40, max_steps_absolute: int = 50,
-                      temperature: float = 0.0, max_tokens: int | None = None, max_reward_calc_time: int = 300,
-                      command_timeout: int = 120, cost_limit: float = 3.0, time_limit: int = 0, use_existing: bool = False,
-                      base_url: str | None = None, context_limit: int | None = None, scaffold_config: str | None = None,
-                      network: bool = False, instance_ids: Iterable[str] | None = None, progress: bool = True,
-                      executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
-    "Run an agent scaffold on many instances; writes FORMATS §6's outputs under `traj_dir` and returns the run summary."
-    cfg = load_scaffold(scaffold, use_fn_calling, scaffold_config)
-    access = resolve_llm(llm_name, base_url, context_limit)
-    params = AgentParams(exp_name, llm_name, scaffold, cfg['mode'] == 'fn', backend, max_steps, max_steps_absolute, temperature,
-                         max_tokens, max_reward_calc_time, command_timeout, cost_limit, time_limit, network)
-    recs = load_agent_dataset(dataset, split)
-    if instance_ids:
-        want = set(instance_ids)
-        if unknown := want - {r['instance_id'] for r in recs}: raise SwebenchLabError(f"--instance_ids not in {dataset}: {', '.join(sorted(unknown)[:5])}")
-        recs = [r for r in recs if r['instance_id'] in want]
-    recs = recs[start_idx: (start_idx + k) if k else None]
-    if not recs: raise SwebenchLabError(f"no instances in {dataset} from index {start_idx}" + (f" (k={k})" if k else ''))
-    out = Path(traj_dir); out.mkdir(parents=True, exist_ok=True)
-    main_path = out / f'{exp_name}.jsonl'
-    done: dict[str, dict] = {}
-    if main_path.exists() and main_path.stat().st_size:
-        if not use_existing:
-            raise SwebenchLabError(f"{main_path} already holds results of {exp_name!r}: pass --use_existing to resume it, or choose another --exp_name")
-        done = {r['instance_id']: r for r in iter_jsonl(main_path)}
-    todo = [r for r in recs if r['instance_id'] not in done]
-    for r in todo:                                 # what a killed run left of an unfinished instance
-        import shutil; shutil.rmtree(out / r['instance_id'], ignore_errors=True)
-    if backend == 'docker': reap_orphans()
-    writers = {n: JSONLWriter(out / n) for n in (f'{exp_name}.jsonl', 'trajectories.jsonl', 'trajectories_rejection_sampling.jsonl')}
-    lock, errors, cancel, run_label = threading.Lock(), {}, threading.Event(), uuid.uuid4().hex[:12]
-    stats = {'steps': 0, 'cost': 0.0}
-    bar = tqdm(total=len(todo), desc=f'agents {exp_name}', unit='inst', disable=not progress)
-    def on_step(ag):
-        with lock: stats['steps'] += 1
-    def finish(rec_out: dict):
-        with lock:
-            done[rec_out['instance_id']] = rec_out
-            writers[f'{exp_name}.jsonl'].write(rec_out)
-            line = {'messages': chat_messages(rec_out['messages']), 'instance_id': rec_out['instance_id']}
-            if rec_out.get('tools'): line['tools'] = rec_out['tools']
-            writers['trajectories.jsonl'].write(line)
-            if rec_out['reward'] == 1: writers['trajectories_rejection_sampling.jsonl'].write(line)
-            _rewrite_preds(out / 'preds.json', done)
-            write_json(out / 'reward_summary.json', _reward_summary(done))
-            stats['cost'] += rec_out['cost']
-    guard = RunGuard(run_label, backend, cancel)
-    nodes: dict[str, int] = {}
-    try:
-      if executor != 'local':    # tasks on a cluster: each returns its instance folder; the driver writes it and the JSONL lines
-        from swebench_lab.executors import drive, make_executor
-        exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
-        jobs = {r['instance_id']: ((r, cfg, access, params), {'labels': {f'{LABEL}.run': run_label}}) for r in todo}
-        def on_value(iid, value): finish(value); stats['steps'] += value['steps']
-        def on_error(iid, msg):
-            errors[iid] = msg[:500]; logger.warning('%s: %s', iid, errors[iid])
-        nodes.update(drive(exe, run_one, jobs, run_label, guard, lambda iid: (out / iid, out), on_value, on_error, bar,
-                           lambda: {'steps': stats['steps'], 'reward1': sum(r['reward'] for r in done.values()), 'errors': len(errors)}))
-      else:
-        with guard:
-            ex = ThreadPoolExecutor(max_workers)
-            futs = {ex.submit(run_one, r, cfg, access, params, out, {f'{LABEL}.run': run_label}, cancel, on_step): r['instance_id'] for r in todo}
-            try:
-                for f in as_completed(futs):
-                    iid = futs[f]
-                    try: finish(f.result())
-                    except Exception as e:
-                        errors[iid] = one_line(f'{type(e).__name__}: {e}')[:500]
-                        logger.warning('%s: %s', iid, errors[iid])
-                    bar.update(1)
-                    bar.set_postfix(steps=stats['steps'], cost=f"{stats['cost']:.3f}", reward1=sum(r['reward'] for r in done.values()), errors=len(errors), refresh=False)
-            except KeyboardInterrupt:
-                bar.close(); ex.shutdown(wait=False, cancel_futures=True); guard.drain(futs); raise
-            ex.shutdown()
-    finally:
-        bar.close()
-        for w in writers.values(): w.close()
-    summary = {'exp_name': exp_name, 'scaffold': scaffold, 'mode': cfg['mode'], 'llm_name': llm_name, 'traj_dir': str(out),
-               'instances': len(recs), 'finished': sum(r['instance_id'] in done for r in recs), 'errors': errors,
-               'reward_1': sum(done[r['instance_id']]['reward'] for r in recs if r['instance_id'] in done),
-               'exit_reasons': dict(sorted({x: sum(done[r['instance_id']]['exit_reason'] == x for r in recs if r['instance_id'] in done)
-                                            for x in {done[r['instance_id']]['exit_reason'] for r in recs if r['instance_id'] in done}}.items())),
-               'steps': sum(done[r['instance_id']]['steps'] for r in recs if r['instance_id'] in done),
-               'cost': round(sum(done[r['instance_id']]['cost'] for r in recs if r['instance_id'] in done), 6),
-               'tokens': sum(done[r['instance_id']]['token_usage']['total'] for r in recs if r['instance_id'] in done),
-               'executor': executor, **({'nodes': nodes} if nodes else {})}
-    write_json(out / 'run_summary.json', summary)
-    return summary
+def _batch_records(c: AgentConfig) -> list[dict]:
+    "The records a batch runs: the dataset, filtered by `instance_ids`, then `k` of them from `start_idx`."
+    recs = filter_instances(load_agent_dataset(c.dataset, c.split), c.instance_ids, c.dataset)
+    recs = recs[c.start_idx: (c.start_idx + c.k) if c.k else None]
+    if not recs: raise SwebenchLabError(f"no instances in {c.dataset} from index {c.start_idx}" + (f" (k={c.k})" if c.k else ''))
+    return recs
+
+def _resume(c: AgentConfig, out: Path) -> dict[str, dict]:
+    "The finished instances of an earlier run of the experiment (with `use_existing`); refuses to overwrite one without it."
+    main_path = out / f'{c.exp_name}.jsonl'
+    if not (main_path.exists() and main_path.stat().st_size): return {}
+    if not c.use_existing:
+        raise SwebenchLabError(f"{main_path} already holds results of {c.exp_name!r}: pass --use_existing to resume it, or choose another --exp_name")
+    return {r['instance_id']: r for r in iter_jsonl(main_path)}
+
+# %% ../nbs/15_agenthub.ipynb #ah-batch-summary
+def _run_summary(c: AgentConfig, mode: str, out: Path, recs: list[dict], done: dict, errors: dict, nodes: dict) -> dict:
+    fin = [done[r['instance_id']] for r in recs if r['instance_id'] in done]
+    reasons = sorted({r['exit_reason'] for r in fin})
+    return {'exp_name': c.exp_name, 'scaffold': c.scaffold, 'mode': mode, 'llm_name': c.llm_name, 'traj_dir': str(out),
+            'instances': len(recs), 'finished': len(fin), 'errors': errors, 'reward_1': sum(r['reward'] for r in fin),
+            'exit_reasons': {x: sum(r['exit_reason'] == x for r in fin) for x in reasons}, 'steps': sum(r['steps'] for r in fin),
+            'cost': round(sum(r['cost'] for r in fin), 6), 'tokens': sum(r['token_usage']['total'] for r in fin),
+            'executor': c.executor, **({'nodes': nodes} if c.executor != 'local' else {})}
 
 def print_agent_summary(s: dict) -> None:
+    "The summary of a batch, as the command prints it."
     print(f"{s['exp_name']}: {s['scaffold']} ({s['mode']}) with {s['llm_name']}")
     print(f"  instances {s['instances']}, finished {s['finished']}, reward 1: {s['reward_1']}, errors {len(s['errors'])}")
     print(f"  steps {s['steps']}, tokens {s['tokens']}, cost ${s['cost']:.4f}")
     print('  exit reasons: ' + ', '.join(f'{k} {v}' for k, v in s['exit_reasons'].items()))
     for iid, e in list(s['errors'].items())[:10]: print(f'  error {iid}: {e[:200]}')
     print(f"  outputs: {s['traj_dir']}")
+
+# %% ../nbs/15_agenthub.ipynb #ah-runagent
+def runagent_multiple(cfg: AgentConfig | str, *args, progress: bool = True, **kw) -> dict:
+    """Run an agent scaffold on many instances; writes FORMATS §6's outputs under `traj_dir` and returns the run summary.
+    `cfg` is an `AgentConfig`, or its fields: the dataset, then the others in order or by name."""
+    c = replace(cfg, **kw) if isinstance(cfg, AgentConfig) else AgentConfig(cfg, *args, **kw)
+    scaffold, access = load_scaffold(c.scaffold, c.use_fn_calling, c.scaffold_config), resolve_llm(c.llm_name, c.base_url, c.context_limit)
+    recs = _batch_records(c)
+    out = Path(c.traj_dir); out.mkdir(parents=True, exist_ok=True)
+    done = _resume(c, out)
+    todo = [r for r in recs if r['instance_id'] not in done]
+    writers = {n: JSONLWriter(out / n) for n in (f'{c.exp_name}.jsonl', 'trajectories.jsonl', 'trajectories_rejection_sampling.jsonl')}
+    errors, stats, run_label = {}, {'steps': 0, 'cost': 0.0}, new_run_label()
+    def finish(iid, rec_out: dict):
+        done[iid] = rec_out
+        writers[f'{c.exp_name}.jsonl'].write(rec_out)
+        line = {'messages': chat_messages(rec_out['messages']), 'instance_id': iid, **({'tools': rec_out['tools']} if rec_out.get('tools') else {})}
+        writers['trajectories.jsonl'].write(line)
+        if rec_out['reward'] == 1: writers['trajectories_rejection_sampling.jsonl'].write(line)
+        _rewrite_preds(out / 'preds.json', done); write_json(out / 'reward_summary.json', _reward_summary(done))
+        stats['cost'] += rec_out['cost']; stats['steps'] += rec_out['steps']
+    def on_error(iid, msg): errors[iid] = msg[:500]; logger.warning('%s: %s', iid, errors[iid])
+    jobs = {r['instance_id']: ((r, scaffold, access, c), {'labels': {f'{LABEL}.run': run_label}}) for r in todo}
+    bar = tqdm(total=len(todo), desc=f'agents {c.exp_name}', unit='inst', disable=not progress)
+    postfix = lambda: {'steps': stats['steps'], 'cost': f"{stats['cost']:.3f}", 'reward1': sum(r['reward'] for r in done.values()), 'errors': len(errors)}
+    try:
+        nodes = drive(make_executor(c.executor, c.max_workers, c.ray_address, c.ray_cpus, c.ray_memory_mb), run_one, jobs, run_label,
+                      RunGuard(run_label, c.backend), lambda iid: (out / iid, out), finish, on_error, bar, postfix)
+    finally:
+        for w in writers.values(): w.close()
+    summary = _run_summary(c, scaffold['mode'], out, recs, done, errors, nodes)
+    write_json(out / 'run_summary.json', summary)
+    return summary
 
 # %% ../nbs/15_agenthub.ipynb #ah-cli
 def _bool(v: str) -> bool:
@@ -651,16 +342,11 @@ def _main(argv=None):
     p.add_argument('--context_limit', type=int, help="the model's context limit, for a model the registry does not know")
     p.add_argument('--network', action='store_true', help='give the sandboxes the network (default: none)')
     p.add_argument('--instance_ids', nargs='*')
-    from swebench_lab.executors import add_executor_args
     add_executor_args(p)
     a = ap.parse_args(argv)
     setup_logging()
     try:
-        s = runagent_multiple(a.dataset, a.traj_dir, a.exp_name, a.llm_name, a.scaffold, a.use_fn_calling, a.split, a.k, a.start_idx,
-                              a.max_workers, a.backend, a.max_steps, a.max_steps_absolute, a.temperature, a.max_tokens,
-                              a.max_reward_calc_time, a.command_timeout, a.cost_limit, a.time_limit, a.use_existing, a.base_url,
-                              a.context_limit, a.scaffold_config, a.network, a.instance_ids, executor=a.executor,
-                              ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb)
+        s = runagent_multiple(AgentConfig(**{f.name: getattr(a, f.name) for f in fields(AgentConfig) if hasattr(a, f.name)}))
     except KeyboardInterrupt:
         print('interrupted: containers removed; finished instances are kept (run again with --use_existing)')
         return 130
@@ -672,195 +358,3 @@ main = cli_entry(_main)
 # %% ../nbs/15_agenthub.ipynb #ah-entry
 #| eval: false
 if __name__ == '__main__': raise SystemExit(main())
-
-# %% ../nbs/15_agenthub.ipynb #ah-view
-_CSS = ('<style>.swbl-traj{font-family:system-ui,sans-serif;font-size:13px;max-width:1100px}.swbl-traj pre{white-space:pre-wrap;'
-        'background:#f6f8fa;padding:6px;border-radius:4px;margin:4px 0}.swbl-traj .act{background:#eef6ee;border-left:3px solid #2e7d32}'
-        '.swbl-traj .step{border-top:1px solid #ddd;padding:6px 0}.swbl-traj .hdr{background:#f0f4ff;padding:8px;border-radius:4px}'
-        '.swbl-traj summary{cursor:pointer;color:#555}.swbl-traj .r1{color:#2e7d32;font-weight:bold}.swbl-traj .r0{color:#c62828;font-weight:bold}</style>')
-
-def _load_traj(t) -> dict:
-    if isinstance(t, (str, Path)):
-        p = Path(t)
-        if p.is_dir(): p = p / f'{p.name}.traj.json'
-        t = json.loads(p.read_text())
-        meta = p.parent / 'metadata.json'
-        if meta.exists(): t = {**t, 'metadata': json.loads(meta.read_text())}
-        if (p.parent / 'output_patch.diff').exists(): t['output_patch'] = (p.parent / 'output_patch.diff').read_text()
-    return t
-
-def trajectory_html(traj, max_chars: int = 4000) -> str:
-    "A trajectory as readable HTML: outcome, steps (actions set apart, observations folded), the patch and the verdict."
-    t = _load_traj(traj)
-    e = lambda s: html.escape(str(s if s is not None else ''))
-    meta = t.get('metadata') or {k: t.get(k) for k in ('instance_id', 'exit_reason', 'reward', 'steps', 'cost', 'scaffold', 'llm_name')}
-    info = t.get('info', {})
-    reward = meta.get('reward')
-    head = (f"<div class='hdr'><b>{e(meta.get('instance_id') or '')}</b> · {e(meta.get('scaffold') or '')} · {e(meta.get('llm_name') or '')}<br>"
-            f"exit: <b>{e(meta.get('exit_reason') or info.get('exit_status'))}</b> · steps {e(meta.get('steps') or info.get('model_stats', {}).get('api_calls'))}"
-            f" · cost ${float(meta.get('cost') or info.get('model_stats', {}).get('instance_cost') or 0):.4f}"
-            + (f" · reward <span class='r{int(reward)}'>{int(reward)}</span>" if reward is not None else '') + '</div>')
-    parts, step = [_CSS, "<div class='swbl-traj'>", head], 0
-    for m in t.get('messages', []):
-        role, content = m.get('role'), m.get('content') or ''
-        if isinstance(content, list): content = ''.join(c.get('text', '') for c in content if isinstance(c, dict))
-        body = content if len(content) <= max_chars else content[:max_chars] + f'\n[... {len(content) - max_chars} more characters]'
-        if role in ('system', 'user') and step == 0:
-            parts.append(f"<details><summary>{role} prompt ({len(content)} characters)</summary><pre>{e(body)}</pre></details>")
-        elif role == 'assistant':
-            step += 1
-            acts = (m.get('extra') or {}).get('actions') or []
-            act = '\n'.join(a['command'] if 'command' in a else f"{a['tool']} {json.dumps(a.get('args', {}), indent=1)}" for a in acts)
-            calls = ''.join(f"\n{c['function']['name']}({c['function']['arguments']})" for c in (m.get('tool_calls') or []))
-            parts.append(f"<div class='step'><b>step {step}</b><pre>{e(body)}</pre>"
-                         + (f"<pre class='act'>{e(act or calls.strip())}</pre>" if (act or calls) else '') + '</div>')
-        elif role in ('user', 'tool'):
-            first = content.strip().splitlines()[:1]
-            parts.append(f"<details><summary>{'observation' if role == 'tool' or step else role}: {e(first[0][:120] if first else '')}"
-                         f" ({len(content)} characters)</summary><pre>{e(body)}</pre></details>")
-        elif role == 'exit':
-            parts.append(f"<div class='step'><b>exit</b>: {e((m.get('extra') or {}).get('exit_status') or content[:200])}</div>")
-    if t.get('output_patch') is not None:
-        parts.append(f"<details open><summary><b>patch</b> ({len(t['output_patch'])} bytes)</summary><pre>{e(t['output_patch'][:20000])}</pre></details>")
-    parts.append('</div>')
-    return ''.join(parts)
-
-def show_trajectory(traj, max_chars: int = 4000):
-    "Display a trajectory in Jupyter (see `trajectory_html`)."
-    from IPython.display import HTML
-    return HTML(trajectory_html(traj, max_chars))
-
-# %% ../nbs/15_agenthub.ipynb #ah-scripted
-class ScriptedPolicy:
-    "A loopback OpenAI-compatible server replaying scripted replies (a stand-in for a capable model in tests and demos)."
-    def __init__(self, scripts: dict[str, list], default: list | None = None, model: str = 'scripted-policy', context: int = 131072,
-                 by_model: dict[str, dict[str, list]] | None = None):
-        "`by_model`: scripts per requested model name (several policies behind one endpoint, like adapters of one server)."
-        self.scripts, self.default, self.model, self.context = scripts, default, model, context
-        self.by_model = by_model or {}
-        self.requests, self._seen, self._lock = 0, {}, threading.Lock()
-
-    def reply_for(self, messages: list[dict], model: str | None = None):
-        """The scripted reply for a conversation. A reply `{'fail_first': n, 'error': {'status', 'message', 'code', 'retry_after'},
-        'reply': …}` answers its first n requests with that error (a rate limit, a context overflow), then with `reply`."""
-        first_user = next((m.get('content') or '' for m in messages if m.get('role') == 'user'), '')
-        if isinstance(first_user, list): first_user = ''.join(c.get('text', '') for c in first_user if isinstance(c, dict))
-        scripts = self.by_model.get(model, self.scripts) if model else self.scripts
-        key = next((k for k in scripts if k in first_user), None)
-        script = scripts[key] if key is not None else self.default
-        key = (model, key) if model in self.by_model else key
-        if script is None: return 'I have no script for this task.'
-        i = min(self.turn(messages), len(script) - 1)
-        reply = script[i]
-        if isinstance(reply, dict) and 'error' in reply:
-            with self._lock: n = self._seen[(key, i)] = self._seen.get((key, i), 0) + 1
-            return reply if n <= reply.get('fail_first', 10**9) else reply.get('reply', 'done')
-        return reply
-
-    @staticmethod
-    def turn(messages: list[dict]) -> int:
-        "How many turns a conversation has had: model replies, plus user messages that answer no reply (corrections of a malformed reply)."
-        first = next((i for i, m in enumerate(messages) if m.get('role') == 'user'), len(messages))
-        n, prev = 0, None
-        for m in messages[first + 1:]:
-            role = m.get('role')
-            if role == 'assistant' or (role == 'user' and prev not in ('assistant',)): n += 1
-            prev = role
-        return n
-
-    def _response(self, body: dict) -> dict:
-        reply = self.reply_for(body.get('messages') or [], body.get('model'))
-        if isinstance(reply, dict) and 'error' in reply: return reply
-        n_in = sum(len(str(m.get('content') or '')) for m in body.get('messages') or []) // 4
-        if isinstance(reply, dict) and reply.get('tool_calls'):
-            calls = [{'id': f'call_{self.requests}_{j}', 'type': 'function',
-                      'function': {'name': c['name'], 'arguments': json.dumps(c.get('arguments', {}))}} for j, c in enumerate(reply['tool_calls'])]
-            msg, n_out = {'role': 'assistant', 'content': reply.get('content', ''), 'tool_calls': calls}, 20
-        else:
-            text = reply if isinstance(reply, str) else str(reply.get('content', ''))
-            msg, n_out = {'role': 'assistant', 'content': text}, len(text) // 4 + 1
-        return {'id': f'chatcmpl-scripted-{self.requests}', 'object': 'chat.completion', 'created': int(time.time()),
-                'model': body.get('model') if body.get('model') in self.by_model else self.model,
-                'choices': [{'index': 0, 'message': msg, 'finish_reason': 'tool_calls' if msg.get('tool_calls') else 'stop'}],
-                'usage': {'prompt_tokens': n_in, 'completion_tokens': n_out, 'total_tokens': n_in + n_out}}
-
-    def __enter__(self) -> 'ScriptedPolicy':
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        policy = self
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a): pass
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code); self.send_header('content-type', 'application/json'); self.send_header('content-length', str(len(data)))
-                self.end_headers(); self.wfile.write(data)
-            def do_GET(self):
-                if self.path.rstrip('/').endswith('/models'):
-                    self._send(200, {'object': 'list', 'data': [{'id': m, 'object': 'model', 'max_model_len': policy.context}
-                                                                      for m in [policy.model, *policy.by_model]]})
-                else: self._send(404, {'error': {'message': 'not found'}})
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get('content-length') or 0)) or b'{}')
-                if not self.path.rstrip('/').endswith('/chat/completions') or body.get('stream'):
-                    return self._send(400, {'error': {'message': 'the scripted policy answers non-streaming chat completions only'}})
-                policy.requests += 1
-                r = policy._response(body)
-                if 'error' in r:
-                    err = r['error']
-                    data = json.dumps({'error': {'message': err.get('message', 'error'), 'type': 'invalid_request_error',
-                                                 'code': err.get('code'), 'param': None}}).encode()
-                    self.send_response(err.get('status', 500)); self.send_header('content-type', 'application/json')
-                    if err.get('retry_after') is not None: self.send_header('retry-after', str(err['retry_after']))
-                    self.send_header('content-length', str(len(data))); self.end_headers(); self.wfile.write(data)
-                    return
-                self._send(200, r)
-        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), H)
-        self.base_url = f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown(); self.httpd.server_close()
-
-def scripted_policy_for(recs: list[dict], cfg: dict, **kw) -> ScriptedPolicy:
-    "A `ScriptedPolicy` with `gold_script`s for `recs` (each keyed by its task text, which the first user message quotes)."
-    return ScriptedPolicy({task_text(r).strip(): gold_script(r, cfg, **kw) for r in recs})
-
-def _hunk_edits(fp) -> list[tuple[str, str]]:
-    "(old, new) text pairs of a file patch's hunks: context and removed lines, context and added lines."
-    edits, old, new, inside = [], [], [], False
-    for line in fp.text.splitlines(keepends=True):
-        if line.startswith('@@'):
-            if inside: edits.append((''.join(old), ''.join(new)))
-            old, new, inside = [], [], True
-        elif inside and line.startswith('\\'): continue
-        elif inside and line[:1] in (' ', '-', '+'):
-            if line[0] in ' -': old.append(line[1:])
-            if line[0] in ' +': new.append(line[1:])
-    if inside: edits.append((''.join(old), ''.join(new)))
-    return edits
-
-def gold_script(rec: dict, cfg: dict, test_cmd: str = 'python -m pytest -q -p no:cacheprovider') -> list:
-    "A scripted competent run for scaffold `cfg` on `rec`: look, apply the gold patch (in the scaffold's own way), test, submit."
-    patch = rec.get('patch') or rec.get('ground_truth') or ''
-    files = [fp.path for fp in split_diff(patch)]
-    apply = f"git apply <<'SWEBENCH_LAB_PATCH'\n{patch.rstrip(chr(10))}\nSWEBENCH_LAB_PATCH"
-    tests = test_cmd
-    if not cfg['tools']:
-        block = lambda thought, cmd: f"THOUGHT: {thought}\n\n```mswea_bash_command\n{cmd}\n```"
-        refl = 'REFLECTION: the last output is what I expected.\n' if cfg['scaffold'] == 'live_swe_agent' else ''
-        return [refl + block('Let me look at the files the issue is about.', f"ls && grep -n 'def ' {' '.join(files[:3])} | head -n 40"),
-                refl + block('I will make the change.', apply),
-                refl + block('Now the tests.', f'{tests}; git status --short'),
-                refl + block('Done; submitting.', 'echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT')]
-    by_kind = {t['kind']: t['name'] for t in cfg['tools']}
-    calls = [(by_kind['editor'], {'command': 'view', 'path': f'/testbed/{files[0]}'})]
-    for fp in split_diff(patch):
-        if fp.is_new: calls.append((by_kind['editor'], {'command': 'create', 'path': f'/testbed/{fp.path}', 'file_text': ''.join(n for _, n in _hunk_edits(fp))}))
-        elif fp.is_deleted or fp.is_rename or fp.is_binary: calls.append((by_kind['bash'], {'command': apply.replace(patch.rstrip('\n'), fp.text.rstrip('\n'))}))
-        else: calls += [(by_kind['editor'], {'command': 'str_replace', 'path': f'/testbed/{fp.path}', 'old_str': o, 'new_str': n}) for o, n in _hunk_edits(fp)]
-    calls += [(by_kind['bash'], {'command': tests}), (by_kind['finish'], {'message': 'Applied the fix and ran the tests.'})]
-    if cfg['mode'] == 'fn': return [{'content': '', 'tool_calls': [{'name': n, 'arguments': a}]} for n, a in calls]
-    def text_call(n, a):
-        params = ''.join(f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n" for k, v in a.items())
-        return f"Next step.\n<function={n}>\n{params}</function>"
-    return [text_call(n, a) for n, a in calls]

@@ -14,8 +14,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterable
@@ -23,12 +21,14 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from .core import SwebenchLabError, cli_entry, logger, setup_logging, write_json, atomic_write_text, one_line, safe_name
-from .environments import (DockerSandbox, Limits, LABEL, RunGuard, clone_at, docker_client, image_exists, _build,
-                                       reap_orphans, env_dir, InstanceSpec, build_env_image, instance_context)
-from .models import ModelSpec, get_model, load_registry
+from .recipes import InstanceSpec
+from .images import LABEL, clone_at, docker_client, image_exists, docker_build, build_env_image
+from .sandbox import DockerSandbox, Limits
+from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
+from .models import ModelSpec, RetryPolicy, complete, get_model, load_registry, openai_client
 from .repos import RepoStore
-from .run_api import RetryPolicy, call_with_retries
-from .run_evaluation import EXIT_CODE_RE, apply_patch, make_eval_script, parser_for, is_pytest_parser, _tests
+from .grading import EXIT_CODE_RE, parser_for, is_pytest_parser, record_tests
+from .patching import apply_patch
 
 # %% auto #0
 __all__ = ['MAX_DIFF', 'SYSTEM_PROMPT', 'MAX_REPLY_RETRIES', 'main', 'TransferError', 'load_transfer_input', 'Check',
@@ -85,7 +85,7 @@ def build_transfer_image(entry: dict, dockerfile: str, log_path: Path, client=No
         (Path(td) / 'Dockerfile').write_text(dockerfile)
         if entry.get('repo') and entry.get('base_commit'):
             clone_at((store or RepoStore()).get(entry['repo']).path, entry['base_commit'], Path(td) / 'testbed')
-        _build(client, td, tag, log_path, 'transfer')
+        docker_build(client, td, tag, log_path, 'transfer')
     return tag, True
 
 def _clip_log(text: str, head: int = 3000, tail: int = 6000) -> str:
@@ -195,30 +195,21 @@ class RepairModel:
     retry: RetryPolicy = None
 
     def __post_init__(self):
-        import openai
         self.retry = self.retry or RetryPolicy()
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or 'EMPTY', max_retries=0)
+        self.client = openai_client(self.base_url, self.api_key, self.timeout)
 
     def __getstate__(self):      # it travels to cluster nodes without its HTTP client, and makes a new one there
         return {k: v for k, v in self.__dict__.items() if k != 'client'}
 
     def __setstate__(self, state):
-        import openai
         self.__dict__.update(state)
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or 'EMPTY', max_retries=0)
+        self.client = openai_client(self.base_url, self.api_key, self.timeout)
 
     def chat(self, messages: list[dict]) -> tuple[str, float]:
-        "The reply text and its cost (USD)."
-        def call():
-            r = self.client.chat.completions.create(model=self.spec.api_model, messages=messages, temperature=self.temperature,
-                                                    max_tokens=self.max_tokens, timeout=self.timeout)
-            if not r.choices or not isinstance(r.choices[0].message.content, str):
-                from swebench_lab.run_api import MalformedResponse
-                raise MalformedResponse('no text in the reply')
-            return r
-        r = call_with_retries(call, self.retry, self.spec.name)
-        u = r.usage
-        return r.choices[0].message.content, self.spec.cost(getattr(u, 'prompt_tokens', 0) or 0, getattr(u, 'completion_tokens', 0) or 0)
+        "The reply text and its cost (USD), through `models.complete`."
+        c = complete(self.spec, messages, client=self.client, temperature=self.temperature, max_tokens=self.max_tokens,
+                     timeout=self.timeout, retry=self.retry)
+        return c.texts[0], c.cost
 
 def repair_model(model_name: str, base_url: str | None = None, context_limit: int | None = None, temperature: float = 0.0) -> RepairModel:
     "The model of `--model_name` from the registry; `OPENROUTER_API_BASE_URL` / `OPENROUTER_API_KEY` are honoured where set."
@@ -278,76 +269,60 @@ def transfer_instance(entry: dict, model: RepairModel | None, out_dir: Path, max
     write_json(d / 'result.json', result)
     return result
 
-def build_images(input_path: str | Path, output: str | Path, model: RepairModel | None, max_iterations: int = 5,
-                 eval_timeout: float = 300, max_workers: int = 2, skip_existing: bool = False, progress: bool = True,
-                 executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
-    "Repair the environments of every entry of a FORMATS §5 input; writes the outputs in `output` and returns summary_main."
-    entries = load_transfer_input(input_path)
-    out = Path(output); out.mkdir(parents=True, exist_ok=True)
-    stem = Path(input_path).stem
-    results: dict[str, dict] = {}
+def _resumed_results(entries: list[dict], out: Path, skip_existing: bool) -> dict[str, dict]:
+    "The results already in `out` (kept with `skip_existing`; otherwise their folders are removed for a fresh start)."
+    results = {}
     for e in entries:
         f = out / safe_name(e['instance_id']) / 'result.json'
         if skip_existing and f.exists(): results[e['instance_id']] = json.loads(f.read_text())
-        elif f.exists(): shutil.rmtree(f.parent)             # a fresh start for this instance
-    todo = [e for e in entries if e['instance_id'] not in results]
-    reap_orphans()
-    cancel, run_label, errors = threading.Event(), uuid.uuid4().hex[:12], {}
-    client, store = docker_client(), RepoStore()
-    bar = tqdm(total=len(todo), desc='build_image', unit='inst', disable=not progress)
-    guard = RunGuard(run_label, 'docker', cancel)
-    nodes: dict[str, int] = {}
-    if executor != 'local':     # tasks on a cluster: each returns its instance folder; the driver writes it and the summaries
-        from swebench_lab.executors import drive, make_executor
-        exe = make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb)
-        jobs = {e['instance_id']: ((e, model), {'max_iterations': max_iterations, 'eval_timeout': eval_timeout,
-                                               'labels': {f'{LABEL}.run': run_label}}) for e in todo}
-        def on_error(iid, msg):
-            errors[iid] = msg[:500]
-            results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
-        nodes.update(drive(exe, transfer_instance, jobs, run_label, guard, lambda iid: (out / safe_name(iid), out),
-                           results.__setitem__, on_error, bar, lambda: {'ok': sum(r['success'] for r in results.values())}))
-    else:
-     with guard:
-        ex = ThreadPoolExecutor(max_workers)
-        futs = {ex.submit(transfer_instance, e, model, out, max_iterations, eval_timeout, {f'{LABEL}.run': run_label}, cancel, client, store):
-                e['instance_id'] for e in todo}
-        try:
-            for f in as_completed(futs):
-                iid = futs[f]
-                try: results[iid] = f.result()
-                except Exception as e:
-                    errors[iid] = one_line(f'{type(e).__name__}: {e}')[:500]
-                    results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
-                bar.update(1)
-                bar.set_postfix(ok=sum(r['success'] for r in results.values()), cost=f"{sum(r.get('cost', 0) for r in results.values()):.3f}", refresh=False)
-        except KeyboardInterrupt:
-            bar.close(); ex.shutdown(wait=False, cancel_futures=True); guard.drain(futs); raise
-        ex.shutdown()
-    bar.close()
+        elif f.exists(): shutil.rmtree(f.parent)
+    return results
+
+def _write_outputs(entries: list[dict], results: dict, out: Path, stem: str, errors: dict, executor: str, nodes: dict) -> dict:
+    "FORMATS §5's outputs (`*_transferred.json`, `*_failed.json`, `summary.json`, `summary_main.json`); returns summary_main."
     by_id = {e['instance_id']: e for e in entries}
-    ok = [r for r in (results[e['instance_id']] for e in entries if e['instance_id'] in results) if r['success']]
-    bad = [r for r in (results[e['instance_id']] for e in entries if e['instance_id'] in results) if not r['success']]
+    done = [results[e['instance_id']] for e in entries if e['instance_id'] in results]
+    ok, bad = [r for r in done if r['success']], [r for r in done if not r['success']]
     write_json(out / f'{stem}_transferred.json', [{**by_id[r['instance_id']], 'dockerfile': r['dockerfile'], 'eval_script': r['eval_script'],
                                                    'docker_image': r['docker_image']} for r in ok])
     write_json(out / f'{stem}_failed.json', [{**by_id[r['instance_id']], 'failure_reason': r['failure_reason']} for r in bad])
     write_json(out / 'summary.json', [{'instance_id': r['instance_id'], 'success': r['success'],
                                        **({'cost': r.get('cost', 0.0)} if r['success'] else {'reason': r['failure_reason'], 'cost': r.get('cost', 0.0)})}
-                                      for r in (results[e['instance_id']] for e in entries if e['instance_id'] in results)])
+                                      for r in done])
     n = len(ok) + len(bad)
     main = {'total': n, 'succeeded': len(ok), 'failed': len(bad), 'success_rate': round(len(ok) / n, 4) if n else 0.0,
             'failed_instances': [r['instance_id'] for r in bad], 'total_cost': round(sum(r.get('cost', 0.0) for r in results.values()), 6),
             'cost_per_instance': {r['instance_id']: r.get('cost', 0.0) for r in results.values()}, 'errors': errors,
-            'executor': executor, **({'nodes': nodes} if nodes else {})}
+            'executor': executor, **({'nodes': nodes} if executor != 'local' else {})}
     write_json(out / 'summary_main.json', main)
     return main
+
+def build_images(input_path: str | Path, output: str | Path, model: RepairModel | None, max_iterations: int = 5,
+                 eval_timeout: float = 300, max_workers: int = 2, skip_existing: bool = False, progress: bool = True,
+                 executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
+    "Repair the environments of every entry of a FORMATS §5 input through the driver; writes the outputs in `output` and returns summary_main."
+    entries = load_transfer_input(input_path)
+    out = Path(output); out.mkdir(parents=True, exist_ok=True)
+    results = _resumed_results(entries, out, skip_existing)
+    todo = [e for e in entries if e['instance_id'] not in results]
+    run_label, errors = new_run_label(), {}
+    jobs = {e['instance_id']: ((e, model), {'max_iterations': max_iterations, 'eval_timeout': eval_timeout,
+                                           'labels': {f'{LABEL}.run': run_label}}) for e in todo}
+    def on_error(iid, msg):
+        errors[iid] = msg[:500]
+        results[iid] = {'instance_id': iid, 'success': False, 'failure_reason': f'error: {errors[iid]}', 'cost': 0.0}
+    bar = tqdm(total=len(todo), desc='build_image', unit='inst', disable=not progress)
+    postfix = lambda: {'ok': sum(r['success'] for r in results.values()), 'cost': f"{sum(r.get('cost', 0) for r in results.values()):.3f}"}
+    nodes = drive(make_executor(executor, max_workers, ray_address, ray_cpus, ray_memory_mb), transfer_instance, jobs, run_label,
+                  RunGuard(run_label, 'docker'), lambda iid: (out / safe_name(iid), out), results.__setitem__, on_error, bar, postfix)
+    return _write_outputs(entries, results, out, Path(input_path).stem, errors, executor, nodes)
 
 # %% ../nbs/16_build_image.ipynb #bi-export
 def exit_code_script(rec: dict, test_cmd: str) -> str:
     "An eval script graded by its exit code: test patch applied, the FAIL_TO_PASS + PASS_TO_PASS tests run, their status printed."
     from swebench_lab.repos import files_touched
     import shlex
-    f2p, p2p = _tests(rec)
+    f2p, p2p = record_tests(rec)
     tests = files_touched(rec['test_patch']) if rec.get('test_patch') else []
     _, fn = parser_for(rec.get('log_parser'), rec.get('repo'))
     targets = list(dict.fromkeys([*f2p, *p2p])) if is_pytest_parser(fn) and (f2p or p2p) else tests
@@ -362,8 +337,8 @@ def exit_code_script(rec: dict, test_cmd: str) -> str:
 
 def export_instances(dataset_name: str, output: str | Path, instance_ids: Iterable[str] | None = None) -> list[dict]:
     "FORMATS §5 input entries for records the workbench can build (their env images are built here); written to `output`."
-    from swebench_lab.data import load_instances
-    from swebench_lab.environments import EXCLUDES, GIT_IDENTITY, SETTLE_SETUP, exclude_lines
+    from swebench_lab.data import load_instances, gold_patch
+    from swebench_lab.images import GIT_IDENTITY, SETTLE_SETUP, exclude_lines
     recs = load_instances(dataset_name, instance_ids=instance_ids)
     store, out = RepoStore(), []
     for r in recs:
@@ -372,7 +347,7 @@ def export_instances(dataset_name: str, output: str | Path, instance_ids: Iterab
         lines = [f'FROM {env}', 'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}',
                  *[f'RUN {c}' for c in spec.recipe.pre_install], *([f'RUN {spec.recipe.install}'] if spec.recipe.install else []),
                  f'RUN {SETTLE_SETUP}']
-        truth = r.get('ground_truth') if 'ground_truth' in r else r.get('patch') or r.get('work_patch') or ''
+        truth = gold_patch(r)
         out.append({'instance_id': r['instance_id'], 'repo': r['repo'], 'base_commit': r['base_commit'], 'patch': truth,
                     'problem_statement': r.get('problem_statement') or '', 'dockerfile': '\n'.join(lines) + '\n',
                     'eval_script': exit_code_script(r, spec.recipe.test_cmd)})
@@ -400,7 +375,6 @@ def _main(argv=None):
     ap.add_argument('--eval-timeout', '--eval_timeout', type=float, default=300)
     ap.add_argument('--max-workers', '--max_workers', type=int, default=2)
     ap.add_argument('--skip-existing', '--skip_existing', action='store_true', help='keep the results of instances already tried')
-    from swebench_lab.executors import add_executor_args
     add_executor_args(ap)
     ap.add_argument('--model_name', '--model-name', required=True)
     ap.add_argument('--base_url', '--base-url', help='an OpenAI-compatible endpoint (default: OPENROUTER_API_BASE_URL, or the registry)')

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Iterable, Literal
 
 from .core import SwebenchLabError, JSONLError, iter_jsonl, crawled_data_dir, logger, located
 
@@ -17,7 +16,7 @@ from .core import SwebenchLabError, JSONLError, iter_jsonl, crawled_data_dir, lo
 __all__ = ['SWEBENCH_REQUIRED', 'SWEBENCH_OPTIONAL', 'PRO_REQUIRED', 'PRO_OPTIONAL', 'BENCH_REQUIRED', 'BENCH_OPTIONAL',
            'INFBENCH_REQUIRED', 'TRANSFERRED_REQUIRED', 'TRANSFERRED_OPTIONAL', 'SCHEMAS', 'Kind', 'SWEBENCH_ALIASES',
            'main', 'DataError', 'validate_record', 'guess_kind', 'resolve_source', 'load_sampled_ids', 'load_instances',
-           'bench_to_swebench', 'load_bench_file']
+           'filter_instances', 'gold_patch', 'input_path']
 
 # %% ../nbs/01_data.ipynb #data-errors
 class DataError(SwebenchLabError, ValueError):
@@ -167,6 +166,7 @@ def guess_kind(rec: dict) -> Kind:
     raise DataError('<records>', None, "cannot tell the benchmark format: no work_patch_list, FAIL_TO_PASS or fail_to_pass field",
                     rec.get('instance_id'))
 
+# %% ../nbs/01_data.ipynb #data-resolve-source
 def resolve_source(name: str | Path) -> str | Path:
     "A local path (as given, or under crawled_data/bench/) or a hub id (aliases expanded)."
     s = str(name)
@@ -177,6 +177,7 @@ def resolve_source(name: str | Path) -> str | Path:
     if '/' in s and not s.startswith(('.', '/')) and not Path(s).suffix: return s  # looks like a hub id
     raise DataError(s, None, "no such file, and not a known dataset alias (full, lite, verified, multilingual, pro) or hub id")
 
+# %% ../nbs/01_data.ipynb #data-load-sampled-ids
 def load_sampled_ids(path: str | Path) -> list[str]:
     "Instance ids from a `sampled_ids_file`: JSON `{\"sampled_instance_ids\": [...]}` or a plain list."
     path = Path(path)
@@ -188,6 +189,7 @@ def load_sampled_ids(path: str | Path) -> list[str]:
         raise DataError(path, None, "expected {\"sampled_instance_ids\": [ids...]} or a JSON list of ids")
     return ids
 
+# %% ../nbs/01_data.ipynb #data-load-instances
 def load_instances(source: str | Path, kind: Kind | None = None, split: str = 'test',
                    sampled_ids_file: str | Path | None = None, instance_ids: Iterable[str] | None = None,
                    validate: bool = True) -> list[dict]:
@@ -220,20 +222,32 @@ def load_instances(source: str | Path, kind: Kind | None = None, split: str = 't
         logger.warning("%d sampled instance id(s) not in %s, e.g. %s", len(missing), label, sorted(missing)[:3])
     return out
 
-# %% ../nbs/01_data.ipynb #data-conv
-def bench_to_swebench(rec: dict) -> dict:
-    "A SWE-bench-format record from an edit-history bench record (unknown fields kept)."
-    patch = rec.get('work_patch') or '\n'.join(d for step in rec['work_patch_list'] for d in step)
-    text = '\n\n'.join(x for x in (rec.get('title_mes'), rec.get('body_mes'), rec.get('issues_mes')) if x)
-    out = {k: v for k, v in rec.items() if k not in ('fail_to_pass', 'pass_to_pass')}
-    out.update({'patch': patch, 'problem_statement': text, 'hints_text': '\n'.join(map(str, rec.get('other_mes') or [])),
-                'FAIL_TO_PASS': list(rec['fail_to_pass']), 'PASS_TO_PASS': list(rec['pass_to_pass']),
-                'environment_setup_commit': rec.get('version_commit') or rec['base_commit']})
-    return out
+# %% ../nbs/01_data.ipynb #data-filter
+def filter_instances(records: list[dict], instance_ids: Iterable[str] | None, source='the dataset') -> list[dict]:
+    "The records of `instance_ids` (all of them when None or empty), in their order; an id not among them is an error."
+    if not instance_ids: return records
+    want = set(instance_ids)
+    if unknown := want - {r['instance_id'] for r in records}:
+        raise SwebenchLabError(f"--instance_ids not in {source}: {', '.join(sorted(unknown)[:5])}" + (' …' if len(unknown) > 5 else ''))
+    return [r for r in records if r['instance_id'] in want]
 
-def load_bench_file(path: str | Path, **kw) -> list[dict]:
-    "Load an edit-history bench (or infbench) JSONL file."
-    return load_instances(path, **kw)
+# %% ../nbs/01_data.ipynb #data-gold
+def gold_patch(rec: dict) -> str:
+    "The record's reference patch: `ground_truth` (infbench), else `patch` (SWE-bench), else `work_patch` (edit history)."
+    return rec.get('ground_truth') if 'ground_truth' in rec else rec.get('patch') or rec.get('work_patch') or ''
+
+# %% ../nbs/01_data.ipynb #data-input
+def input_path(dataset_name: str, run_id: str) -> Path:
+    "The infbench file of a name (`all`, `owner/repo`, `owner__repo`) and run_id, or a path as given."
+    p = Path(dataset_name)
+    if p.suffix in ('.jsonl', '.json') or p.exists():
+        if not p.exists(): raise SwebenchLabError(f"{p}: no such file")
+        return p
+    f = crawled_data_dir() / 'infbench' / f"{dataset_name.replace('/', '__')}-task-instances_{run_id}.jsonl"
+    if not f.exists():
+        raise SwebenchLabError(f"{f}: no such file; build it with python -m swebench_lab.prompt_builder "
+                               f"(run_id {run_id!r}), or pass the infbench file's path")
+    return f
 
 # %% ../nbs/01_data.ipynb #data-main
 def _main(argv=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .core import SwebenchLabError, crawled_data_dir, write_jsonl_atomic, atomic_path, logger, cli_entry
 from .repos import GitRepo, split_diff, files_touched, join_diffs
-from .run_evaluation import make_eval_script
+from .grading import make_eval_script
 
 # %% auto #0
 __all__ = ['REPO', 'BASE_FILES', 'TASKS', 'main', 'run_pytest', 'build_demo']

@@ -13,18 +13,18 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from .core import (SwebenchLabError, cli_entry, crawled_data_dir, logger, setup_logging,
-                               write_jsonl_atomic, JSONLWriter)
-from .data import load_instances, DataError
-from .repos import RepoStore, GitRepo, RepoError, PatchApplyError, join_diffs, files_touched, split_diff
+from .core import SwebenchLabError, cli_entry, crawled_data_dir, logger, setup_logging, write_jsonl_atomic
+from .data import load_instances
+from .repos import RepoStore, GitRepo, RepoError, join_diffs, files_touched
 from .retrieval import BM25Retriever, FileFilter, DEFAULT_FILTER
 from .models import count_tokens
 
 # %% auto #0
-__all__ = ['SYSTEM_LINE', 'PATCH_EXAMPLE', 'SHAPES', 'main', 'split_index', 'clean_message', 'requirement_text', 'format_pct',
-           'make_run_id', 'infbench_path', 'dataset_label', 'number_lines', 'PromptParts', 'ContextTooLong',
-           'context_files_in', 'trim_last_file', 'fit_prompt', 'Split', 'split_task', 'oracle_files', 'bm25_files',
-           'BuildOptions', 'build_infbench_record', 'build_infbench', 'build_swebench_record', 'build_swebench_prompts']
+__all__ = ['SYSTEM_LINE', 'PATCH_EXAMPLE', 'SHAPES', 'main', 'split_index', 'clean_message', 'requirement_text', 'task_text',
+           'format_pct', 'make_run_id', 'infbench_path', 'dataset_label', 'number_lines', 'PromptParts',
+           'ContextTooLong', 'context_files_in', 'trim_last_file', 'fit_prompt', 'Split', 'split_task', 'oracle_files',
+           'bm25_files', 'BuildOptions', 'build_infbench_record', 'build_infbench', 'build_swebench_record',
+           'build_swebench_prompts']
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-split
 def split_index(n_steps: int, info_pct: float | None) -> int:
@@ -52,6 +52,10 @@ def requirement_text(rec: dict, pr_mes: bool = True, issue_mes: bool = True) -> 
         if pr: parts.append(pr)
     if issue_mes and (iss := clean_message(rec.get('issues_mes'))): parts.append(iss)
     return '\n\n'.join(parts)
+
+def task_text(rec: dict) -> str:
+    "The task as a person would be given it: a SWE-bench issue (`problem_statement`), or an edit-history task's PR and issue text."
+    return rec['problem_statement'] if rec.get('problem_statement') else requirement_text(rec)
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-runid
 def format_pct(info_pct: float | None) -> str:

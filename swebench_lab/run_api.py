@@ -6,33 +6,30 @@
 from __future__ import annotations
 
 import argparse
-import email.utils
 import itertools
 import json
 import os
-import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import openai
 from tqdm.auto import tqdm
 
-from .core import (SwebenchLabError, JSONLWriter, cli_entry, crawled_data_dir, iter_jsonl, logger,
+from .core import (SwebenchLabError, JSONLWriter, cli_entry, iter_jsonl, logger,
                                run_output_dir, setup_logging, write_jsonl_atomic, one_line)
-from .data import load_sampled_ids
-from .models import ModelSpec, get_model
-from .prompt_builder import fit_prompt, trim_last_file, ContextTooLong
+from .data import load_sampled_ids, input_path
+from .models import (ModelSpec, RetryPolicy, api_keys, classify_error, complete, get_model, openai_client,
+                                 split_prompt)
+from .prompt_builder import fit_prompt, trim_last_file
 from .repos import normalize_patch
 
 # %% auto #0
-__all__ = ['main', 'extract_patch', 'RetryPolicy', 'MalformedResponse', 'retry_after_seconds', 'classify_error',
-           'call_with_retries', 'split_prompt', 'Completion', 'call_model', 'RunParams', 'run_instance', 'input_path',
-           'api_keys', 'scan_results', 'drop_records', 'PassSummary', 'run_pass', 'format_summary', 'run_api']
+__all__ = ['main', 'extract_patch', 'RunParams', 'run_instance', 'scan_results', 'drop_records', 'PassSummary', 'run_pass',
+           'format_summary', 'run_api']
 
 # %% ../nbs/06_run_api.ipynb #api-extract
 _TAG = re.compile(r'<(patch|diff)>\n?(.*?)</\1>', re.S)
@@ -55,94 +52,7 @@ def extract_patch(text: str | None) -> str:
     if m := _TAG_OPEN.search(text): return normalize_patch(m[2])
     return normalize_patch(text)
 
-# %% ../nbs/06_run_api.ipynb #api-retry
-@dataclass
-class RetryPolicy:
-    "Exponential backoff with jitter: `base·2^attempt·U(0.5, 1.5)`, capped; `Retry-After` wins when given."
-    max_retries: int = 6
-    base: float = 1.0
-    cap: float = 60.0
-    max_retry_after: float = 300.0
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None: return min(max(retry_after, 0.0), self.max_retry_after)
-        return min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.5)
-
-class MalformedResponse(Exception): "The endpoint answered 200 with a body that is not a usable completion."
-
-def retry_after_seconds(exc: Exception) -> float | None:
-    "Seconds from a `Retry-After` (or `retry-after-ms`) header of an API error, if any."
-    resp = getattr(exc, 'response', None)
-    headers = getattr(resp, 'headers', None) or {}
-    if (ms := headers.get('retry-after-ms')) is not None:
-        try: return float(ms) / 1000
-        except ValueError: pass
-    v = headers.get('retry-after')
-    if v is None: return None
-    try: return float(v)
-    except ValueError:
-        try: return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
-        except (TypeError, ValueError): return None
-
-_CTX_RX = re.compile(r'context[_ ]length|maximum context|too many tokens|prompt is too long|input is too long', re.I)
-
-def classify_error(exc: Exception) -> str:
-    "`context` (trim and resend), `retry` (back off and resend) or `fatal`."
-    if isinstance(exc, openai.BadRequestError):
-        code = getattr(exc, 'code', None) or ''
-        return 'context' if code == 'context_length_exceeded' or _CTX_RX.search(str(exc)) else 'fatal'
-    if isinstance(exc, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                        openai.APIResponseValidationError, MalformedResponse, json.JSONDecodeError)):
-        return 'retry'
-    if isinstance(exc, openai.APIStatusError):
-        return 'retry' if exc.status_code >= 500 or exc.status_code in (408, 409) else 'fatal'
-    return 'fatal'
-
-def call_with_retries(fn: Callable[[], Any], retry: RetryPolicy, what: str = 'model call', sleep: Callable[[float], None] = time.sleep):
-    "`fn()`, retried on what `classify_error` calls `retry` (backoff with jitter, `Retry-After` honoured); anything else raises at once."
-    for attempt in range(retry.max_retries + 1):
-        try: return fn()
-        except Exception as e:
-            if classify_error(e) != 'retry' or attempt >= retry.max_retries: raise
-            wait = retry.delay(attempt, retry_after_seconds(e))
-            logger.warning('%s: %s; retrying in %.1fs', what, type(e).__name__, wait)
-            sleep(wait)
-
-def split_prompt(prompt: str) -> list[dict]:
-    "The prompt's first line is the system message, the rest the user message."
-    system, _, user = prompt.partition('\n')
-    return ([{'role': 'system', 'content': system}] if system.strip() else []) + [{'role': 'user', 'content': user}]
-
-@dataclass
-class Completion:
-    texts: list[str]
-    prompt_tokens: int
-    completion_tokens: int
-
-def call_model(client: openai.OpenAI, spec: ModelSpec, prompt: str, temperature: float, top_p: float, n: int,
-               max_tokens: int | None, timeout: float) -> Completion:
-    "One request in the model's API style; raises on any failure (see `classify_error`)."
-    msgs = split_prompt(prompt)
-    if spec.api_style == 'responses':
-        texts, pt, ct = [], 0, 0
-        system = msgs[0]['content'] if msgs[0]['role'] == 'system' else None
-        for _ in range(n):
-            r = client.responses.create(model=spec.api_model, instructions=system, input=msgs[-1]['content'],
-                                        temperature=temperature, top_p=top_p, max_output_tokens=max_tokens, timeout=timeout)
-            if not isinstance(getattr(r, 'output_text', None), str): raise MalformedResponse('no output_text in the response')
-            texts.append(r.output_text)
-            pt += getattr(r.usage, 'input_tokens', 0) or 0; ct += getattr(r.usage, 'output_tokens', 0) or 0
-        return Completion(texts, pt, ct)
-    kw = dict(model=spec.api_model, messages=msgs, temperature=temperature, top_p=top_p, n=n, timeout=timeout)
-    if max_tokens: kw['max_tokens'] = max_tokens
-    r = client.chat.completions.create(**kw)
-    choices = getattr(r, 'choices', None)
-    if not choices or not all(isinstance(getattr(getattr(c, 'message', None), 'content', None), str) for c in choices):
-        raise MalformedResponse(f'response has no usable choices: {str(r)[:200]}')
-    usage = getattr(r, 'usage', None)
-    return Completion([c.message.content for c in choices], getattr(usage, 'prompt_tokens', 0) or 0,
-                      getattr(usage, 'completion_tokens', 0) or 0)
-
-# %% ../nbs/06_run_api.ipynb #api-one
+# %% ../nbs/06_run_api.ipynb #api-params
 @dataclass
 class RunParams:
     "Settings of one (model, run_id) pass."
@@ -153,73 +63,43 @@ class RunParams:
     timeout: float = 600
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
-def run_instance(rec: dict, spec: ModelSpec, params: RunParams, client: openai.OpenAI,
-                 sleep: Callable[[float], None] = time.sleep) -> dict:
+# %% ../nbs/06_run_api.ipynb #api-one
+def _budget(spec: ModelSpec, params: RunParams) -> tuple[int | None, int | None]:
+    "`(max completion tokens, prompt token budget)` for the model's context limit (None, None without one)."
+    if not spec.context_limit: return params.max_tokens, None
+    max_tokens = params.max_tokens or min(spec.max_output_tokens, spec.context_limit // 4)
+    return max_tokens, spec.context_limit - max_tokens
+
+def run_instance(rec: dict, spec: ModelSpec, params: RunParams, client, sleep: Callable[[float], None] = time.sleep) -> dict:
     "Call the model for one infbench record; returns the output record (status ok or failed)."
     out = {'instance_id': rec['instance_id'], 'model_name': spec.name, 'model_name_or_path': spec.name,
            'run_id': rec.get('run_id'), 'temperature': params.temperature, 'top_p': params.top_p, 'n': params.n}
-    t0 = time.perf_counter()
-    attempts, trimmed_after_error, dropped = 0, False, []
-    budget = max_tokens = None
+    t0, tries, trimmed, dropped = time.perf_counter(), [], False, []
     try:
+        max_tokens, budget = _budget(spec, params)
         prompt = rec['prompt']
-        if spec.context_limit:
-            max_tokens = params.max_tokens or min(spec.max_output_tokens, spec.context_limit // 4)
-            budget = spec.context_limit - max_tokens
-            prompt, dropped = fit_prompt(prompt, budget, spec.count_tokens)
-        else: max_tokens = params.max_tokens
+        if budget: prompt, dropped = fit_prompt(prompt, budget, spec.count_tokens)
         while True:
-            attempts += 1
             try:
-                c = call_model(client, spec, prompt, params.temperature, params.top_p, params.n, max_tokens, params.timeout)
+                c = complete(spec, split_prompt(prompt), client=client, temperature=params.temperature, top_p=params.top_p,
+                             n=params.n, max_tokens=max_tokens, timeout=params.timeout, retry=params.retry, sleep=sleep, attempts=tries)
                 break
             except Exception as e:
-                kind = classify_error(e)
-                if kind == 'context' and not trimmed_after_error:
-                    prompt, what = trim_last_file(prompt)
-                    if what is None: raise
-                    dropped.append(what); trimmed_after_error = True
-                    continue
-                if kind == 'retry' and attempts <= params.retry.max_retries:
-                    wait = params.retry.delay(attempts - 1, retry_after_seconds(e))
-                    logger.debug("%s: %s, retrying in %.1fs", rec['instance_id'], type(e).__name__, wait)
-                    sleep(wait)
-                    continue
-                raise
+                if classify_error(e) != 'context' or trimmed: raise
+                prompt, what = trim_last_file(prompt)         # trimmed once more, then sent again
+                if what is None: raise
+                dropped.append(what); trimmed = True
         patches = [extract_patch(t) for t in c.texts]
         out.update(prompt=prompt, full_output=c.texts[0] if params.n == 1 else c.texts,
-                   model_patch=patches[0] if params.n == 1 else patches,
-                   cost=spec.cost(c.prompt_tokens, c.completion_tokens),
-                   usage={'prompt_tokens': c.prompt_tokens, 'completion_tokens': c.completion_tokens},
-                   status='ok', error=None)
+                   model_patch=patches[0] if params.n == 1 else patches, cost=c.cost,
+                   usage={'prompt_tokens': c.prompt_tokens, 'completion_tokens': c.completion_tokens}, status='ok', error=None)
     except Exception as e:
         msg = one_line(f'{type(e).__name__}: {getattr(e, "message", None) or e}')[:2000]
-        out.update(prompt=rec.get('prompt'), full_output=None, model_patch=None, cost=0.0, usage=None,
-                   status='failed', error=msg)
-    out.update(response_time=round(time.perf_counter() - t0, 3), attempts=attempts, context_dropped=dropped)
+        out.update(prompt=rec.get('prompt'), full_output=None, model_patch=None, cost=0.0, usage=None, status='failed', error=msg)
+    out.update(response_time=round(time.perf_counter() - t0, 3), attempts=len(tries), context_dropped=dropped)
     return out
 
-# %% ../nbs/06_run_api.ipynb #api-run
-def input_path(dataset_name: str, run_id: str) -> Path:
-    "The infbench file of a name (`all`, `owner/repo`, `owner__repo`) and run_id, or a path as given."
-    p = Path(dataset_name)
-    if p.suffix in ('.jsonl', '.json') or p.exists():
-        if not p.exists(): raise SwebenchLabError(f"{p}: no such file")
-        return p
-    f = crawled_data_dir() / 'infbench' / f"{dataset_name.replace('/', '__')}-task-instances_{run_id}.jsonl"
-    if not f.exists():
-        raise SwebenchLabError(f"{f}: no such file; build it with python -m swebench_lab.prompt_builder "
-                               f"(run_id {run_id!r}), or pass the infbench file's path")
-    return f
-
-def api_keys(spec: ModelSpec, base_url: str | None) -> list[str]:
-    "Keys to rotate over: OPENAI_KEYS, else OPENAI_KEY, else the model's variable; a local endpoint needs none."
-    if v := os.environ.get('OPENAI_KEYS'): return [k.strip() for k in v.split(',') if k.strip()]
-    for var in ('OPENAI_KEY', spec.api_key_env):
-        if v := os.environ.get(var): return [v]
-    if base_url and re.match(r'https?://(127\.|localhost|\[::1\])', base_url): return ['EMPTY']
-    raise SwebenchLabError(f"no API key for {spec.name}: set OPENAI_KEYS (comma-separated), OPENAI_KEY or {spec.api_key_env}")
-
+# %% ../nbs/06_run_api.ipynb #api-scan
 _ID_HEAD = re.compile(rb'^\{"instance_id": "((?:[^"\\]|\\.)*)", ')
 
 def scan_results(path: Path) -> tuple[set[str], set[str]]:
@@ -247,10 +127,20 @@ def drop_records(path: Path, ids: set[str]) -> None:
     "Rewrite `path` without the records of `ids` (atomically)."
     write_jsonl_atomic(path, (r for r in iter_jsonl(path) if r.get('instance_id') not in ids))
 
+# %% ../nbs/06_run_api.ipynb #api-pass
 @dataclass
 class PassSummary:
     model: str; run_id: str; output: str; total: int; skipped: int = 0; ok: int = 0; failed: int = 0
     cost: float = 0.0; response_times: list = field(default_factory=list)
+
+def _clients(spec: ModelSpec, base_url: str | None, timeout: float) -> Callable[[], object]:
+    "A function giving each worker thread its client; the keys rotate over the workers."
+    clients = [openai_client(base_url, k, timeout) for k in api_keys(spec, base_url)]
+    counter, local = itertools.count(), threading.local()
+    def client():
+        if not hasattr(local, 'i'): local.i = next(counter)
+        return clients[local.i % len(clients)]
+    return client
 
 def run_pass(records: list[dict], spec: ModelSpec, params: RunParams, out_path: Path, base_url: str | None,
              max_workers: int = 10, run_id: str = '', retry_failed: bool = True, progress: bool = True) -> PassSummary:
@@ -264,12 +154,7 @@ def run_pass(records: list[dict], spec: ModelSpec, params: RunParams, out_path: 
     todo = [r for r in records if r['instance_id'] not in done]
     summ.skipped = len(records) - len(todo)
     if not todo: return summ
-    keys = api_keys(spec, base_url)
-    clients = [openai.OpenAI(api_key=k, base_url=base_url, max_retries=0, timeout=params.timeout) for k in keys]
-    counter, local = itertools.count(), threading.local()
-    def client():  # each worker thread keeps one key: keys rotate over workers
-        if not hasattr(local, 'i'): local.i = next(counter)
-        return clients[local.i % len(clients)]
+    client = _clients(spec, base_url, params.timeout)
     bar = tqdm(total=len(todo), desc=f'{spec.name} {run_id}'.strip(), unit='inst', dynamic_ncols=True, disable=not progress)
     with JSONLWriter(out_path) as w, ThreadPoolExecutor(max_workers, thread_name_prefix='run_api') as ex:
         futs = [ex.submit(lambda r: run_instance(r, spec, params, client()), r) for r in todo]
@@ -277,11 +162,8 @@ def run_pass(records: list[dict], spec: ModelSpec, params: RunParams, out_path: 
             for f in as_completed(futs):
                 rec = f.result()
                 w.write(rec)
-                if rec['status'] == 'ok':
-                    summ.ok += 1; summ.cost += rec['cost']; summ.response_times.append(rec['response_time'])
-                else:
-                    summ.failed += 1
-                    logger.warning("%s failed: %s", rec['instance_id'], rec['error'])
+                if rec['status'] == 'ok': summ.ok += 1; summ.cost += rec['cost']; summ.response_times.append(rec['response_time'])
+                else: summ.failed += 1; logger.warning("%s failed: %s", rec['instance_id'], rec['error'])
                 bar.update(1); bar.set_postfix(ok=summ.ok, failed=summ.failed, cost=f'${summ.cost:.4f}', refresh=False)
         except KeyboardInterrupt:
             for f in futs: f.cancel()
@@ -290,6 +172,7 @@ def run_pass(records: list[dict], spec: ModelSpec, params: RunParams, out_path: 
     bar.close()
     return summ
 
+# %% ../nbs/06_run_api.ipynb #api-format
 def format_summary(summaries: list[PassSummary]) -> str:
     "The one-screen table printed at the end of a run."
     import statistics
@@ -300,6 +183,7 @@ def format_summary(summaries: list[PassSummary]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
+# %% ../nbs/06_run_api.ipynb #api-run
 def run_api(dataset_names: list[str], models: list[str], run_ids: list[str], sampled_ids_file=None, max_workers: int = 10,
             timeout: float = 600, temperature: float | None = None, top_p: float | None = None, n: int | None = None,
             max_tokens: int | None = None, context_limit: int | None = None, max_retries: int = 6,

@@ -5,7 +5,6 @@
 # %% ../nbs/13_tiny.ipynb #tiny-imports
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .core import results_dir, logger

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import importlib.util
 import json
-import os
 import string
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -326,23 +323,25 @@ class SWEBenchEnv:
         return self.state(iid), reward, True, rep
 
     def step_batch(self, patches: list[str], instance_ids: list[str], executor=None) -> list[tuple[float, dict]]:
-        "Grade a batch of patches (a GRPO group, a batch of rollouts) on `executor`: local threads by default, or a Ray cluster."
-        from swebench_lab.executors import LocalExecutor
-        exe = executor or LocalExecutor(4)
+        "Grade a batch of patches (a GRPO group, a batch of rollouts) through the driver on `executor`: local threads by default, or a Ray cluster."
+        from swebench_lab.executors import LocalExecutor, RunGuard, drive, new_run_label
+        from swebench_lab.images import LABEL
         for iid in instance_ids:
             if iid not in self.records: raise TrainingError(f"unknown instance {iid!r}")
-        jobs = {str(i): ((self.records[iid], p, self.backend, self.timeout, self.network), {}) for i, (p, iid) in enumerate(zip(patches, instance_ids))}
-        out = {}
-        for r in exe.map(grade_patch, jobs):
-            if r.error is not None: raise r.error
-            out[int(r.key)] = r.value
-        return [out[i] for i in range(len(jobs))]
+        label = new_run_label()
+        jobs = {str(i): ((self.records[iid], p, self.backend, self.timeout, self.network), {'labels': {f'{LABEL}.run': label}})
+                for i, (p, iid) in enumerate(zip(patches, instance_ids))}
+        out, errors = {}, {}
+        drive(executor or LocalExecutor(4), grade_patch, jobs, label, RunGuard(label, self.backend), None, out.__setitem__, errors.__setitem__)
+        if errors: raise TrainingError(f"{len(errors)} of {len(jobs)} patch(es) could not be graded: {next(iter(errors.values()))}")
+        return [out[str(i)] for i in range(len(jobs))]
 
-def grade_patch(rec: dict, patch: str, backend: str = 'docker', timeout: float = 300, network: bool = False) -> tuple[float, dict]:
+def grade_patch(rec: dict, patch: str, backend: str = 'docker', timeout: float = 300, network: bool = False,
+                labels: dict | None = None, cancel=None) -> tuple[float, dict]:
     "`(reward, report)` of one patch: +1 all tests pass, 0 applies but fails, -1 does not apply (the environment's reward)."
-    from swebench_lab.environments import Limits
+    from swebench_lab.sandbox import Limits
     from swebench_lab.run_evaluation import evaluate_instance
-    rep = evaluate_instance(rec, patch, backend, timeout, Limits(network=network))[rec['instance_id']]
+    rep = evaluate_instance(rec, patch, backend, timeout, Limits(network=network), labels=labels, cancel=cancel)[rec['instance_id']]
     return (1.0 if rep.get('resolved') else 0.0 if rep.get('patch_successfully_applied') else -1.0), rep
 
 def _gym_env_class():
@@ -403,12 +402,13 @@ def train_grpo(cfg: dict) -> Path:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
     from swebench_lab.data import load_instances
-    from swebench_lab.training_data import issue_prompt, _gold
+    from swebench_lab.data import gold_patch
+    from swebench_lab.training_data import issue_prompt
     g = cfg['grpo']
     if not g['dataset']: raise TrainingError('grpo.dataset is required: the benchmark whose gold patches and tests give the rewards')
     recs = load_instances(g['dataset'])
     ds = datasets.Dataset.from_list([{'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'instance_id': r['instance_id'],
-                                      'gold': _gold(r)} for r in recs])
+                                      'gold': gold_patch(r)} for r in recs])
     funcs = []
     for name in g['rewards']:
         if name == 'similarity': funcs.append(similarity_reward)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .core import SwebenchLabError, iter_jsonl, logger, write_json, write_jsonl_atomic
-from .run_api import split_prompt
+from .models import split_prompt
+from .data import gold_patch
 
 # %% auto #0
 __all__ = ['SFT_TEMPLATE', 'NOOP_PATCH', 'TrainingDataError', 'issue_prompt', 'sft_from_gold', 'graded_predictions',
@@ -27,19 +28,13 @@ SFT_TEMPLATE = "Given the following GitHub issue in repository {repo}:\n{problem
 
 def issue_prompt(rec: dict) -> str:
     "FORMATS §7's issue → patch prompt (an edit-history task's PR and issue text stand in for the issue)."
-    text = rec.get('problem_statement')
-    if not text:
-        from swebench_lab.prompt_builder import requirement_text
-        text = requirement_text(rec)
-    return SFT_TEMPLATE.format(repo=rec.get('repo', ''), problem_statement=text)
-
-def _gold(rec: dict) -> str:
-    return rec.get('ground_truth') if 'ground_truth' in rec else rec.get('patch') or rec.get('work_patch') or ''
+    from swebench_lab.prompt_builder import task_text
+    return SFT_TEMPLATE.format(repo=rec.get('repo', ''), problem_statement=task_text(rec))
 
 def sft_from_gold(records: Iterable[dict]) -> list[dict]:
     "SFT rows: the issue → the gold patch."
-    return [{'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'completion': [{'role': 'assistant', 'content': _gold(r)}],
-             'instance_id': r['instance_id'], 'source': 'gold'} for r in records if _gold(r).strip()]
+    return [{'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'completion': [{'role': 'assistant', 'content': gold_patch(r)}],
+             'instance_id': r['instance_id'], 'source': 'gold'} for r in records if gold_patch(r).strip()]
 
 def graded_predictions(pairs: Iterable[tuple[str | Path, str | Path]]) -> list[dict]:
     "run_api outputs joined with their evaluation reports: `(predictions.jsonl, evaluations/<run_id>/<model>)` pairs."
@@ -99,8 +94,8 @@ def dpo_gold_vs_wrong(records: Iterable[dict], graded: Iterable[dict], max_pairs
     rows = []
     for r in records:
         for w in list(dict.fromkeys(wrong.get(r['instance_id'], [])))[:max_pairs_per_instance]:
-            if w != _gold(r):
-                rows.append({'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'chosen': [{'role': 'assistant', 'content': _gold(r)}],
+            if w != gold_patch(r):
+                rows.append({'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'chosen': [{'role': 'assistant', 'content': gold_patch(r)}],
                              'rejected': [{'role': 'assistant', 'content': w}], 'instance_id': r['instance_id'], 'source': 'gold vs wrong'})
     return rows
 
@@ -190,7 +185,7 @@ NOOP_PATCH = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/n
 
 def scripted_graded_predictions(dataset, workdir: str | Path, backend: str = 'local', max_workers: int = 2) -> list[dict]:
     "Graded predictions of two scripted policies (gold answers, a no-op patch) on a SWE-bench-style dataset's oracle prompts."
-    from swebench_lab.agenthub import ScriptedPolicy
+    from swebench_lab.scripted_policy import ScriptedPolicy
     from swebench_lab.data import load_instances
     from swebench_lab.prompt_builder import build_swebench_prompts
     from swebench_lab.run_api import run_api
@@ -203,7 +198,7 @@ def scripted_graded_predictions(dataset, workdir: str | Path, backend: str = 'lo
     write_jsonl_atomic(prompts, rows)
     key = lambda r: (r.get('problem_statement') or '').strip()[:60]
     pairs = []
-    for model, answer in (('scripted-gold', lambda r: f"The fix:\n\n```diff\n{_gold(r)}```\n"),
+    for model, answer in (('scripted-gold', lambda r: f"The fix:\n\n```diff\n{gold_patch(r)}```\n"),
                           ('scripted-noop', lambda r: f"A note first.\n\n```diff\n{NOOP_PATCH}```\n")):
         with ScriptedPolicy({key(r): [answer(r)] for r in recs if key(r)}, model=model) as p:
             [s] = run_api([str(prompts)], [model], ['0'], base_url=p.base_url, temperature=0, max_workers=max_workers, progress=False)

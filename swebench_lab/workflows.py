@@ -14,9 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml

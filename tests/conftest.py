@@ -27,7 +27,7 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=600):
 def pytest_collection_modifyitems(config, items):
     "Docker tests skip where no engine answers, unless SWEBENCH_LAB_REQUIRE_DOCKER=1 (CI), where they fail."
     if not any('docker' in i.keywords for i in items): return
-    from swebench_lab.environments import docker_available
+    from swebench_lab.images import docker_available
     if docker_available(): return
     if os.environ.get('SWEBENCH_LAB_REQUIRE_DOCKER') == '1':
         for i in items:

@@ -33,7 +33,7 @@ def _results(tmp_path, monkeypatch):
 
 
 def _containers(**labels):
-    from swebench_lab.environments import docker_client, LABEL
+    from swebench_lab.images import docker_client, LABEL
     flt = [LABEL] + [f'{k}={v}' for k, v in labels.items()]
     return docker_client().containers.list(all=True, filters={'label': flt})
 
@@ -125,7 +125,7 @@ def test_interrupt_leaves_no_report_and_a_rerun_grades(sig, tmp_path):
 def test_sigkill_leaves_containers_that_the_next_run_reaps(tmp_path):
     "A SIGKILLed evaluator's containers are removed by `remove` (and the next run); a live process's container is not."
     live = subprocess.Popen([sys.executable, '-c', (
-        "import time, sys\nfrom swebench_lab.environments import InstanceSpec, open_sandbox\n"
+        "import time, sys\nfrom swebench_lab.recipes import InstanceSpec\nfrom swebench_lab.sandbox import open_sandbox\n"
         "from swebench_lab.data import load_instances\n"
         f"rec = load_instances({str(DEMO_SWE)!r})[0]\n"
         "with open_sandbox(InstanceSpec.from_record(rec), 'docker', labels={'swebench_lab.run': 'live-owner'}):\n"
@@ -203,7 +203,8 @@ POISON = '''diff --git a/textkit/slug.py b/textkit/slug.py
 @pytest.mark.docker
 def test_local_backend_environments_cannot_be_poisoned(tmp_path):
     "A patch that plants a .pth file in its local environment reaches no later run; a changed template is rebuilt."
-    from swebench_lab.environments import InstanceSpec, host_python, local_env_template, open_sandbox
+    from swebench_lab.recipes import InstanceSpec
+    from swebench_lab.sandbox import host_python, local_env_template, open_sandbox
     rec = demo_record('demo__textkit-1')
     spec = InstanceSpec.from_record(rec)
     with open_sandbox(spec, 'local') as box:              # the attack works on the environment it runs in ...

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from swebench_lab.agenthub import (SCAFFOLDS, ScriptedPolicy, gold_script, load_scaffold, runagent_multiple, scripted_policy_for,
-                                   task_text)
+from swebench_lab.agenthub import SCAFFOLDS, load_scaffold, runagent_multiple
+from swebench_lab.scripted_policy import ScriptedPolicy, gold_script, scripted_policy_for
+from swebench_lab.prompt_builder import task_text
 from swebench_lab.data import load_instances
 
 DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
@@ -28,7 +29,7 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     yield
-    from swebench_lab.environments import docker_available, docker_client, LABEL
+    from swebench_lab.images import docker_available, docker_client, LABEL
     if docker_available():
         assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
@@ -121,7 +122,7 @@ def test_the_cli_resumes_a_killed_run_and_preds_grade_the_same(tmp_path):
     scripts = {task_text(r).strip(): gold_script(r, cfg) if i % 2 == 0 else list(WRONG) for i, r in enumerate(recs)}
     (tmp_path / 'scripts.json').write_text(json.dumps(scripts))
     server = subprocess.Popen([sys.executable, '-c', (
-        "import json, sys, time\nfrom swebench_lab.agenthub import ScriptedPolicy\n"
+        "import json, sys, time\nfrom swebench_lab.scripted_policy import ScriptedPolicy\n"
         f"p = ScriptedPolicy(json.load(open({str(tmp_path / 'scripts.json')!r}))).__enter__()\n"
         "print(p.base_url, flush=True)\ntime.sleep(3600)\n")], stdout=subprocess.PIPE, text=True)
     try:
@@ -163,7 +164,7 @@ def test_sigterm_removes_the_containers_and_keeps_finished_instances(tmp_path):
     scripts = {task_text(r).strip(): [LOOK.replace('ls', 'sleep 2; ls')] for r in recs}
     (tmp_path / 'scripts.json').write_text(json.dumps(scripts))
     server = subprocess.Popen([sys.executable, '-c', (
-        "import json, time\nfrom swebench_lab.agenthub import ScriptedPolicy\n"
+        "import json, time\nfrom swebench_lab.scripted_policy import ScriptedPolicy\n"
         f"p = ScriptedPolicy(json.load(open({str(tmp_path / 'scripts.json')!r}))).__enter__()\nprint(p.base_url, flush=True)\ntime.sleep(3600)\n")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -171,7 +172,7 @@ def test_sigterm_removes_the_containers_and_keeps_finished_instances(tmp_path):
         p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.agenthub', 'runagent_multiple', '--dataset', str(DEMO_SWE),
                               '--traj_dir', str(tmp_path / 'run'), '--exp_name', 'term', '--llm_name', 'openai/scripted-policy',
                               '--max_workers', '2', '--base_url', base], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        from swebench_lab.environments import docker_client, LABEL
+        from swebench_lab.images import docker_client, LABEL
         t0 = time.time()
         while len(docker_client().containers.list(filters={'label': LABEL})) < 2:
             assert p.poll() is None and time.time() - t0 < 300

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from swebench_lab.agenthub import ScriptedPolicy
+from swebench_lab.scripted_policy import ScriptedPolicy
 from swebench_lab.build_image import build_images, export_instances, repair_model
 
 DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
@@ -21,7 +21,7 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
     yield
-    from swebench_lab.environments import docker_client, LABEL
+    from swebench_lab.images import docker_client, LABEL
     assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
 
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
     os.environ.setdefault('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
     d = tmp_path_factory.mktemp('export')
     entries = export_instances(str(DEMO_SWE), d / 'demo.json')
-    from swebench_lab.environments import base_image_tag, build_base_image
+    from swebench_lab.images import base_image_tag, build_base_image
     base = build_base_image('bookworm')
     good = entries[0]['dockerfile']
     broken = good.replace(good.splitlines()[0], f'FROM {base}\nRUN python3 -m venv /opt/venv', 1)
@@ -96,7 +96,7 @@ def test_failures_each_end_in_failed_json_with_their_reason(exported, tmp_path):
     assert all(not r['success'] and r['reason'] for r in summary.values())
     # failed iterations' images are removed
     from swebench_lab.build_image import transfer_tag
-    from swebench_lab.environments import docker_client, image_exists
+    from swebench_lab.images import docker_client, image_exists
     tried = [transfer_tag(a, broken), transfer_tag(a, broken + 'RUN true\n'), transfer_tag(b, b['dockerfile'])]
     assert not [t for t in tried if image_exists(docker_client(), t)]
 

@@ -87,7 +87,7 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.delenv('RAY_ADDRESS', raising=False)
     for k, v in AUTH.items(): monkeypatch.setenv(k, v)
     yield
-    from swebench_lab.environments import LABEL, docker_client
+    from swebench_lab.images import LABEL, docker_client
     assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
 
@@ -132,7 +132,7 @@ def test_evaluation_through_ray_gives_the_local_reports(cluster, tmp_path):
 def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path):
     "Tasks of the killed node run again on the other; every instance is graded once; the dead tasks' containers are removed."
     from swebench_lab.data import load_instances
-    from swebench_lab.environments import LABEL, docker_client
+    from swebench_lab.images import LABEL, docker_client
     c = Cluster(2)
     try:
         recs = load_instances(DEMO_SWE)
@@ -156,7 +156,7 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path):
 
 def test_ctrl_c_cancels_the_tasks_and_removes_their_containers(cluster, tmp_path):
     from swebench_lab.data import load_instances
-    from swebench_lab.environments import LABEL, docker_client
+    from swebench_lab.images import LABEL, docker_client
     recs = load_instances(DEMO_SWE)[:2]
     preds = _preds(tmp_path / 'p.jsonl', {r['instance_id']: HANG for r in recs})
     p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(DEMO_SWE), '--model', 'm',
@@ -175,7 +175,8 @@ def test_ctrl_c_cancels_the_tasks_and_removes_their_containers(cluster, tmp_path
 
 
 def test_agents_build_image_and_rl_batches_run_as_tasks(cluster, tmp_path):
-    from swebench_lab.agenthub import gold_script, load_scaffold, runagent_multiple, scripted_policy_for
+    from swebench_lab.scripted_policy import gold_script, scripted_policy_for
+    from swebench_lab.agenthub import load_scaffold, runagent_multiple
     from swebench_lab.data import load_instances
     recs = load_instances(DEMO_SWE)[:2]
     with scripted_policy_for(recs, load_scaffold('mini_swe_agent', False)) as pol:

@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, run_cli
 from swebench_lab.core import read_jsonl, write_jsonl_atomic
 from swebench_lab.data import load_instances
-from swebench_lab.run_evaluation import evaluate_instance, grade, parse_log, run_evaluation
+from swebench_lab.run_evaluation import evaluate_instance, run_evaluation
+from swebench_lab.grading import grade, parse_log
 
 DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 DATA = Path(__file__).parent / 'data'
@@ -32,7 +33,7 @@ def _results(tmp_path, monkeypatch):
 
 
 def _containers():
-    from swebench_lab.environments import docker_client, LABEL
+    from swebench_lab.images import docker_client, LABEL
     return docker_client().containers.list(all=True, filters={'label': LABEL})
 
 
@@ -199,7 +200,9 @@ def test_a_run_that_never_reached_its_tests_has_no_test_output(tmp_path):
 @pytest.mark.docker
 def test_instance_images_keep_artefacts_out_of_diffs_and_later_commits_out_of_reach(tmp_path):
     "One pattern per line in .git/info/exclude; build artefacts do not dirty the tree; only the base commit's past is there."
-    from swebench_lab.environments import EXCLUDES, InstanceSpec, open_sandbox
+    from swebench_lab.images import EXCLUDES
+    from swebench_lab.recipes import InstanceSpec
+    from swebench_lab.sandbox import open_sandbox
     rec = load_instances(DEMO_SWE)[0]
     with open_sandbox(InstanceSpec.from_record(rec), 'docker') as box:
         r = box.run('tail -n %d .git/info/exclude; mkdir -p build x.egg-info && touch build/a x.egg-info/b a.pyc; '
@@ -238,7 +241,8 @@ def test_the_local_backend_refuses_a_python_this_host_lacks(tmp_path):
     (envs / 'demo__textkit.yaml').write_text('"0.1":\n  python: "3.4"\n  pip: [pytest]\n  install: ""\n')
     import shutil
     if shutil.which('python3.4'): pytest.skip('this host has Python 3.4')
-    from swebench_lab.environments import InstanceSpec, RecipeError, LocalSandbox
+    from swebench_lab.recipes import InstanceSpec, RecipeError
+    from swebench_lab.sandbox import LocalSandbox
     with pytest.raises(RecipeError, match='needs Python 3.4'):
         LocalSandbox(InstanceSpec.from_record(rec, envs_dir=envs))
 
@@ -305,7 +309,7 @@ def test_plain():
 
 def test_nested_pytest_output_is_graded_like_swebench(tmp_path):
     "A real log whose tests print a nested pytest session (summary and all): the outer run's statuses decide, as in swebench."
-    from swebench_lab.run_evaluation import START, END, swebench_agreement
+    from swebench_lab.grading import START, END, swebench_agreement
     proj = tmp_path / 'proj'; proj.mkdir()
     (proj / 'test_outer.py').write_text(NESTED_TESTS)
     r = subprocess.run(['bash', '-c', f"set -x; : '{START}'; {sys.executable} -m pytest -rA -p no:cacheprovider test_outer.py; : '{END}'"],
@@ -322,7 +326,8 @@ def test_nested_pytest_output_is_graded_like_swebench(tmp_path):
 @pytest.mark.docker
 def test_a_python_debian_lacks_comes_from_this_host(tmp_path, monkeypatch):
     "A recipe asking for a Python no Debian suite here ships (3.10, say) gets a base image with this host's installation of it."
-    from swebench_lab.environments import DISTROS, InstanceSpec, host_python_prefix, open_sandbox
+    from swebench_lab.recipes import DISTROS, InstanceSpec, host_python_prefix
+    from swebench_lab.sandbox import open_sandbox
     ver = next((v for v in ('3.10', '3.12', '3.8') if v not in DISTROS and host_python_prefix(v)), None)
     if ver is None: pytest.skip("no host Python outside Debian's (pyenv) here")
     crawled = tmp_path / 'crawled'

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from swebench_lab.data import load_instances
-from swebench_lab.run_evaluation import swebench_agreement, grade_log, NO_TEST_OUTPUT
+from swebench_lab.grading import swebench_agreement, grade_log, NO_TEST_OUTPUT
 
 DATA = Path(__file__).parent / 'data'
 ROWS = DATA / 'swebench-real-rows.jsonl'

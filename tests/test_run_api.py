@@ -17,7 +17,8 @@ from faulty_server import FaultyOpenAIServer, PATCH
 from swebench_lab.core import iter_jsonl, read_jsonl, write_jsonl_atomic
 from swebench_lab.models import get_model
 from swebench_lab.prompt_builder import PromptParts, context_files_in
-from swebench_lab.run_api import RetryPolicy, RunParams, run_pass
+from swebench_lab.models import RetryPolicy
+from swebench_lab.run_api import RunParams, run_pass
 from swebench_lab.serving import serve_in_background
 from swebench_lab.tiny import ensure_tiny
 

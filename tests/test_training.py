@@ -186,7 +186,8 @@ def test_grpo_with_the_test_reward_runs_one_step_in_docker(work):
 @pytest.mark.docker
 def test_sft_rows_from_reward_1_agent_trajectories(work, tmp_path):
     "A scripted function-calling agent solves a task in Docker; its trajectory becomes an SFT row without the exit message."
-    from swebench_lab.agenthub import load_scaffold, runagent_multiple, scripted_policy_for
+    from swebench_lab.agenthub import load_scaffold, runagent_multiple
+    from swebench_lab.scripted_policy import scripted_policy_for
     from swebench_lab.training_data import sft_from_trajectories
     recs = work['recs'][:1]
     cfg = load_scaffold('r2egym', True)

@@ -32,7 +32,7 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
     yield
-    from swebench_lab.environments import docker_available, docker_client, LABEL
+    from swebench_lab.images import docker_available, docker_client, LABEL
     if docker_available():
         assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
@@ -73,7 +73,9 @@ def test_compare_direct_prompting_with_two_served_adapters(tiny, tmp_path):
 @pytest.mark.docker
 def test_compare_with_an_agent_scaffold_scripted(tmp_path):
     "mini_swe_agent per arm: the scripted trained arm resolves what the scripted baseline does not; the statistics say so."
-    from swebench_lab.agenthub import ScriptedPolicy, gold_script, load_scaffold, task_text
+    from swebench_lab.scripted_policy import ScriptedPolicy, gold_script
+    from swebench_lab.agenthub import load_scaffold
+    from swebench_lab.prompt_builder import task_text
     recs = load_instances(DEMO_SWE)[:2]
     cfg = load_scaffold('mini_swe_agent', False)
     policy = ScriptedPolicy({}, default=list(NOOP), by_model={'baseline': {}, 'trained': {task_text(r).strip(): gold_script(r, cfg) for r in recs}})
