@@ -6,22 +6,24 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import string
 import time
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .core import SwebenchLabError, cli_entry, logger, results_dir, setup_logging, write_json, atomic_write_text, iter_jsonl, one_line
+from .core import (SwebenchLabError, cli_entry, logger, results_dir, setup_logging, write_json, atomic_write_text, iter_jsonl,
+                               one_line, load_config as core_load_config)
 from .repos import split_diff
 from .run_api import extract_patch
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'TRAINERS', 'main', 'TrainingError', 'shipped_config', 'load_config', 'load_model', 'lora_config',
+__all__ = ['TRAINERS', 'main', 'TrainingError', 'ModelSection', 'LoraSection', 'DataSection', 'TrainSection', 'DPOSection',
+           'GRPOSection', 'OutputSection', 'TrainConfig', 'shipped_config', 'load_config', 'load_model', 'lora_config',
            'load_rows', 'max_length_for', 'adapter_dir', 'save_adapter', 'train_sft', 'train_dpo', 'SWEBenchEnv',
            'grade_patch', 'patch_similarity', 'similarity_reward', 'TestReward', 'train_grpo', 'resolve_adapter',
            'push_adapter', 'train']
@@ -29,106 +31,134 @@ __all__ = ['DEFAULTS', 'TRAINERS', 'main', 'TrainingError', 'shipped_config', 'l
 # %% ../nbs/18_training.ipynb #tr-config
 class TrainingError(SwebenchLabError): "A training configuration or run that cannot go ahead."
 
-DEFAULTS = {
-    'model': {'base_model': None, 'adapter': None, 'quantization': 'auto', 'bnb_4bit_quant_type': 'nf4',
-              'bnb_4bit_use_double_quant': True, 'bnb_4bit_compute_dtype': 'bfloat16'},
-    'lora': {'r': 16, 'alpha': 32, 'dropout': 0.05, 'target_modules': ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']},
-    'data': {'train': None},
-    'train': {'learning_rate': 2e-4, 'lr_scheduler_type': 'cosine', 'warmup_ratio': 0.03, 'num_train_epochs': 3, 'max_steps': -1,
-              'per_device_train_batch_size': 4, 'gradient_accumulation_steps': 4, 'optim': 'adamw_torch', 'weight_decay': 0.0,
-              'max_length': None, 'logging_steps': 1, 'save_steps': 50, 'save_total_limit': 2, 'gradient_checkpointing': True, 'seed': 0},
-    'dpo': {'beta': 0.1, 'loss_type': 'sigmoid'},
-    'grpo': {'num_generations': 4, 'max_completion_length': 256, 'temperature': 1.0, 'beta': 0.0, 'rewards': ['similarity'],
-             'dataset': None, 'backend': 'docker', 'reward_timeout': 300, 'reward_workers': 4,
-             'executor': 'local', 'ray_address': None},
-    'output': {'name': None},
-}
+@dataclass
+class ModelSection:
+    base_model: str | None = None        # a model folder (or a hub id where the hub is reachable)
+    adapter: str | None = None           # an adapter to start from (DPO: the SFT adapter)
+    quantization: str = 'auto'           # auto (4-bit where CUDA and bitsandbytes are), 4bit, none
+    bnb_4bit_quant_type: str = 'nf4'
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: str = 'bfloat16'
 
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])
+
+@dataclass
+class DataSection:
+    train: str | None = None             # a JSONL from swebench_lab.training_data
+
+@dataclass
+class TrainSection:
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = 'cosine'
+    warmup_ratio: float = 0.03
+    num_train_epochs: float = 3
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    optim: str = 'adamw_torch'
+    weight_decay: float = 0.0
+    max_length: int | None = None
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = True
+    seed: int = 0
+
+@dataclass
+class DPOSection:
+    beta: float = 0.1
+    loss_type: str = 'sigmoid'
+
+@dataclass
+class GRPOSection:
+    num_generations: int = 4
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    beta: float = 0.0
+    rewards: list[str] = field(default_factory=lambda: ['similarity'])
+    dataset: str | None = None           # the benchmark whose gold patches and tests give the rewards
+    backend: str = 'docker'
+    reward_timeout: float = 300
+    reward_workers: int = 4
+    executor: str = 'local'
+    ray_address: str | None = None
+
+@dataclass
+class OutputSection:
+    name: str | None = None              # the adapter's folder under experiment_results/adapters/
+
+@dataclass
+class TrainConfig:
+    "Everything a training run is set by: FORMATS §7's sections, one dataclass each."
+    kind: str = 'sft'
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+# %% ../nbs/18_training.ipynb #tr-load-config
 def shipped_config(kind: str) -> Path:
+    "The configuration file shipped for `kind` (`swebench_lab/configs/<kind>_config.yaml`)."
     import swebench_lab
     return Path(swebench_lab.__file__).parent / 'configs' / f'{kind}_config.yaml'
 
-def _scalar(v):
-    "YAML 1.1 reads 2e-4 (no dot) as a string: numbers written that way are numbers here."
-    if isinstance(v, str):
-        try: return float(v) if any(c in v.lower() for c in '.e') else int(v)
-        except ValueError: return v
-    return v
-
-def _merge(base: dict, new: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (new or {}).items():
-        if k not in base:
-            raise TrainingError(f"{where}: unknown key {k!r}; known: {', '.join(base)}")
-        if isinstance(base[k], dict):
-            if not isinstance(v, dict): raise TrainingError(f"{where}.{k}: expected a mapping of {', '.join(base[k])}")
-            out[k] = _merge(base[k], v, f'{where}.{k}')
-        else: out[k] = _scalar(v)
-    return out
-
-def load_config(kind: str, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
+def load_config(kind: str, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
     "The resolved configuration: defaults, the YAML file (the shipped one for `kind` when none), then `key=value` overrides."
     if kind not in ('sft', 'dpo', 'grpo'): raise TrainingError(f"unknown training kind {kind!r}: sft, dpo or grpo")
-    p = Path(path) if path else shipped_config(kind)
-    try: data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError: raise TrainingError(f"{p}: no such config file") from None
-    except yaml.YAMLError as e: raise TrainingError(f"{p}: invalid YAML ({one_line(str(e))})") from None
-    cfg = _merge(DEFAULTS, data, str(p))
-    for o in overrides:
-        if '=' not in o: raise TrainingError(f"override {o!r}: expected key=value, like train.learning_rate=1e-4")
-        key, raw = o.split('=', 1)
-        parts = key.split('.')
-        node = cfg
-        for i, part in enumerate(parts[:-1]):
-            if part not in node or not isinstance(node[part], dict): raise TrainingError(f"override {key}: unknown section {'.'.join(parts[:i + 1])!r}; known: {', '.join(cfg)}")
-            node = node[part]
-        if parts[-1] not in node: raise TrainingError(f"override {key}: unknown key {parts[-1]!r}; known: {', '.join(node)}")
-        node[parts[-1]] = _scalar(yaml.safe_load(raw))
-    cfg['kind'] = kind
-    if not cfg['model']['base_model']: raise TrainingError('model.base_model is required (a model folder, or a hub id where the hub is reachable)')
-    if kind in ('sft', 'dpo') and not cfg['data']['train']: raise TrainingError('data.train is required (a JSONL from swebench_lab.training_data)')
-    if kind == 'dpo' and not cfg['model']['adapter']: raise TrainingError('dpo continues from an SFT adapter: set model.adapter')
-    if kind == 'grpo' and not (cfg['data']['train'] or cfg['grpo']['dataset']): raise TrainingError('grpo needs prompts: data.train or grpo.dataset')
-    if cfg['model']['quantization'] not in ('auto', '4bit', 'none'): raise TrainingError('model.quantization must be auto, 4bit or none')
+    cfg = core_load_config(TrainConfig, path or shipped_config(kind), overrides, TrainingError)
+    cfg.kind = kind
+    if not cfg.model.base_model: raise TrainingError('model.base_model is required (a model folder, or a hub id where the hub is reachable)')
+    if kind in ('sft', 'dpo') and not cfg.data.train: raise TrainingError('data.train is required (a JSONL from swebench_lab.training_data)')
+    if kind == 'dpo' and not cfg.model.adapter: raise TrainingError('dpo continues from an SFT adapter: set model.adapter')
+    if kind == 'grpo' and not (cfg.data.train or cfg.grpo.dataset): raise TrainingError('grpo needs prompts: data.train or grpo.dataset')
+    if cfg.model.quantization not in ('auto', '4bit', 'none'): raise TrainingError('model.quantization must be auto, 4bit or none')
     return cfg
 
 # %% ../nbs/18_training.ipynb #tr-model
-def load_model(cfg: dict, trainable_adapter: bool = True):
+def load_model(cfg: TrainConfig, trainable_adapter: bool = True):
     "`(model, tokenizer, mode)`: the base (4-bit where QLoRA can run), with `model.adapter` loaded trainable when given; mode is qlora or lora."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    m = cfg['model']
+    m = cfg.model
     cuda, bnb = torch.cuda.is_available(), importlib.util.find_spec('bitsandbytes') is not None
-    q4 = m['quantization'] == '4bit' or (m['quantization'] == 'auto' and cuda and bnb)
-    if m['quantization'] == '4bit' and not (cuda and bnb):
+    q4 = m.quantization == '4bit' or (m.quantization == 'auto' and cuda and bnb)
+    if m.quantization == '4bit' and not (cuda and bnb):
         raise TrainingError('model.quantization=4bit needs an NVIDIA GPU with CUDA and bitsandbytes (pip install -e ".[gpu]"); use auto or none')
-    if m['quantization'] == 'auto' and not q4:
+    if m.quantization == 'auto' and not q4:
         logger.warning('no CUDA GPU%s: falling back to LoRA without quantization', '' if cuda else '' if bnb else ' and no bitsandbytes')
     kw: dict[str, Any] = {}
     if q4:
         from transformers import BitsAndBytesConfig
-        kw['quantization_config'] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m['bnb_4bit_quant_type'],
-                                                       bnb_4bit_use_double_quant=m['bnb_4bit_use_double_quant'],
-                                                       bnb_4bit_compute_dtype=getattr(torch, m['bnb_4bit_compute_dtype']))
+        kw['quantization_config'] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.bnb_4bit_quant_type,
+                                                       bnb_4bit_use_double_quant=m.bnb_4bit_use_double_quant,
+                                                       bnb_4bit_compute_dtype=getattr(torch, m.bnb_4bit_compute_dtype))
         kw['device_map'] = {'': 0}
     elif cuda: kw['dtype'] = torch.bfloat16
     try:
-        tok = AutoTokenizer.from_pretrained(m['base_model'])
-        model = AutoModelForCausalLM.from_pretrained(m['base_model'], **kw)
-    except OSError as e: raise TrainingError(f"cannot load base model {m['base_model']!r}: {one_line(str(e))[:300]}") from None
+        tok = AutoTokenizer.from_pretrained(m.base_model)
+        model = AutoModelForCausalLM.from_pretrained(m.base_model, **kw)
+    except OSError as e: raise TrainingError(f"cannot load base model {m.base_model!r}: {one_line(str(e))[:300]}") from None
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if q4:
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg['train']['gradient_checkpointing'])
-    if m['adapter']:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if m.adapter:
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, m['adapter'], is_trainable=trainable_adapter)
+        model = PeftModel.from_pretrained(model, m.adapter, is_trainable=trainable_adapter)
     return model, tok, 'qlora' if q4 else 'lora'
 
-def lora_config(cfg: dict):
+def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
-    l = cfg['lora']
-    return LoraConfig(r=l['r'], lora_alpha=l['alpha'], lora_dropout=l['dropout'], target_modules=l['target_modules'], task_type='CAUSAL_LM')
+    l = cfg.lora
+    return LoraConfig(r=l.r, lora_alpha=l.alpha, lora_dropout=l.dropout, target_modules=l.target_modules, task_type='CAUSAL_LM')
 
 _TRAIN_COLUMNS = {'sft': ('prompt', 'completion', 'messages', 'tools'), 'dpo': ('prompt', 'chosen', 'rejected')}
 
@@ -146,9 +176,9 @@ def load_rows(path: str | Path, kind: str) -> tuple[Any, dict]:
         raise TrainingError(f"{path}: SFT rows need prompt and completion, or messages")
     return datasets.Dataset.from_list([{c: r[c] for c in cols if c in r} for r in rows]), manifest
 
-def max_length_for(cfg: dict, manifest: dict, path) -> int | None:
+def max_length_for(cfg: TrainConfig, manifest: dict, path) -> int | None:
     "The trainer's length limit: the data's longest row; a smaller configured limit is refused (TRL would truncate the patch)."
-    want, have = cfg['train']['max_length'], manifest.get('max_length')
+    want, have = cfg.train.max_length, manifest.get('max_length')
     if want and have and want < manifest.get('longest_kept', have):
         raise TrainingError(f"train.max_length={want} is shorter than the longest row of {path} ({manifest.get('longest_kept')} tokens): "
                             "the trainer would cut patches off; rebuild the data with this max_length (longer rows are then dropped and counted)")
@@ -161,7 +191,7 @@ def _peak_memory_mb() -> float:
     if torch.cuda.is_available(): return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-def save_adapter(trainer, tok, cfg: dict, manifest: dict, out: Path, extra: dict | None = None) -> Path:
+def save_adapter(trainer, tok, cfg: TrainConfig, manifest: dict, out: Path, extra: dict | None = None) -> Path:
     "The adapter folder: adapter, tokenizer, config.yaml, data_manifest.json, metrics.json, loss.png, README.md."
     import matplotlib
     matplotlib.use('Agg')
@@ -169,12 +199,12 @@ def save_adapter(trainer, tok, cfg: dict, manifest: dict, out: Path, extra: dict
     names = list(getattr(trainer.model, 'peft_config', {}) or ['default'])
     trainer.model.save_pretrained(out, selected_adapters=['default'] if 'default' in names else None)  # not DPO's frozen 'ref' copy
     tok.save_pretrained(out)
-    atomic_write_text(out / 'config.yaml', yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(out / 'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_json(out / 'data_manifest.json', manifest)
     logs = trainer.state.log_history
     losses = [(l['step'], l['loss']) for l in logs if 'loss' in l]
     final = next((l for l in reversed(logs) if 'train_runtime' in l), {})
-    metrics = {'kind': cfg['kind'], 'steps': trainer.state.global_step, 'loss_history': losses,
+    metrics = {'kind': cfg.kind, 'steps': trainer.state.global_step, 'loss_history': losses,
                'first_loss': losses[0][1] if losses else None, 'last_loss': losses[-1][1] if losses else None,
                'train_runtime_s': final.get('train_runtime'), 'peak_memory_mb': round(_peak_memory_mb(), 1), **(extra or {})}
     if metrics['train_runtime_s'] and extra and extra.get('tokens'):
@@ -182,40 +212,40 @@ def save_adapter(trainer, tok, cfg: dict, manifest: dict, out: Path, extra: dict
     write_json(out / 'metrics.json', metrics)
     if losses:
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(*zip(*losses), marker='.'); ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(f"{cfg['kind']} {out.name}")
+        ax.plot(*zip(*losses), marker='.'); ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(f"{cfg.kind} {out.name}")
         fig.tight_layout(); fig.savefig(out / 'loss.png', dpi=110); plt.close(fig)
-    m, t = cfg['model'], cfg['train']
+    m, t = cfg.model, cfg.train
     pc = getattr(trainer.model, 'peft_config', {}).get('default')
-    l = ({'r': pc.r, 'alpha': pc.lora_alpha, 'dropout': pc.lora_dropout, 'target_modules': sorted(pc.target_modules)}
-         if pc is not None else cfg['lora'])  # an adapter trained further keeps its own LoRA shape
+    l = (LoraSection(pc.r, pc.lora_alpha, pc.lora_dropout, sorted(pc.target_modules))
+         if pc is not None else cfg.lora)  # an adapter trained further keeps its own LoRA shape
     fmt = lambda x: 'n/a' if x is None else f'{x:.4f}'
-    card = (f"# {out.name}\n\nA LoRA adapter ({metrics.get('mode', 'lora')}) trained with swebench_lab ({cfg['kind'].upper()}, TRL).\n\n"
-            f"- base model: `{m['base_model']}`" + (f"\n- started from adapter: `{m['adapter']}`" if m['adapter'] else '') +
-            f"\n- data: `{cfg['data']['train'] or cfg['grpo']['dataset']}` ({manifest.get('rows', '?')} rows, sha256 {str(manifest.get('sha256', ''))[:12]})"
-            f"\n- LoRA: r={l['r']}, alpha={l['alpha']}, dropout={l['dropout']}, targets {', '.join(l['target_modules'])}"
-            f"\n- training: lr {t['learning_rate']}, {t['lr_scheduler_type']}, epochs {t['num_train_epochs']}, batch {t['per_device_train_batch_size']}"
-            f" x {t['gradient_accumulation_steps']}, optimizer {t['optim']}, max length {metrics.get('max_length')}"
-            + (f"\n- DPO: beta {cfg['dpo']['beta']}, loss {cfg['dpo']['loss_type']}" if cfg['kind'] == 'dpo' else '')
+    card = (f"# {out.name}\n\nA LoRA adapter ({metrics.get('mode', 'lora')}) trained with swebench_lab ({cfg.kind.upper()}, TRL).\n\n"
+            f"- base model: `{m.base_model}`" + (f"\n- started from adapter: `{m.adapter}`" if m.adapter else '') +
+            f"\n- data: `{cfg.data.train or cfg.grpo.dataset}` ({manifest.get('rows', '?')} rows, sha256 {str(manifest.get('sha256', ''))[:12]})"
+            f"\n- LoRA: r={l.r}, alpha={l.alpha}, dropout={l.dropout}, targets {', '.join(l.target_modules)}"
+            f"\n- training: lr {t.learning_rate}, {t.lr_scheduler_type}, epochs {t.num_train_epochs}, batch {t.per_device_train_batch_size}"
+            f" x {t.gradient_accumulation_steps}, optimizer {t.optim}, max length {metrics.get('max_length')}"
+            + (f"\n- DPO: beta {cfg.dpo.beta}, loss {cfg.dpo.loss_type}" if cfg.kind == 'dpo' else '')
             + f"\n- steps {metrics['steps']}, loss {fmt(metrics['first_loss'])} -> {fmt(metrics['last_loss'])}\n"
             f"- training instances: {len(manifest.get('instance_ids', []))} (listed in data_manifest.json)\n\n"
-            f"Serve it: `python -m swebench_lab.serving --base-model {m['base_model']} --lora-modules {out.name}:{out}`\n")
+            f"Serve it: `python -m swebench_lab.serving --base-model {m.base_model} --lora-modules {out.name}:{out}`\n")
     atomic_write_text(out / 'README.md', card)
     return out
 
 # %% ../nbs/18_training.ipynb #tr-sft
-def _common_args(cfg: dict, out: Path) -> dict:
+def _common_args(cfg: TrainConfig, out: Path) -> dict:
     import torch
-    t = cfg['train']
-    return dict(output_dir=str(out / 'checkpoints'), learning_rate=t['learning_rate'], lr_scheduler_type=t['lr_scheduler_type'],
-                warmup_steps=float(t['warmup_ratio']),  # a float in [0, 1) is a ratio of the steps
-                num_train_epochs=t['num_train_epochs'], max_steps=t['max_steps'],
-                per_device_train_batch_size=t['per_device_train_batch_size'], gradient_accumulation_steps=t['gradient_accumulation_steps'],
-                optim=t['optim'], weight_decay=t['weight_decay'], logging_steps=t['logging_steps'], save_strategy='steps',
-                save_steps=t['save_steps'], save_total_limit=t['save_total_limit'], gradient_checkpointing=t['gradient_checkpointing'],
-                seed=t['seed'], report_to=[], bf16=torch.cuda.is_available(), max_length=None, disable_tqdm=False)
+    t = cfg.train
+    return dict(output_dir=str(out / 'checkpoints'), learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler_type,
+                warmup_steps=float(t.warmup_ratio),  # a float in [0, 1) is a ratio of the steps
+                num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+                per_device_train_batch_size=t.per_device_train_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                optim=t.optim, weight_decay=t.weight_decay, logging_steps=t.logging_steps, save_strategy='steps',
+                save_steps=t.save_steps, save_total_limit=t.save_total_limit, gradient_checkpointing=t.gradient_checkpointing,
+                seed=t.seed, report_to=[], bf16=torch.cuda.is_available(), max_length=None, disable_tqdm=False)
 
-def _name(cfg: dict) -> str:
-    return cfg['output']['name'] or f"{cfg['kind']}-{Path(cfg['model']['base_model']).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _name(cfg: TrainConfig) -> str:
+    return cfg.output.name or f"{cfg.kind}-{Path(cfg.model.base_model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 def _complete(ck: Path) -> bool:
     "A checkpoint the trainer finished writing: its trainer_state.json (written last) parses."
@@ -264,30 +294,30 @@ def _tokens(trainer, per_epoch: int) -> int | None:
     if logged: return int(logged[-1])
     return int(per_epoch * trainer.state.epoch) if per_epoch and trainer.state.epoch else None
 
-def _train_on_rows(cfg: dict, kind: str, make_trainer) -> Path:
+def _train_on_rows(cfg: TrainConfig, kind: str, make_trainer) -> Path:
     "The shared course of SFT and DPO: rows, the length limit, the model, `make_trainer(model, tok, out, rows)`, the no-truncation check, resume, save."
-    ds, manifest = load_rows(cfg['data']['train'], kind)
-    max_length = max_length_for(cfg, manifest, cfg['data']['train'])
+    ds, manifest = load_rows(cfg.data.train, kind)
+    max_length = max_length_for(cfg, manifest, cfg.data.train)
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
     trainer = make_trainer(model, tok, out, ds)
-    per_epoch = _check_untruncated(trainer, max_length, cfg['data']['train'])
+    per_epoch = _check_untruncated(trainer, max_length, cfg.data.train)
     resume = _resume_point(out)
     trainer.train(resume_from_checkpoint=resume)
     return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'max_length': max_length, 'rows': len(ds), 'tokens': _tokens(trainer, per_epoch)})
 
-def train_sft(cfg: dict) -> Path:
+def train_sft(cfg: TrainConfig) -> Path:
     "Supervised fine-tuning of a LoRA/QLoRA adapter with TRL's SFTTrainer; returns the adapter folder."
     from trl import SFTConfig, SFTTrainer
     return _train_on_rows(cfg, 'sft', lambda model, tok, out, ds: SFTTrainer(
         model=model, args=SFTConfig(**_common_args(cfg, out)), train_dataset=ds, processing_class=tok,
-        peft_config=None if cfg['model']['adapter'] else lora_config(cfg)))
+        peft_config=None if cfg.model.adapter else lora_config(cfg)))
 
-def train_dpo(cfg: dict) -> Path:
+def train_dpo(cfg: TrainConfig) -> Path:
     "DPO from an SFT adapter (the SFT policy is the reference) with TRL's DPOTrainer; returns the adapter folder."
     from trl import DPOConfig, DPOTrainer
     return _train_on_rows(cfg, 'dpo', lambda model, tok, out, ds: DPOTrainer(
-        model=model, args=DPOConfig(**_common_args(cfg, out), beta=cfg['dpo']['beta'], loss_type=cfg['dpo']['loss_type']),
+        model=model, args=DPOConfig(**_common_args(cfg, out), beta=cfg.dpo.beta, loss_type=cfg.dpo.loss_type),
         train_dataset=ds, processing_class=tok))
 
 # %% ../nbs/18_training.ipynb #tr-rl
@@ -397,38 +427,38 @@ class TestReward:
     def __call__(self, prompts=None, completions=None, instance_id=None, **kw) -> list[float]:
         return [r for r, _ in self.env.step_batch([extract_patch(_text(c)) for c in completions], list(instance_id), self.executor)]
 
-def train_grpo(cfg: dict) -> Path:
+def train_grpo(cfg: TrainConfig) -> Path:
     "GRPO with TRL's GRPOTrainer and the configured rewards (similarity, tests); returns the adapter folder."
     import datasets
     from trl import GRPOConfig, GRPOTrainer
     from swebench_lab.data import load_instances
     from swebench_lab.data import gold_patch
     from swebench_lab.training_data import issue_prompt
-    g = cfg['grpo']
-    if not g['dataset']: raise TrainingError('grpo.dataset is required: the benchmark whose gold patches and tests give the rewards')
-    recs = load_instances(g['dataset'])
+    g = cfg.grpo
+    if not g.dataset: raise TrainingError('grpo.dataset is required: the benchmark whose gold patches and tests give the rewards')
+    recs = load_instances(g.dataset)
     ds = datasets.Dataset.from_list([{'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'instance_id': r['instance_id'],
                                       'gold': gold_patch(r)} for r in recs])
     funcs = []
-    for name in g['rewards']:
+    for name in g.rewards:
         if name == 'similarity': funcs.append(similarity_reward)
         elif name == 'tests':
             from swebench_lab.executors import make_executor
-            funcs.append(TestReward(SWEBenchEnv(recs, g['backend'], g['reward_timeout']), g['reward_workers'],
-                                    make_executor(g['executor'], g['reward_workers'], g['ray_address'])))
+            funcs.append(TestReward(SWEBenchEnv(recs, g.backend, g.reward_timeout), g.reward_workers,
+                                    make_executor(g.executor, g.reward_workers, g.ray_address)))
         else: raise TrainingError(f"unknown grpo reward {name!r}: similarity or tests")
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
     args = GRPOConfig(**{k: v for k, v in _common_args(cfg, out).items() if k != 'max_length'},
-                      num_generations=g['num_generations'], max_completion_length=g['max_completion_length'],
-                      temperature=g['temperature'], beta=g['beta'])
+                      num_generations=g.num_generations, max_completion_length=g.max_completion_length,
+                      temperature=g.temperature, beta=g.beta)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=None if cfg['model']['adapter'] else lora_config(cfg))
+                          peft_config=None if cfg.model.adapter else lora_config(cfg))
     resume = _resume_point(out)
     trainer.train(resume_from_checkpoint=resume)
     rewards = [l.get('reward') for l in trainer.state.log_history if 'reward' in l]
-    manifest = {'rows': len(ds), 'instance_ids': [r['instance_id'] for r in recs], 'source': str(g['dataset'])}
-    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'rewards': g['rewards'], 'reward_history': rewards})
+    manifest = {'rows': len(ds), 'instance_ids': [r['instance_id'] for r in recs], 'source': str(g.dataset)}
+    return save_adapter(trainer, tok, cfg, manifest, out, {'mode': mode, **_resumed(resume), 'rewards': g.rewards, 'reward_history': rewards})
 
 # %% ../nbs/18_training.ipynb #tr-push
 def resolve_adapter(adapter: str | Path) -> Path:
@@ -487,8 +517,8 @@ def _main(argv=None):
     setup_logging()
     out = train(a.kind, a.config, a.overrides)
     m = json.loads((out / 'metrics.json').read_text())
-    print(f"{a.kind}: {m['steps']} step(s), loss {m['first_loss']} -> {m['last_loss']}, {m.get('tokens_per_s', '?')} tokens/s, "
-          f"peak memory {m['peak_memory_mb']} MB ({m['mode']})")
+    print(f"{a.kind}: {m.steps} step(s), loss {m.first_loss} -> {m.last_loss}, {m.get('tokens_per_s', '?')} tokens/s, "
+          f"peak memory {m.peak_memory_mb} MB ({m.mode})")
     print(f"adapter: {out}")
     return 0
 

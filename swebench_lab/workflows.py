@@ -7,62 +7,73 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')   # LiteLLM fetches its price table from GitHub on import otherwise
-from .core import SwebenchLabError, cli_entry, logger, setup_logging, write_json, atomic_write_text, one_line
+from .core import SwebenchLabError, cli_entry, load_config, logger, setup_logging, write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['WORKFLOW_DEFAULTS', 'main', 'WorkflowError', 'load_workflow_config', 'choose_serving', 'serve_arms',
-           'register_litellm', 'training_instances', 'select_instances', 'run_direct', 'run_agent', 'arm_summary',
-           'write_results', 'print_comparison', 'run_arms', 'benchmark', 'compare']
+__all__ = ['main', 'WorkflowError', 'ModelSection', 'BenchmarkSection', 'AgentSection', 'WorkflowConfig', 'load_workflow_config',
+           'choose_serving', 'serve_arms', 'register_litellm', 'training_instances', 'select_instances', 'run_direct',
+           'run_agent', 'arm_summary', 'write_results', 'print_comparison', 'run_arms', 'benchmark', 'compare']
 
 # %% ../nbs/19_workflows.ipynb #wf-config
-WORKFLOW_DEFAULTS = {
-    'model': {'base_model': None, 'lora_path': None, 'lora_baseline': None, 'lora_trained': None,
-              'serving_mode': 'auto',       # auto: vLLM where installed and a GPU is present; vllm; transformers
-              'gpu_memory': 0.7, 'endpoint': None, 'served_name': 'base'},
-    'benchmark': {'dataset': 'crawled_data/bench/demo-swebench.jsonl', 'max_instances': None, 'instance_ids': None,
-                  'allow_training_instances': False},
-    'agent': {'scaffold': 'mini_swe_agent',  # an agenthub scaffold, or direct (one prompt, one answer, through run_api)
-              'fn_calling': False, 'max_turns': 40, 'temperature': 0.0, 'max_tokens': 512, 'sandbox': 'docker',
-              'max_workers': 2, 'timeout': 600},
-}
-
 class WorkflowError(SwebenchLabError): "A benchmark or comparison run that cannot go ahead."
 
-def load_workflow_config(path: str | Path | None = None, **flags) -> dict:
+@dataclass
+class ModelSection:
+    base_model: str | None = None
+    lora_path: str | None = None         # benchmark: the adapter
+    lora_baseline: str | None = None     # compare: the baseline adapter (none: the base model itself)
+    lora_trained: str | None = None      # compare: the trained adapter
+    serving_mode: str = 'auto'           # auto: vLLM where installed and a GPU is present; vllm; transformers
+    gpu_memory: float = 0.7
+    endpoint: str | None = None          # an OpenAI-compatible endpoint already serving the arms (no server is started)
+    served_name: str = 'base'
+
+@dataclass
+class BenchmarkSection:
+    dataset: str = 'crawled_data/bench/demo-swebench.jsonl'
+    max_instances: int | None = None
+    instance_ids: list[str] | None = None
+    allow_training_instances: bool = False
+
+@dataclass
+class AgentSection:
+    scaffold: str = 'mini_swe_agent'     # an agenthub scaffold, or direct (one prompt, one answer, through run_api)
+    fn_calling: bool = False
+    max_turns: int = 40
+    temperature: float = 0.0
+    max_tokens: int = 512
+    sandbox: str = 'docker'
+    max_workers: int = 2
+    timeout: float = 600
+
+@dataclass
+class WorkflowConfig:
+    "A benchmark or comparison run: FORMATS §8's sections."
+    model: ModelSection = field(default_factory=ModelSection)
+    benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
+    agent: AgentSection = field(default_factory=AgentSection)
+
+def load_workflow_config(path: str | Path | None = None, **flags) -> WorkflowConfig:
     "Defaults, then the YAML (FORMATS §8 sections), then the flags that were given (`section__key=value`)."
-    cfg = copy.deepcopy(WORKFLOW_DEFAULTS)
-    if path:
-        p = Path(path)
-        try: data = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError: raise WorkflowError(f'{p}: no such config file') from None
-        except yaml.YAMLError as e: raise WorkflowError(f'{p}: invalid YAML ({one_line(str(e))})') from None
-        for sec, vals in data.items():
-            if sec not in cfg: raise WorkflowError(f"{p}: unknown section {sec!r}; known: {', '.join(cfg)}")
-            for k, v in (vals or {}).items():
-                if k not in cfg[sec]: raise WorkflowError(f"{p}: unknown key {sec}.{k}; known: {', '.join(cfg[sec])}")
-                cfg[sec][k] = v
-    for key, v in flags.items():
-        if v is None: continue
-        sec, k = key.split('__', 1)
-        cfg[sec][k] = v
-    if not cfg['model']['base_model'] and not cfg['model']['endpoint']: raise WorkflowError('--base-model is required')
-    if cfg['agent']['scaffold'] != 'direct':
+    cfg = load_config(WorkflowConfig, path, {k.replace('__', '.', 1): v for k, v in flags.items()}, WorkflowError)
+    if not cfg.model.base_model and not cfg.model.endpoint: raise WorkflowError('--base-model is required')
+    if cfg.agent.scaffold != 'direct':
         from swebench_lab.agenthub import SCAFFOLDS
-        if cfg['agent']['scaffold'] not in SCAFFOLDS:
-            raise WorkflowError(f"unknown scaffold {cfg['agent']['scaffold']!r}: {', '.join(SCAFFOLDS)} or direct")
+        if cfg.agent.scaffold not in SCAFFOLDS:
+            raise WorkflowError(f"unknown scaffold {cfg.agent.scaffold!r}: {', '.join(SCAFFOLDS)} or direct")
     return cfg
 
 # %% ../nbs/19_workflows.ipynb #wf-serve
@@ -80,21 +91,21 @@ def choose_serving(mode: str = 'auto', no_vllm: bool = False) -> tuple[str, str]
     return 'transformers', why
 
 @contextlib.contextmanager
-def serve_arms(cfg: dict, adapters: dict[str, str], log_path: Path, no_vllm: bool = False, timeout: float = 900):
+def serve_arms(cfg: WorkflowConfig, adapters: dict[str, str], log_path: Path, no_vllm: bool = False, timeout: float = 900):
     "Start one server with `adapters` ({served name: folder}); yields its base URL; stops it on every way out."
     from swebench_lab.serving import ServerHandle, free_port, serve_in_background, vllm_command
-    m = cfg['model']
-    if m['endpoint']:
-        logger.info('using the running endpoint %s (no server started)', m['endpoint'])
-        yield m['endpoint']; return
-    mode, why = choose_serving(m['serving_mode'], no_vllm)
+    m = cfg.model
+    if m.endpoint:
+        logger.info('using the running endpoint %s (no server started)', m.endpoint)
+        yield m.endpoint; return
+    mode, why = choose_serving(m.serving_mode, no_vllm)
     port = free_port()
-    cmd = vllm_command(m['base_model'], adapters, port=port, gpu_memory=m['gpu_memory'], served_name=m['served_name'])
+    cmd = vllm_command(m.base_model, adapters, port=port, gpu_memory=m.gpu_memory, served_name=m.served_name)
     if mode == 'transformers':
         print(f"serving with the workbench's transformers server ({why}); with vLLM this run would use:\n  {' '.join(cmd)}")
         lora = ','.join(f'{n}:{p}' for n, p in adapters.items()) or None
-        handle = serve_in_background(m['base_model'], lora, port=port, log_path=log_path, timeout=timeout,
-                                     extra_args=['--served-model-name', m['served_name']])
+        handle = serve_in_background(m.base_model, lora, port=port, log_path=log_path, timeout=timeout,
+                                     extra_args=['--served-model-name', m.served_name])
     else:
         print(f'serving with vLLM ({why}): {" ".join(cmd)}')
         log = open(log_path, 'ab')
@@ -121,24 +132,20 @@ def training_instances(adapter: str | Path | None) -> set[str]:
     f = Path(adapter) / 'data_manifest.json' if adapter else None
     return set(json.loads(f.read_text()).get('instance_ids') or []) if f and f.exists() else set()
 
-def select_instances(cfg: dict, adapters: dict[str, str]) -> tuple[list[dict], list[str]]:
+def select_instances(cfg: WorkflowConfig, adapters: dict[str, str]) -> tuple[list[dict], list[str]]:
     "The records to run, and the training instances left out (refusing to run on them unless allowed)."
-    from swebench_lab.data import load_instances
-    b = cfg['benchmark']
-    recs = load_instances(b['dataset'])
-    if b['instance_ids']:
-        want = set(b['instance_ids'])
-        if unknown := want - {r['instance_id'] for r in recs}: raise WorkflowError(f"instance_ids not in {b['dataset']}: {sorted(unknown)[:5]}")
-        recs = [r for r in recs if r['instance_id'] in want]
+    from swebench_lab.data import load_instances, filter_instances
+    b = cfg.benchmark
+    recs = filter_instances(load_instances(b.dataset), b.instance_ids, b.dataset)
     seen = set().union(*(training_instances(p) for p in adapters.values())) if adapters else set()
     left_out = sorted(r['instance_id'] for r in recs if r['instance_id'] in seen)
-    if left_out and not b['allow_training_instances']:
+    if left_out and not b.allow_training_instances:
         logger.warning('leaving out %d instance(s) an adapter was trained on: %s', len(left_out), ', '.join(left_out[:10]))
         recs = [r for r in recs if r['instance_id'] not in seen]
     elif left_out:
         logger.warning('CONTAMINATION: evaluating on %d training instance(s): %s', len(left_out), ', '.join(left_out[:10]))
         left_out = []
-    if b['max_instances']: recs = recs[:int(b['max_instances'])]
+    if b.max_instances: recs = recs[:int(b.max_instances)]
     if not recs: raise WorkflowError('no instances left to run' + (' (every one was a training instance)' if left_out else ''))
     return recs, left_out
 
@@ -151,22 +158,22 @@ def _log_to(path: Path):
     try: yield
     finally: logger.removeHandler(h); h.close()
 
-def run_direct(arm: str, recs: list[dict], cfg: dict, base_url: str, out: Path, progress: bool = True) -> pd.DataFrame:
+def run_direct(arm: str, recs: list[dict], cfg: WorkflowConfig, base_url: str, out: Path, progress: bool = True) -> pd.DataFrame:
     "Direct prompting: the oracle SWE-bench prompt, one answer per instance through run_api, graded by the harness."
     from swebench_lab.models import get_model
     from swebench_lab.prompt_builder import build_swebench_prompts
     from swebench_lab.run_api import RunParams, run_pass
     from swebench_lab.run_evaluation import run_evaluation
-    a = cfg['agent']
+    a = cfg.agent
     prompts, errors = build_swebench_prompts(recs, 'oracle')
     if errors: raise WorkflowError(f'{len(errors)} prompt(s) could not be built: {errors[:3]}')
     pred = out / 'predictions' / f'{arm}.jsonl'
     with _log_to(out / 'logs' / 'agent.log'):
         spec = get_model(arm, base_url=base_url)
-        run_pass(prompts, spec, RunParams(a['temperature'], 1.0, 1, a['max_tokens'], a['timeout']), pred, base_url,
-                 a['max_workers'], 'oracle', progress=progress)
+        run_pass(prompts, spec, RunParams(a.temperature, 1.0, 1, a.max_tokens, a.timeout), pred, base_url,
+                 a.max_workers, 'oracle', progress=progress)
     with _log_to(out / 'logs' / 'evaluation.log'):
-        run_evaluation(str(cfg['benchmark']['dataset']), arm, None, str(pred), a['sandbox'], a['max_workers'], a['timeout'],
+        run_evaluation(str(cfg.benchmark.dataset), arm, None, str(pred), a.sandbox, a.max_workers, a.timeout,
                        instance_ids=[r['instance_id'] for r in recs], progress=progress, output_dir=out / 'evaluations' / arm)
     rows = []
     for r in recs:
@@ -181,15 +188,15 @@ def run_direct(arm: str, recs: list[dict], cfg: dict, base_url: str, out: Path, 
 def _applied(report: Path, iid: str) -> bool:
     return bool(json.loads(report.read_text())[iid].get('patch_successfully_applied')) if report.exists() else False
 
-def run_agent(arm: str, recs: list[dict], cfg: dict, base_url: str, out: Path, progress: bool = True) -> pd.DataFrame:
+def run_agent(arm: str, recs: list[dict], cfg: WorkflowConfig, base_url: str, out: Path, progress: bool = True) -> pd.DataFrame:
     "An agent scaffold per instance (agenthub), rewarded by the harness."
     from swebench_lab.agenthub import runagent_multiple
-    a = cfg['agent']
+    a = cfg.agent
     d = out / 'trajectories' / arm
     with _log_to(out / 'logs' / 'agent.log'):
-        runagent_multiple(str(cfg['benchmark']['dataset']), d, arm, f'openai/{arm}', a['scaffold'], a['fn_calling'],
-                          max_workers=a['max_workers'], backend=a['sandbox'], max_steps=a['max_turns'],
-                          max_steps_absolute=a['max_turns'] + 10, temperature=a['temperature'], max_tokens=a['max_tokens'],
+        runagent_multiple(str(cfg.benchmark.dataset), d, arm, f'openai/{arm}', a.scaffold, a.fn_calling,
+                          max_workers=a.max_workers, backend=a.sandbox, max_steps=a.max_turns,
+                          max_steps_absolute=a.max_turns + 10, temperature=a.temperature, max_tokens=a.max_tokens,
                           base_url=base_url, instance_ids=[r['instance_id'] for r in recs], use_existing=True, progress=progress)
     rows = []
     for r in recs:
@@ -260,38 +267,38 @@ def _prepare(out: str | Path) -> Path:
     for d in ('trajectories', 'predictions', 'logs', 'results'): (out / d).mkdir(parents=True, exist_ok=True)
     return out
 
-def run_arms(cfg: dict, arms: dict[str, str | None], out: str | Path, no_vllm: bool = False, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+def run_arms(cfg: WorkflowConfig, arms: dict[str, str | None], out: str | Path, no_vllm: bool = False, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
     "Serve the arms ({served name: adapter folder, or None for the base model}) and run each on the same instances."
     out = _prepare(out)
     adapters = {n: str(p) for n, p in arms.items() if p}
     for n, p in adapters.items():
         if not (Path(p) / 'adapter_config.json').is_file(): raise WorkflowError(f'{n}: {p} is not a LoRA adapter folder (no adapter_config.json)')
     recs, left_out = select_instances(cfg, adapters)
-    atomic_write_text(out / 'config.yaml', yaml.safe_dump({**cfg, 'arms': arms}, sort_keys=False))
-    runner = run_direct if cfg['agent']['scaffold'] == 'direct' else run_agent
+    atomic_write_text(out / 'config.yaml', yaml.safe_dump({**asdict(cfg), 'arms': arms}, sort_keys=False))
+    runner = run_direct if cfg.agent.scaffold == 'direct' else run_agent
     frames = []
     with serve_arms(cfg, adapters, out / 'logs' / 'server.log', no_vllm) as base_url:
-        served = {n: (n if p or cfg['model']['endpoint'] else cfg['model']['served_name']) for n, p in arms.items()}
+        served = {n: (n if p or cfg.model.endpoint else cfg.model.served_name) for n, p in arms.items()}
         if runner is run_agent: register_litellm(list(served.values()), base_url)
         for arm, name in served.items():
-            print(f'{arm}: {len(recs)} instance(s), {cfg["agent"]["scaffold"]}')
+            print(f'{arm}: {len(recs)} instance(s), {cfg.agent.scaffold}')
             df = runner(name, recs, cfg, base_url, out, progress)
             frames.append(df.assign(arm=arm))
     return pd.concat(frames, ignore_index=True), left_out
 
-def benchmark(cfg: dict, output_dir: str | Path, no_vllm: bool = False, progress: bool = True) -> dict:
+def benchmark(cfg: WorkflowConfig, output_dir: str | Path, no_vllm: bool = False, progress: bool = True) -> dict:
     "One adapter (or the base model alone) on the benchmark; returns results/summary.json."
-    lora = cfg['model']['lora_path']
-    arm = Path(lora).name if lora else cfg['model']['served_name']
+    lora = cfg.model.lora_path
+    arm = Path(lora).name if lora else cfg.model.served_name
     df, left_out = run_arms(cfg, {arm: lora}, output_dir, no_vllm, progress)
     return write_results(df, Path(output_dir), extra={'left_out_training_instances': left_out})
 
-def compare(cfg: dict, output_dir: str | Path, no_vllm: bool = False, progress: bool = True,
+def compare(cfg: WorkflowConfig, output_dir: str | Path, no_vllm: bool = False, progress: bool = True,
             names: tuple[str, str] = ('baseline', 'trained')) -> dict:
     "Baseline vs trained adapter on the same instances (no baseline adapter: the base model); returns results/comparison.json."
-    m = cfg['model']
-    if not (m['lora_trained'] or m['endpoint']): raise WorkflowError('--lora-trained is required')
-    df, left_out = run_arms(cfg, {names[0]: m['lora_baseline'], names[1]: m['lora_trained']}, output_dir, no_vllm, progress)
+    m = cfg.model
+    if not (m.lora_trained or m.endpoint): raise WorkflowError('--lora-trained is required')
+    df, left_out = run_arms(cfg, {names[0]: m.lora_baseline, names[1]: m.lora_trained}, output_dir, no_vllm, progress)
     return write_results(df, Path(output_dir), *names, extra={'left_out_training_instances': left_out})
 
 # %% ../nbs/19_workflows.ipynb #wf-cli
@@ -332,7 +339,7 @@ def _main(argv=None):
     if a.cmd in ('compare', 'run_comparison'):
         flags.update(model__lora_baseline=a.lora_baseline, model__lora_trained=a.lora_trained)
         cfg = load_workflow_config(a.config, **flags)
-        if cfg['benchmark']['max_instances'] is None and a.max_instances is None: cfg['benchmark']['max_instances'] = 50
+        if cfg.benchmark.max_instances is None and a.max_instances is None: cfg.benchmark.max_instances = 50
         c = compare(cfg, a.output_dir, a.no_vllm)
         print_comparison(c, 'baseline', 'trained')
     else:
