@@ -29,7 +29,7 @@ setuptools.setup(
                  'Natural Language :: English'] +
                 [f'Programming Language :: Python :: {v}' for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=['swebench_lab', 'swebench_lab.*']),
-    include_package_data=True, package_data={'swebench_lab': ['*.yaml', 'data/*', 'scaffolds/*.yaml', 'configs/*.yaml']},
+    include_package_data=True, package_data={'swebench_lab': ['*.yaml', 'scaffolds/*.yaml', 'configs/*.yaml', 'demo/textkit/*.yaml', 'demo/textkit/*.diff', 'demo/textkit/tasks/*/*.diff']},
     install_requires=reqs('requirements'), extras_require=extras,
     python_requires=f'>={min_python}', zip_safe=False,
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),

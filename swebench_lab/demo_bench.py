@@ -12,423 +12,42 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .core import SwebenchLabError, crawled_data_dir, write_jsonl_atomic, atomic_path, logger, cli_entry
-from .repos import GitRepo, split_diff, files_touched, join_diffs
+import yaml
+
+from .core import SwebenchLabError, crawled_data_dir, write_jsonl_atomic, atomic_path, cli_entry
+from .repos import GitRepo, split_diff, files_touched
 from .grading import make_eval_script
 
 # %% auto #0
-__all__ = ['REPO', 'BASE_FILES', 'TASKS', 'main', 'run_pytest', 'build_demo']
+__all__ = ['main', 'demo_dir', 'demo_spec', 'base_files', 'demo_tasks', 'run_pytest', 'build_demo']
 
 # %% ../nbs/11_demo_bench.ipynb #demo-files
-REPO = 'demo/textkit'
-BASE_FILES = {
-'pyproject.toml': '''[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
+def demo_dir() -> Path:
+    "The demo benchmark's data files (`swebench_lab/demo/textkit/`)."
+    import swebench_lab
+    return Path(swebench_lab.__file__).parent / 'demo' / 'textkit'
 
-[project]
-name = "textkit"
-version = "0.1.0"
-requires-python = ">=3.8"
+def demo_spec() -> dict:
+    "`demo.yaml`: the repository, its first commit, the order of its files, and the tasks (texts, dates, diff files)."
+    return yaml.safe_load((demo_dir() / 'demo.yaml').read_text())
 
-[tool.setuptools]
-packages = ["textkit"]
+def base_files() -> dict[str, str]:
+    "The base repository: `{path: text}`, in `demo.yaml`'s order (`base.diff` applied to an empty folder)."
+    with tempfile.TemporaryDirectory(prefix='textkit-base-') as td:
+        r = subprocess.run(['git', 'apply', '-'], cwd=td, input=(demo_dir() / 'base.diff').read_text(),
+                           capture_output=True, text=True)
+        if r.returncode: raise SwebenchLabError(f"demo benchmark: base.diff does not apply: {r.stderr.strip()[:500]}")
+        return {p: (Path(td) / p).read_text() for p in demo_spec()['files']}
 
-[tool.pytest.ini_options]
-testpaths = ["tests"]
-pythonpath = ["."]
-''',
-'README.md': '''# textkit
-
-Small text utilities: slugs, word wrapping, word statistics and Roman numerals.
-
-    from textkit import slugify
-    slugify("Hello, World!")  # 'hello-world'
-''',
-'textkit/__init__.py': '''"""textkit: small text utilities."""
-from textkit.slug import slugify
-from textkit.wrap import wrap
-from textkit.stats import word_count, mean_word_length
-from textkit.roman import to_roman
-
-__all__ = ["slugify", "wrap", "word_count", "mean_word_length", "to_roman"]
-__version__ = "0.1.0"
-''',
-'textkit/slug.py': '''"""Turn titles into URL slugs."""
-import re
-import unicodedata
-
-_NON_WORD = re.compile(r"[^a-z0-9]+")
-
-
-def _ascii(text):
-    """Strip accents: 'Crème brûlée' -> 'Creme brulee'."""
-    normalized = unicodedata.normalize("NFKD", text)
-    return normalized.encode("ascii", "ignore").decode("ascii")
-
-
-def slugify(text):
-    """Lower-case ASCII words joined by hyphens: "Hello, World!" -> "hello-world"."""
-    words = _NON_WORD.split(_ascii(text).lower())
-    return "-".join(w for w in words if w)
-''',
-'textkit/wrap.py': '''"""Greedy word wrapping."""
-
-
-def wrap(text, width=70):
-    """Split text into lines of at most `width` characters, breaking between words.
-
-    A word longer than `width` gets a line of its own.
-    """
-    if width < 1:
-        raise ValueError("width must be positive")
-    lines, current = [], ""
-    for word in text.split():
-        if not current:
-            current = word
-        elif len(current) + 1 + len(word) <= width:
-            current += " " + word
-        else:
-            lines.append(current)
-            current = word
-    if current:
-        lines.append(current)
-    return lines
-''',
-'textkit/stats.py': '''"""Word statistics."""
-import re
-
-_WORD = re.compile(r"[A-Za-z0-9']+")
-
-
-def words(text):
-    """The words of a text (letters, digits and apostrophes)."""
-    return _WORD.findall(text)
-
-
-def word_count(text):
-    """How many words the text has."""
-    return len(words(text))
-
-
-def mean_word_length(text):
-    """Average length of the words of a text."""
-    ws = words(text)
-    return sum(len(w) for w in ws) / len(ws)
-''',
-'textkit/roman.py': '''"""Roman numerals."""
-
-
-def to_roman(number):
-    """Write 1..3999 in Roman numerals."""
-    if not 0 < number < 4000:
-        raise ValueError("roman numerals cover 1..3999")
-    values = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),
-              (50, "L"), (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+def demo_tasks() -> list[dict]:
+    "The tasks, each with its step diffs (`steps`) and tests diff (`tests`) read from their files."
     out = []
-    for value, numeral in values:
-        count, number = divmod(number, value)
-        out.append(numeral * count)
-    return "".join(out)
-''',
-'tests/test_slug.py': '''import pytest
-
-from textkit import slug
-
-
-def test_basic():
-    assert slug.slugify("Hello, World!") == "hello-world"
-
-
-def test_accents():
-    assert slug.slugify("Crème brûlée") == "creme-brulee"
-
-
-def test_empty():
-    assert slug.slugify("  !! ") == ""
-''',
-'tests/test_wrap.py': '''import pytest
-
-from textkit.wrap import wrap
-
-
-def test_wrap():
-    assert wrap("the quick brown fox", width=10) == ["the quick", "brown fox"]
-
-
-def test_long_word():
-    assert wrap("a supercalifragilistic b", width=5) == ["a", "supercalifragilistic", "b"]
-
-
-def test_bad_width():
-    with pytest.raises(ValueError):
-        wrap("x", width=0)
-''',
-'tests/test_stats.py': '''from textkit import stats
-
-
-def test_word_count():
-    assert stats.word_count("It's a fine day, isn't it?") == 6
-
-
-def test_mean_word_length():
-    assert stats.mean_word_length("ab abcd") == 3.0
-''',
-'tests/test_roman.py': '''import pytest
-
-from textkit import roman
-
-
-def test_to_roman():
-    assert roman.to_roman(1994) == "MCMXCIV"
-
-
-def test_to_roman_range():
-    with pytest.raises(ValueError):
-        roman.to_roman(0)
-''',
-}
-
-# %% ../nbs/11_demo_bench.ipynb #demo-tasks
-_SLUG_V1 = BASE_FILES['textkit/slug.py'].replace(
-    'def slugify(text):', 'DEFAULT_SEPARATOR = "-"\n\n\ndef slugify(text, separator=DEFAULT_SEPARATOR):').replace(
-    '    return "-".join(w for w in words if w)', '    return separator.join(w for w in words if w)')
-_SLUG_V2 = _SLUG_V1.replace('''def slugify(text, separator=DEFAULT_SEPARATOR):''', '''def _truncate(words, separator, max_length):
-    """Keep whole words while the slug fits in `max_length` characters."""
-    out, size = [], 0
-    for word in words:
-        extra = len(word) + (len(separator) if out else 0)
-        if size + extra > max_length:
-            break
-        out.append(word)
-        size += extra
-    if not out and words:
-        return [words[0][:max_length]]
+    for t in demo_spec()['tasks']:
+        d = demo_dir() / 'tasks' / str(t['num'])
+        out.append({**t, 'steps': [(d / f).read_text() for f in t['steps']], 'tests': (d / t['tests']).read_text()})
     return out
 
-
-def slugify(text, separator=DEFAULT_SEPARATOR, max_length=None):''').replace(
-    '''    words = _NON_WORD.split(_ascii(text).lower())
-    return separator.join(w for w in words if w)''', '''    words = [w for w in _NON_WORD.split(_ascii(text).lower()) if w]
-    if max_length is not None:
-        if max_length < 1:
-            raise ValueError("max_length must be positive")
-        words = _truncate(words, separator, max_length)
-    return separator.join(words)''')
-
-_ROMAN_V1 = '''"""Roman numerals."""
-
-_VALUES = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),
-           (50, "L"), (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
-
-
-def to_roman(number):
-    """Write 1..3999 in Roman numerals."""
-    if not 0 < number < 4000:
-        raise ValueError("roman numerals cover 1..3999")
-    out = []
-    for value, numeral in _VALUES:
-        count, number = divmod(number, value)
-        out.append(numeral * count)
-    return "".join(out)
-'''
-_ROMAN_V2 = _ROMAN_V1 + '''
-
-def from_roman(numeral):
-    """Read a Roman numeral: 'XIV' -> 14."""
-    text = numeral.strip().upper()
-    total, i = 0, 0
-    for value, symbol in _VALUES:
-        while text.startswith(symbol, i):
-            total += value
-            i += len(symbol)
-    return total
-'''
-_ROMAN_V3 = _ROMAN_V2.replace('''            i += len(symbol)
-    return total''', '''            i += len(symbol)
-    if not text or i != len(text) or total >= 4000 or to_roman(total) != text:
-        raise ValueError(f"not a valid roman numeral: {numeral!r}")
-    return total''')
-
-_STATS_V1 = BASE_FILES['textkit/stats.py'].replace('''    """Average length of the words of a text."""
-    ws = words(text)
-    return''', '''    """Average length of the words of a text (0.0 for a text without words)."""
-    ws = words(text)
-    if not ws:
-        return 0.0
-    return''')
-_STATS_V2 = _STATS_V1 + '''
-
-def median_word_length(text):
-    """Median length of the words of a text (0.0 for a text without words)."""
-    lengths = sorted(len(w) for w in words(text))
-    if not lengths:
-        return 0.0
-    mid = len(lengths) // 2
-    if len(lengths) % 2:
-        return float(lengths[mid])
-    return (lengths[mid - 1] + lengths[mid]) / 2
-'''
-
-_WRAP_V1 = '''"""Greedy word wrapping."""
-
-
-def _break(words, room):
-    """Greedy line breaking; `room(i)` is the number of characters line i can hold."""
-    lines, current = [], ""
-    for word in words:
-        if not current:
-            current = word
-        elif len(current) + 1 + len(word) <= room(len(lines)):
-            current += " " + word
-        else:
-            lines.append(current)
-            current = word
-    if current:
-        lines.append(current)
-    return lines
-
-
-def wrap(text, width=70):
-    """Split text into lines of at most `width` characters, breaking between words.
-
-    A word longer than `width` gets a line of its own.
-    """
-    if width < 1:
-        raise ValueError("width must be positive")
-    return _break(text.split(), lambda i: width)
-'''
-_WRAP_V2 = _WRAP_V1.replace('''def wrap(text, width=70):
-    """Split text into lines of at most `width` characters, breaking between words.
-
-    A word longer than `width` gets a line of its own.
-    """
-    if width < 1:
-        raise ValueError("width must be positive")
-    return _break(text.split(), lambda i: width)''', '''def wrap(text, width=70, initial_indent="", subsequent_indent=""):
-    """Split text into lines of at most `width` characters, breaking between words.
-
-    The first line starts with `initial_indent`, the others with `subsequent_indent`; both count
-    towards `width`. A word longer than the room left gets a line of its own.
-    """
-    if width < 1:
-        raise ValueError("width must be positive")
-    if max(len(initial_indent), len(subsequent_indent)) >= width:
-        raise ValueError("indents must be shorter than width")
-    first, rest = width - len(initial_indent), width - len(subsequent_indent)
-    lines = _break(text.split(), lambda i: first if i == 0 else rest)
-    return [(initial_indent if i == 0 else subsequent_indent) + line for i, line in enumerate(lines)]''')
-
-def _init(extra_imports: dict[str, list[str]]) -> str:
-    "textkit/__init__.py exporting the base names plus `extra_imports` {module: [names]}."
-    mods = {'slug': ['slugify'], 'wrap': ['wrap'], 'stats': ['word_count', 'mean_word_length'], 'roman': ['to_roman']}
-    for m, names in extra_imports.items(): mods[m] = mods[m] + names
-    lines = ['"""textkit: small text utilities."""'] + [f"from textkit.{m} import {', '.join(n)}" for m, n in mods.items()]
-    allnames = [n for ns in mods.values() for n in ns]
-    return '\n'.join(lines) + f'\n\n__all__ = {json.dumps(allnames)}\n__version__ = "0.1.0"\n'
-
-TASKS = [
-    dict(num=1, created_at='2024-02-01T09:30:00Z', resolved_issues=[11],
-         title='Add separator and max_length options to slugify',
-         body='<!-- Thank you for contributing! Please describe your change. -->\r\n\r\nThis adds two keyword arguments to `slugify`:\r\n\r\n\r\n\r\n- `separator` (default `"-"`)\r\n- `max_length`, which keeps whole words\r\n\r\nFixes #11',
-         issue='Slugs for long titles are too long\n\nOur CMS limits URL slugs to 50 characters. `slugify` should accept a `max_length` and cut at a word boundary (a single long word may be cut). It would also help to choose the separator, e.g. `_`.',
-         hints=['A `max_length` below 1 should raise ValueError.'],
-         steps=[{'textkit/slug.py': _SLUG_V1}, {'textkit/slug.py': _SLUG_V2},
-                {'textkit/__init__.py': _init({'slug': ['DEFAULT_SEPARATOR']}),
-                 'README.md': BASE_FILES['README.md'] + '\n`slugify(text, separator="-", max_length=None)` keeps whole words within `max_length`.\n'}],
-         tests={'tests/test_slug.py': BASE_FILES['tests/test_slug.py'] + '''
-
-def test_separator():
-    assert slug.slugify("Hello World", separator="_") == "hello_world"
-
-
-def test_max_length_keeps_whole_words():
-    assert slug.slugify("The quick brown fox", max_length=15) == "the-quick-brown"
-
-
-def test_max_length_long_word():
-    assert slug.slugify("Supercalifragilistic", max_length=5) == "super"
-
-
-def test_max_length_must_be_positive():
-    with pytest.raises(ValueError):
-        slug.slugify("x", max_length=0)
-'''}),
-    dict(num=2, created_at='2024-02-12T14:05:00Z', resolved_issues=[14],
-         title='Parse Roman numerals with from_roman',
-         body='Adds `from_roman`, the inverse of `to_roman`, with strict validation.\r\n\r\n<!-- Did you add tests? -->\r\nCloses #14',
-         issue='No way to read Roman numerals back\n\n`to_roman(14)` gives `XIV` but there is no `from_roman("XIV")`. It should be case-insensitive and reject invalid numerals like `IIII` or `IC` with ValueError.',
-         hints=[],
-         steps=[{'textkit/roman.py': _ROMAN_V1}, {'textkit/roman.py': _ROMAN_V2},
-                {'textkit/roman.py': _ROMAN_V3, 'textkit/__init__.py': _init({'slug': ['DEFAULT_SEPARATOR'], 'roman': ['from_roman']})}],
-         tests={'tests/test_roman.py': BASE_FILES['tests/test_roman.py'] + '''
-
-def test_from_roman_roundtrip():
-    for n in (1, 4, 9, 14, 40, 90, 400, 1994, 2024, 3999):
-        assert roman.from_roman(roman.to_roman(n)) == n
-
-
-def test_from_roman_lowercase():
-    assert roman.from_roman("xiv") == 14
-
-
-@pytest.mark.parametrize("bad", ["IIII", "IC", "ABC", "MMMM"])
-def test_from_roman_invalid(bad):
-    with pytest.raises(ValueError):
-        roman.from_roman(bad)
-'''}),
-    dict(num=3, created_at='2024-03-03T08:15:00Z', resolved_issues=[17],
-         title='Word statistics: empty texts and median word length',
-         body='`mean_word_length("")` raised ZeroDivisionError; it now returns 0.0.\r\nAlso adds `median_word_length`.',
-         issue='mean_word_length crashes on text without words\n\n```\nstats.mean_word_length("...")\n# ZeroDivisionError: division by zero\n```\nExpected 0.0. A median would be useful too.',
-         hints=['Return floats in both functions.'],
-         steps=[{'textkit/stats.py': _STATS_V1},
-                {'textkit/stats.py': _STATS_V2,
-                 'textkit/__init__.py': _init({'slug': ['DEFAULT_SEPARATOR'], 'roman': ['from_roman'], 'stats': ['median_word_length']})}],
-         tests={'tests/test_stats.py': BASE_FILES['tests/test_stats.py'] + '''
-
-def test_mean_empty():
-    assert stats.mean_word_length("...") == 0.0
-
-
-def test_median_odd():
-    assert stats.median_word_length("a bb cccc") == 2.0
-
-
-def test_median_even():
-    assert stats.median_word_length("a bb ccc dddd") == 2.5
-
-
-def test_median_empty():
-    assert stats.median_word_length("") == 0.0
-'''}),
-    dict(num=4, created_at='2024-03-20T16:45:00Z', resolved_issues=[21],
-         title='wrap: initial_indent and subsequent_indent',
-         body='Like `textwrap.wrap`, `wrap` now takes `initial_indent` and `subsequent_indent`.\r\n\r\n\r\n\r\nThe line-breaking loop moves into a helper `_break` first.',
-         issue='Support indents in wrap\n\nFor bullet lists I need the first line to start with "* " and the following lines with two spaces, within the same width.',
-         hints=[],
-         steps=[{'textkit/wrap.py': _WRAP_V1}, {'textkit/wrap.py': _WRAP_V2}],
-         tests={'tests/test_wrap.py': BASE_FILES['tests/test_wrap.py'] + '''
-
-def test_indents():
-    lines = wrap("aa bb cc dd", width=7, initial_indent="* ", subsequent_indent="  ")
-    assert lines == ["* aa bb", "  cc dd"]
-
-
-def test_indent_too_wide():
-    with pytest.raises(ValueError):
-        wrap("a", width=3, initial_indent="   ")
-'''}),
-]
-
-# %% ../nbs/11_demo_bench.ipynb #demo-build
-_EPOCH = '2024-01-02T10:00:00Z'
-
-def _git_identity(date: str) -> dict:
-    return {'GIT_AUTHOR_NAME': 'textkit maintainers', 'GIT_AUTHOR_EMAIL': 'maintainers@textkit.invalid',
-            'GIT_COMMITTER_NAME': 'textkit maintainers', 'GIT_COMMITTER_EMAIL': 'maintainers@textkit.invalid',
-            'GIT_AUTHOR_DATE': date, 'GIT_COMMITTER_DATE': date}
-
+# %% ../nbs/11_demo_bench.ipynb #demo-pytest
 def run_pytest(repo: GitRepo, tree: str, python: str = sys.executable, timeout: int = 300) -> dict[str, str]:
     "Run the suite of `tree` in a scratch export; returns swebench's `{test_id: PASSED|FAILED|...}`."
     from swebench.harness.log_parsers.python import parse_log_pytest
@@ -441,72 +60,89 @@ def run_pytest(repo: GitRepo, tree: str, python: str = sys.executable, timeout: 
     if not status: raise SwebenchLabError(f"pytest produced no results:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return status
 
+# %% ../nbs/11_demo_bench.ipynb #demo-git
+def _git_identity(date: str) -> dict:
+    return {'GIT_AUTHOR_NAME': 'textkit maintainers', 'GIT_AUTHOR_EMAIL': 'maintainers@textkit.invalid',
+            'GIT_COMMITTER_NAME': 'textkit maintainers', 'GIT_COMMITTER_EMAIL': 'maintainers@textkit.invalid',
+            'GIT_AUTHOR_DATE': date, 'GIT_COMMITTER_DATE': date}
+
+class _Scratch:
+    "A scratch git repository at `wd` with the demo's fixed identity and dates (so commit ids are the same everywhere)."
+    def __init__(self, wd: Path, home: str, date: str):
+        self.wd, self.home, self.date = wd, home, date
+    def git(self, *a, date: str | None = None, input: str | None = None) -> str:
+        r = subprocess.run(['git', *a], cwd=self.wd, capture_output=True, text=True, input=input,
+                           env={**os.environ, **_git_identity(date or self.date), 'GIT_CONFIG_NOSYSTEM': '1', 'HOME': self.home})
+        if r.returncode: raise SwebenchLabError(f"git {a[0]} failed: {r.stderr.strip()}")
+        return r.stdout.strip()
+    def write(self, files: dict[str, str]) -> str:
+        "Write files, stage everything; the tree's id."
+        for p, text in files.items():
+            (self.wd / p).parent.mkdir(parents=True, exist_ok=True); (self.wd / p).write_text(text)
+        self.git('add', '-A')
+        return self.git('write-tree')
+    def apply(self, diff: str, what: str) -> str:
+        "Apply a diff to the working tree and the index; the tree's id. A diff that does not apply stops the build, named."
+        r = subprocess.run(['git', 'apply', '--index', '-'], cwd=self.wd, capture_output=True, text=True, input=diff)
+        if r.returncode: raise SwebenchLabError(f"demo benchmark: {what} does not apply: {r.stderr.strip()[:500]}")
+        return self.git('write-tree')
+
+# %% ../nbs/11_demo_bench.ipynb #demo-records
+def _test_lists(repo: GitRepo, base: str, test_patch: str, final_tree: str, files_test: list[str]) -> dict[str, list[str]]:
+    "FAIL_TO_PASS and the rest, by running the tests at the base (with the tests added) and on the final code."
+    before, after = run_pytest(repo, repo.apply_diffs(base, [test_patch])), run_pytest(repo, final_tree)
+    ok = lambda s: s == 'PASSED'
+    ids = sorted(i for i in set(before) | set(after) if i.split('::')[0] in files_test)     # the files the eval script runs
+    return {'fail_to_pass': [i for i in ids if not ok(before.get(i)) and ok(after.get(i))],
+            'pass_to_pass': [i for i in ids if ok(before.get(i)) and ok(after.get(i))],
+            'pass_to_fail': [i for i in ids if ok(before.get(i)) and not ok(after.get(i))],
+            'fail_to_fail': [i for i in ids if i in after and not ok(before.get(i)) and not ok(after.get(i))]}
+
+def _bench_record(t: dict, spec: dict, base: str, first: str, steps: list, work_patch: str, test_patch: str) -> dict:
+    return {'instance_id': f"demo__textkit-pull-{t['num']}", 'instance_num': str(t['num']), 'repo': spec['repo'], 'base_commit': base,
+            'version': spec['version'], 'version_commit': first,
+            'html_url': f"https://textkit.invalid/demo/textkit/pull/{t['num']}", 'created_at': t['created_at'],
+            'title_mes': t['title'], 'body_mes': t['body'], 'issues_mes': t['issue'],
+            'other_mes': t['hints'], 'resolved_issues': t['resolved_issues'],
+            'files_work': files_touched(work_patch), 'files_test': files_touched(test_patch),
+            'work_patch': work_patch, 'work_patch_list': steps, 'num_changes': len(steps), 'test_patch': test_patch}
+
+def _swebench_record(t: dict, spec: dict, rec: dict, first: str) -> dict:
+    sw = {'repo': spec['repo'], 'instance_id': f"demo__textkit-{t['num']}", 'base_commit': rec['base_commit'], 'patch': rec['work_patch'],
+          'test_patch': rec['test_patch'], 'problem_statement': t['issue'], 'hints_text': '\n'.join(t['hints']),
+          'created_at': t['created_at'], 'version': spec['version'],
+          'FAIL_TO_PASS': json.dumps(rec.get('fail_to_pass', [])), 'PASS_TO_PASS': json.dumps(rec.get('pass_to_pass', [])),
+          'environment_setup_commit': first, 'log_parser': 'parse_log_pytest', 'eval_type': 'pass_and_fail', 'image': None}
+    sw['eval_script'] = make_eval_script(rec['base_commit'], rec['test_patch'])
+    return sw
+
+# %% ../nbs/11_demo_bench.ipynb #demo-build
 def build_demo(root: str | Path | None = None, run_tests: bool = True) -> dict[str, Path]:
     "Build the textkit repository and its tasks; write bundle, bench JSONL and SWE-bench JSONL under `root`."
-    root = Path(root) if root else crawled_data_dir()
+    root, spec = Path(root) if root else crawled_data_dir(), demo_spec()
     out = {'bundle': root / 'repos' / 'demo__textkit.bundle', 'bench': root / 'bench' / 'demo-task-instances.jsonl',
            'swebench': root / 'bench' / 'demo-swebench.jsonl'}
     with tempfile.TemporaryDirectory(prefix='textkit-build-') as td:
-        wd = Path(td) / 'textkit'
-        wd.mkdir()
-        def git(*a, date=_EPOCH, input=None):
-            r = subprocess.run(['git', *a], cwd=wd, capture_output=True, text=True, input=input,
-                               env={**os.environ, **_git_identity(date), 'GIT_CONFIG_NOSYSTEM': '1', 'HOME': td})
-            if r.returncode: raise SwebenchLabError(f"git {a[0]} failed: {r.stderr}")
-            return r.stdout.strip()
-        def write(files):
-            for p, text in files.items():
-                (wd / p).parent.mkdir(parents=True, exist_ok=True); (wd / p).write_text(text)
-            git('add', '-A')
-            return git('write-tree')
-        git('init', '-q', '-b', 'main')
-        write(BASE_FILES)
-        git('commit', '-q', '-m', 'textkit 0.1.0')
-        first = git('rev-parse', 'HEAD')
-        repo = GitRepo(wd, name=REPO)
-        bench, sweb = [], []
-        for t in TASKS:
-            base = git('rev-parse', 'HEAD'); base_tree = repo.tree_of(base)
-            prev, steps = base_tree, []
-            for st in t['steps']:
-                tree = write(st)
+        (Path(td) / 'textkit').mkdir()
+        s = _Scratch(Path(td) / 'textkit', td, spec['first_commit_date'])
+        s.git('init', '-q', '-b', 'main'); s.write(base_files()); s.git('commit', '-q', '-m', spec['first_commit_message'])
+        first, repo, bench, sweb = s.git('rev-parse', 'HEAD'), GitRepo(s.wd, name=spec['repo']), [], []
+        for t in demo_tasks():
+            base = s.git('rev-parse', 'HEAD'); base_tree = prev = repo.tree_of(base)
+            steps = []
+            for i, diff in enumerate(t['steps'], 1):
+                tree = s.apply(diff, f"task {t['num']}, step {i}")
                 steps.append([fp.text for fp in split_diff(repo.diff(prev, tree))]); prev = tree
-            src_tree = prev
-            final_tree = write(t['tests'])
-            work_patch, test_patch = repo.diff(base_tree, src_tree), repo.diff(src_tree, final_tree)
-            git('commit', '-q', '-m', f"{t['title']} (#{t['num']})", date=t['created_at'])
-            iid = f"demo__textkit-pull-{t['num']}"
-            rec = {'instance_id': iid, 'instance_num': str(t['num']), 'repo': REPO, 'base_commit': base,
-                   'version': '0.1', 'version_commit': first,
-                   'html_url': f"https://textkit.invalid/demo/textkit/pull/{t['num']}", 'created_at': t['created_at'],
-                   'title_mes': t['title'], 'body_mes': t['body'], 'issues_mes': t['issue'],
-                   'other_mes': t['hints'], 'resolved_issues': t['resolved_issues'],
-                   'files_work': files_touched(work_patch), 'files_test': files_touched(test_patch),
-                   'work_patch': work_patch, 'work_patch_list': steps, 'num_changes': len(steps),
-                   'test_patch': test_patch}
+            final_tree = s.apply(t['tests'], f"task {t['num']}, tests")
+            work_patch, test_patch = repo.diff(base_tree, prev), repo.diff(prev, final_tree)
+            s.git('commit', '-q', '-m', f"{t['title']} (#{t['num']})", date=t['created_at'])
+            rec = _bench_record(t, spec, base, first, steps, work_patch, test_patch)
             if run_tests:
-                before = run_pytest(repo, repo.apply_diffs(base, [test_patch]))
-                after = run_pytest(repo, final_tree)
-                ok = lambda s: s == 'PASSED'
-                # only the test files the eval script runs, as in SWE-bench
-                ids = sorted(i for i in set(before) | set(after) if i.split('::')[0] in rec['files_test'])
-                rec['fail_to_pass'] = [i for i in ids if not ok(before.get(i)) and ok(after.get(i))]
-                rec['pass_to_pass'] = [i for i in ids if ok(before.get(i)) and ok(after.get(i))]
-                rec['pass_to_fail'] = [i for i in ids if ok(before.get(i)) and not ok(after.get(i))]
-                rec['fail_to_fail'] = [i for i in ids if i in after and not ok(before.get(i)) and not ok(after.get(i))]
-                if not rec['fail_to_pass'] or rec['pass_to_fail']:
-                    raise SwebenchLabError(f"{iid}: tests do not behave as a task needs: {rec}")
-            bench.append(rec)
-            sw = {'repo': REPO, 'instance_id': f"demo__textkit-{t['num']}", 'base_commit': base, 'patch': work_patch,
-                  'test_patch': test_patch, 'problem_statement': t['issue'], 'hints_text': '\n'.join(t['hints']),
-                  'created_at': t['created_at'], 'version': '0.1',
-                  'FAIL_TO_PASS': json.dumps(rec.get('fail_to_pass', [])), 'PASS_TO_PASS': json.dumps(rec.get('pass_to_pass', [])),
-                  'environment_setup_commit': first, 'log_parser': 'parse_log_pytest', 'eval_type': 'pass_and_fail', 'image': None}
-            sw['eval_script'] = make_eval_script(base, test_patch)
-            sweb.append(sw)
+                rec.update(_test_lists(repo, base, test_patch, final_tree, rec['files_test']))
+                if not rec['fail_to_pass'] or rec['pass_to_fail']: raise SwebenchLabError(f"{rec['instance_id']}: tests do not behave as a task needs: {rec}")
+            bench.append(rec); sweb.append(_swebench_record(t, spec, rec, first))
         out['bundle'].parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out['bundle']) as tmp:
-            git('bundle', 'create', '-q', str(tmp), 'main')
+        with atomic_path(out['bundle']) as tmp: s.git('bundle', 'create', '-q', str(tmp), 'main')
     write_jsonl_atomic(out['bench'], bench)
     write_jsonl_atomic(out['swebench'], sweb)
     return out

@@ -20,9 +20,9 @@ SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
 
 def _training_text() -> list[str]:
     "Code and prose to train the tokenizer on: the demo repository and the prompt template."
-    from swebench_lab.demo_bench import BASE_FILES, TASKS
+    from swebench_lab.demo_bench import base_files, demo_tasks
     from swebench_lab.prompt_builder import PATCH_EXAMPLE, SHAPES, SYSTEM_LINE
-    texts = list(BASE_FILES.values()) + [t['issue'] + '\n' + t['body'] for t in TASKS]
+    texts = list(base_files().values()) + [t['issue'] + '\n' + t['body'] for t in demo_tasks()]
     texts += [PATCH_EXAMPLE, SYSTEM_LINE] + [a + ' ' + b for a, b in SHAPES.values()]
     texts += ['diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,4 @@\n def f():\n-    return 1\n+    return 2\n'] * 3
     return texts
