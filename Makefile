@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test install install-dev export check-export nbtest pytest readme docker
+.PHONY: demo test quick install install-dev export check-export nbtest pytest readme docker
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -54,6 +54,10 @@ nbtest: install-dev
 
 pytest: install-dev
 	$(VENV)/bin/pytest tests
+
+## The fast tier while you work: in-process tests only (no containers, no servers), well under a minute.
+quick: install-dev
+	$(VENV)/bin/pytest -m quick -q -p no:cacheprovider
 
 ## A Docker engine for the evaluation tests (Debian/Ubuntu: installs docker.io and debootstrap, starts dockerd).
 docker: install

@@ -33,9 +33,9 @@ from .images import (LABEL, CONDA_SHIM, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETU
                                  clone_at, content_hash, docker_client, env_dir)
 
 # %% auto #0
-__all__ = ['OFFLINE_NETWORK', 'Limits', 'RunResult', 'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox', 'owner_label',
-           'owner_alive', 'offline_network', 'DockerSandbox', 'host_python', 'LocalSandbox', 'kill_local_sandboxes',
-           'local_env_template', 'copy_venv', 'open_sandbox']
+__all__ = ['TAG_ENV', 'OFFLINE_NETWORK', 'Limits', 'RunResult', 'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox',
+           'owner_label', 'owner_alive', 'tag_label', 'offline_network', 'DockerSandbox', 'host_python', 'LocalSandbox',
+           'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox']
 
 # %% ../nbs/08c_sandbox.ipynb #sb-sandbox
 @dataclass
@@ -138,6 +138,16 @@ def owner_alive(owner: str) -> bool | None:
     except ValueError: return None
     if host != socket.gethostname(): return None
     return Path(f'/proc/{pid}').exists() and _proc_start(int(pid)) == start
+
+# %% ../nbs/08c_sandbox.ipynb #sb-tag
+TAG_ENV = 'SWEBENCH_LAB_TAG'
+
+def tag_label() -> dict[str, str]:
+    """`{swebench_lab.tag: <tag>}` when `$SWEBENCH_LAB_TAG` is set, else nothing: every container started under that variable
+    (by this process, its subprocesses and, through Ray's runtime environment, its cluster tasks) carries it, so a caller can find
+    exactly its own containers on an engine that others use too (tests do)."""
+    tag = os.environ.get(TAG_ENV)
+    return {f'{LABEL}.tag': tag} if tag else {}
 
 # %% ../nbs/08c_sandbox.ipynb #sb-offline-network
 OFFLINE_NETWORK = 'swebench_lab-offline'
@@ -245,7 +255,7 @@ class DockerSandbox(Sandbox):
             network=offline_network(self.client) if offline else None, mem_limit=self.limits.memory,
             nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, extra_hosts=hosts or None,
             environment={'PIP_NO_INDEX': '1'} if offline else None,
-            labels={LABEL: '1', f'{LABEL}.owner': owner_label(), **(labels or {})})
+            labels={LABEL: '1', f'{LABEL}.owner': owner_label(), **tag_label(), **(labels or {})})
         r = self.run(f'mkdir -p {self.tmp}' + (f' && {_OFFLINE_SETUP}' if offline else ''), timeout=30)
         if r.exit_code: raise SwebenchLabError(f"sandbox setup failed: {r.output[-300:]}")
         for svc in services or []: self.start_service(svc['command'], svc.get('port'))

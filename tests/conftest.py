@@ -1,13 +1,41 @@
+"""What the tests share: paths, the tiny model (built once per session), a results folder per test, and the tag that marks
+every container a test starts, so each test checks only its own containers on an engine other runs may be using.
+
+Tiers: `make quick` runs the tests marked `quick` (in-process, no containers, no servers, seconds); `make test` runs them all."""
 import os
-import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+DATA = Path(__file__).parent / 'data'
+DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
+DEMO_BENCH = ROOT / 'crawled_data' / 'bench' / 'demo-task-instances.jsonl'
+
+
+def run_cli(*args, env=None, cwd=ROOT, timeout=600):
+    "Run a command with this interpreter's environment; returns CompletedProcess (text)."
+    e = {**os.environ, **(env or {})}
+    return subprocess.run(list(args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _tag(monkeypatch):
+    "A tag of this test's own: every container it starts (itself, its subprocesses, its Ray tasks) carries it."
+    tag = f'test-{uuid.uuid4().hex[:12]}'
+    monkeypatch.setenv('SWEBENCH_LAB_TAG', tag)
+    return tag
+
+
+def tagged_containers(running: bool = False, **labels) -> list:
+    "The containers this test started (by its tag), optionally only running ones, or those with more labels."
+    from swebench_lab.images import docker_client, LABEL
+    flt = [f"{LABEL}.tag={os.environ['SWEBENCH_LAB_TAG']}"] + [f'{k}={v}' for k, v in labels.items()]
+    return docker_client().containers.list(all=not running, filters={'label': flt})
 
 
 @pytest.fixture
@@ -18,10 +46,22 @@ def results_tmp(tmp_path, monkeypatch):
     return d
 
 
-def run_cli(*args, env=None, cwd=ROOT, timeout=600):
-    "Run a command with this interpreter's environment; returns CompletedProcess (text)."
-    e = {**os.environ, **(env or {})}
-    return subprocess.run(list(args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def lab_env(tmp_path, monkeypatch):
+    """Results in the test's own folder; inputs from the project's crawled_data (images are content-addressed, so layers are
+    shared with every other test). Afterwards none of the test's containers may be left."""
+    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
+    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
+    yield tmp_path / 'results'
+    from swebench_lab.images import docker_available
+    if docker_available(): assert tagged_containers() == [], 'containers left behind'
+
+
+@pytest.fixture(scope='session')
+def tiny(tmp_path_factory):
+    "The tiny Qwen2 model (random weights) with its two adapters, built once for the whole session."
+    from swebench_lab.tiny import ensure_tiny
+    return ensure_tiny(tmp_path_factory.mktemp('tiny'))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,26 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.core import write_jsonl_atomic
 from swebench_lab.data import load_instances
 from swebench_lab.run_evaluation import evaluate_instance, run_evaluation
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 CASES = sorted((Path(__file__).parent / 'adversarial').glob('*.yaml'))
 SLUG_HANG = (Path(__file__).parent / 'data' / 'slug_hang.diff')
 
 
 @pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
+def _results(lab_env): pass
 
 
-def _containers(**labels):
-    from swebench_lab.images import docker_client, LABEL
-    flt = [LABEL] + [f'{k}={v}' for k, v in labels.items()]
-    return docker_client().containers.list(all=True, filters={'label': flt})
+_containers = tagged_containers
 
 
 def demo_record(instance: str, reinstall: bool = False) -> dict:
@@ -271,6 +265,7 @@ def test_doubtful_predictions_are_reported(tmp_path):
     assert 'unknown_prediction_ids' in r.stdout and 'nobody__nothing-1' in r.stdout
 
 
+@pytest.mark.quick
 def test_a_50mb_patch_is_summarised_quickly(tmp_path):
     "The summary's similarity metrics are bounded: a 50 MB prediction does not take minutes."
     from swebench_lab.run_evaluation import summarize
@@ -285,6 +280,7 @@ def test_a_50mb_patch_is_summarised_quickly(tmp_path):
     print(f'summary of a {len(big) / 1e6:.0f} MB patch: {dt:.2f}s')
 
 
+@pytest.mark.quick
 def test_redaction_keeps_patch_text_and_masks_known_secrets(monkeypatch):
     from swebench_lab.core import redact
     patch = '+from sklearn import x  # sk-learn-estimator-configuration-key and Bearer sk-proj-looks-like-a-key-123456'
@@ -296,11 +292,10 @@ def test_redaction_keeps_patch_text_and_masks_known_secrets(monkeypatch):
 
 # --- the model server under bad requests ------------------------------------------------------------
 
-def test_server_survives_the_bad_request_mix(tmp_path):
+def test_server_survives_the_bad_request_mix(tmp_path, tiny):
     "n=2 at temperature 0, huge seeds, non-string parts, 40 failing streams and abandoned streams: no 500, no hang, no leak."
     from swebench_lab.serving import serve_in_background, bad_request_mix
-    from swebench_lab.tiny import ensure_tiny
-    p = ensure_tiny(tmp_path / 'tiny')
+    p = tiny
     with serve_in_background(str(p['base']), f"trained:{p['trained']}", log_path=tmp_path / 'server.log',
                              extra_args=['--served-model-name', 'tiny']) as h:
         res = bad_request_mix(h.url, model='tiny', failing_streams=40, abandoned_streams=5)

@@ -12,26 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.agenthub import SCAFFOLDS, load_scaffold, runagent_multiple
 from swebench_lab.scripted_policy import ScriptedPolicy, gold_script, scripted_policy_for
 from swebench_lab.prompt_builder import task_text
 from swebench_lab.data import load_instances
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 FAKE_KEY = 'sk-proj-AGENTFAKEKEY0123456789abcdefXYZ'
 COMBOS = [(s, m) for s, modes in SCAFFOLDS.items() for m in modes]
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
+def _env(lab_env, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
-    yield
-    from swebench_lab.images import docker_available, docker_client, LABEL
-    if docker_available():
-        assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
 
 def _no_secret(d: Path):
@@ -172,9 +165,8 @@ def test_sigterm_removes_the_containers_and_keeps_finished_instances(tmp_path):
         p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.agenthub', 'runagent_multiple', '--dataset', str(DEMO_SWE),
                               '--traj_dir', str(tmp_path / 'run'), '--exp_name', 'term', '--llm_name', 'openai/scripted-policy',
                               '--max_workers', '2', '--base_url', base], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        from swebench_lab.images import docker_client, LABEL
         t0 = time.time()
-        while len(docker_client().containers.list(filters={'label': LABEL})) < 2:
+        while len(tagged_containers(running=True)) < 2:
             assert p.poll() is None and time.time() - t0 < 300
             time.sleep(0.2)
         time.sleep(1)
@@ -186,11 +178,9 @@ def test_sigterm_removes_the_containers_and_keeps_finished_instances(tmp_path):
 
 
 @pytest.mark.docker
-def test_the_tiny_model_runs_to_a_recorded_exit(tmp_path):
+def test_the_tiny_model_runs_to_a_recorded_exit(tmp_path, tiny):
     "Real garbage from a real (tiny, random) model through the workbench's server and LiteLLM: no crash, an exit reason."
     from swebench_lab.serving import serve_in_background
-    from swebench_lab.tiny import ensure_tiny
-    tiny = ensure_tiny(tmp_path / 'tiny')
     with serve_in_background(str(tiny['base']), f"trained:{tiny['trained']}", log_path=tmp_path / 'server.log',
                              extra_args=['--served-model-name', 'tiny', '--default-max-tokens', '64', '--max-model-len', '65536']) as h:
         for scaffold, fn in (('mini_swe_agent', False), ('r2egym', True)):

@@ -8,21 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.scripted_policy import ScriptedPolicy
 from swebench_lab.build_image import build_images, export_instances, repair_model
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
-    yield
-    from swebench_lab.images import docker_client, LABEL
-    assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
+def _env(lab_env): pass
 
 
 @pytest.fixture(scope='module')

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 
 pytest.importorskip('ray', reason='the ray executor needs the cluster extra: pip install -e ".[cluster]"')
 pytestmark = pytest.mark.docker
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'
 MISSING = 'diff --git a/missing.py b/missing.py\n--- a/missing.py\n+++ b/missing.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n'
@@ -81,14 +80,9 @@ def cluster():
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
+def _env(lab_env, monkeypatch):
     monkeypatch.delenv('RAY_ADDRESS', raising=False)
     for k, v in AUTH.items(): monkeypatch.setenv(k, v)
-    yield
-    from swebench_lab.images import LABEL, docker_client
-    assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
 
 
 def _preds(path: Path, patches: dict) -> Path:
@@ -132,7 +126,6 @@ def test_evaluation_through_ray_gives_the_local_reports(cluster, tmp_path):
 def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path):
     "Tasks of the killed node run again on the other; every instance is graded once; the dead tasks' containers are removed."
     from swebench_lab.data import load_instances
-    from swebench_lab.images import LABEL, docker_client
     c = Cluster(2)
     try:
         recs = load_instances(DEMO_SWE)
@@ -141,9 +134,9 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path):
         p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(DEMO_SWE), '--model', 'm',
                               '--run_id', 'ray', '--predictions_path', str(preds), '--max_workers', '2', '--executor', 'ray',
                               '--ray-address', c.address], cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        dc, deadline = docker_client(), time.monotonic() + 300
-        while time.monotonic() < deadline and not dc.containers.list(filters={'label': LABEL}): time.sleep(0.05)
-        assert dc.containers.list(filters={'label': LABEL}), 'no task started a container'
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not tagged_containers(running=True): time.sleep(0.05)
+        assert tagged_containers(running=True), 'no task started a container'
         c.kill(c.workers[0])
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
@@ -156,21 +149,20 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path):
 
 def test_ctrl_c_cancels_the_tasks_and_removes_their_containers(cluster, tmp_path):
     from swebench_lab.data import load_instances
-    from swebench_lab.images import LABEL, docker_client
     recs = load_instances(DEMO_SWE)[:2]
     preds = _preds(tmp_path / 'p.jsonl', {r['instance_id']: HANG for r in recs})
     p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(DEMO_SWE), '--model', 'm',
                           '--run_id', 'hang', '--predictions_path', str(preds), '--max_workers', '2', '--executor', 'ray', '--timeout', '600',
                           '--ray-address', cluster.address, '--instance_ids', *[r['instance_id'] for r in recs]],
                          cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dc, deadline = docker_client(), time.monotonic() + 300
-    while time.monotonic() < deadline and len(dc.containers.list(filters={'label': LABEL})) < 2: time.sleep(0.2)
-    assert len(dc.containers.list(filters={'label': LABEL})) == 2
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(tagged_containers(running=True)) < 2: time.sleep(0.2)
+    assert len(tagged_containers(running=True)) == 2
     time.sleep(2)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=180)
     assert p.returncode == 130, err[-2000:]
-    assert dc.containers.list(all=True, filters={'label': LABEL}) == []
+    assert tagged_containers() == []
     assert not list((tmp_path / 'results' / 'evaluations' / 'hang' / 'm').glob('*/report.json'))
 
 

@@ -15,26 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.core import read_jsonl, write_jsonl_atomic
 from swebench_lab.data import load_instances
 from swebench_lab.run_evaluation import evaluate_instance, run_evaluation
 from swebench_lab.grading import grade, parse_log
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
-DATA = Path(__file__).parent / 'data'
 
 
 @pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    # images are content-addressed and reusable: keep building them in the project's cache of layers
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
+def _results(lab_env): pass
 
 
-def _containers():
-    from swebench_lab.images import docker_client, LABEL
-    return docker_client().containers.list(all=True, filters={'label': LABEL})
+_containers = tagged_containers
 
 
 SLUG_HANG = (DATA / 'slug_hang.diff').read_text()
@@ -235,6 +228,7 @@ def test_bad_recipes_are_errors_naming_the_file(tmp_path):
     assert r.returncode == 1 and 'demo__textkit.yaml' in r.stdout and 'quote' in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.quick
 def test_the_local_backend_refuses_a_python_this_host_lacks(tmp_path):
     rec = load_instances(DEMO_SWE)[0]
     envs = tmp_path / 'envs'; envs.mkdir()
@@ -264,6 +258,7 @@ def _log_for(parser: str, statuses: dict[str, str]) -> str:
     return '\n'.join(['+ : \'>>>>> Start Test Output\''] + lines + ['+ : \'>>>>> End Test Output\'']) + '\n'
 
 
+@pytest.mark.quick
 def test_grading_agrees_with_swebench_on_verified_rows(tmp_path):
     from swebench.harness.grading import get_eval_report
     from swebench.harness.utils import make_test_spec
@@ -307,6 +302,7 @@ def test_plain():
 '''
 
 
+@pytest.mark.quick
 def test_nested_pytest_output_is_graded_like_swebench(tmp_path):
     "A real log whose tests print a nested pytest session (summary and all): the outer run's statuses decide, as in swebench."
     from swebench_lab.grading import START, END, swebench_agreement

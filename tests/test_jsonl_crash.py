@@ -100,6 +100,7 @@ with JSONLWriter(sys.argv[1]) as w, ThreadPoolExecutor(4) as ex:
     assert resume_keys(path) == {f'{t}-{i}' for t in 'ab' for i in range(300)}
 
 
+@pytest.mark.quick
 def test_bad_input_names_file_line_and_problem(tmp_path):
     path = tmp_path / 'bad.jsonl'
     path.write_text('{"instance_id": "a"}\n\n{"instance_id": "b"\n{"instance_id": "c"}\n')

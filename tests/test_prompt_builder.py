@@ -95,6 +95,7 @@ def test_real_swebench_rows_give_prompts(tmp_path, src):
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason='../shared/data not present')
+@pytest.mark.quick
 def test_full_verified_and_lite_load_and_validate():
     for name, n in [('SWE-bench_Verified-test.parquet', 500), ('SWE-bench_Lite-test.parquet', 300)]:
         recs = load_instances(SHARED / name)

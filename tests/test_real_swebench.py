@@ -37,6 +37,7 @@ def logs(tmp_path_factory):
     return d
 
 
+@pytest.mark.quick
 def test_grading_agrees_with_swebench_on_every_real_log(logs):
     "64 real logs (gold and unpatched, 32 instances): our verdict and swebench's get_eval_report agree on each."
     recs = {r['instance_id']: r for r in load_instances(ROWS)}
@@ -52,6 +53,7 @@ def test_grading_agrees_with_swebench_on_every_real_log(logs):
     assert sum(a['swebench_found_output'] for a in checked) == 64      # every log reached its tests
 
 
+@pytest.mark.quick
 def test_real_logs_give_the_recorded_verdicts(logs):
     "Regrading the saved logs reproduces the validation's verdicts (valid, gold_fails, empty_passes)."
     recs = {r['instance_id']: r for r in load_instances(ROWS)}

@@ -20,12 +20,6 @@ from swebench_lab.prompt_builder import PromptParts, context_files_in
 from swebench_lab.models import RetryPolicy
 from swebench_lab.run_api import RunParams, run_pass
 from swebench_lab.serving import serve_in_background
-from swebench_lab.tiny import ensure_tiny
-
-
-@pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    return ensure_tiny(tmp_path_factory.mktemp('tiny'))
 
 
 @pytest.fixture(scope='module')

@@ -11,14 +11,8 @@ import pytest
 
 from conftest import run_cli
 from swebench_lab.serving import serve_in_background, vllm_command
-from swebench_lab.tiny import ensure_tiny
 
 MSG = [{'role': 'user', 'content': 'Write a patch that fixes slugify.'}]
-
-
-@pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    return ensure_tiny(tmp_path_factory.mktemp('tiny'))
 
 
 @pytest.fixture(scope='module')

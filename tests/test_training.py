@@ -17,26 +17,24 @@ import httpx
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
-from swebench_lab.data import load_instances
-from swebench_lab.training_data import (NOOP_PATCH as NOTE, TrainingDataError, _gold, dpo_from_predictions, dpo_gold_vs_wrong,
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
+from swebench_lab.data import load_instances, gold_patch
+from swebench_lab.training_data import (NOOP_PATCH as NOTE, TrainingDataError, dpo_from_predictions, dpo_gold_vs_wrong,
                                         scripted_graded_predictions, sft_from_gold, sft_from_predictions, write_dataset)
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 MISSING = 'diff --git a/missing.py b/missing.py\n--- a/missing.py\n+++ b/missing.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n'
 FAST = ['train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']
 
 
 @pytest.fixture(scope='module')
-def work(tmp_path_factory):
+def work(tmp_path_factory, tiny):
     "A results folder, the tiny model, and the graded predictions of a demo run by two scripted policies."
     d = tmp_path_factory.mktemp('training')
     old = {k: os.environ.get(k) for k in ('SWEBENCH_LAB_RESULTS', 'SWEBENCH_LAB_CRAWLED_DATA')}
     os.environ['SWEBENCH_LAB_RESULTS'] = str(d / 'results')
     os.environ['SWEBENCH_LAB_CRAWLED_DATA'] = str(ROOT / 'crawled_data')
-    from swebench_lab.tiny import ensure_tiny
     graded = scripted_graded_predictions(DEMO_SWE, d / 'scripted', backend='local')
-    yield {'dir': d, 'recs': load_instances(DEMO_SWE), 'tiny': ensure_tiny(d / 'tiny'), 'graded': graded}
+    yield {'dir': d, 'recs': load_instances(DEMO_SWE), 'tiny': tiny, 'graded': graded}
     for k, v in old.items():
         if v is None: os.environ.pop(k, None)
         else: os.environ[k] = v
@@ -57,7 +55,7 @@ def test_builders_on_real_graded_predictions(work):
     assert len(pairs) == 4 and {p['source'] for p in pairs} == {'resolved vs applied_failed'}
     by_id = {r['instance_id']: r for r in recs}
     for p in pairs:
-        assert _gold(by_id[p['instance_id']]) in p['chosen'][0]['content'] and NOTE in p['rejected'][0]['content']
+        assert gold_patch(by_id[p['instance_id']]) in p['chosen'][0]['content'] and NOTE in p['rejected'][0]['content']
         assert p['prompt'][-1]['role'] == 'user'
     cheap = dpo_gold_vs_wrong(recs, g)
     assert len(cheap) == 4 and all(p['rejected'][0]['content'] == NOTE for p in cheap)
@@ -156,20 +154,20 @@ def test_rl_environment_rewards_in_docker(work):
     s = env.reset(rec['instance_id'])
     assert s['repo'] == 'demo/textkit' and rec['problem_statement'].strip()[:40] in s['prompt'] and 'textkit/slug.py' in s['files']
     got = {}
-    for name, patch in (('gold', _gold(rec)), ('applies, fails', NOTE), ('does not apply', MISSING), ('empty', '')):
+    for name, patch in (('gold', gold_patch(rec)), ('applies, fails', NOTE), ('does not apply', MISSING), ('empty', '')):
         state, reward, done, info = env.step(patch)
         assert done and state['instance_id'] == rec['instance_id']
         got[name] = reward
     assert got == {'gold': 1.0, 'applies, fails': 0.0, 'does not apply': -1.0, 'empty': -1.0}
     ids = [r['instance_id'] for r in work['recs']]
-    answers = [f"```diff\n{_gold(r)}```" for r in work['recs'][:2]] + [f'```diff\n{NOTE}```', 'no patch here']
+    answers = [f"```diff\n{gold_patch(r)}```" for r in work['recs'][:2]] + [f'```diff\n{NOTE}```', 'no patch here']
     t = time.monotonic()
     assert TestReward(env, workers=4)(completions=answers, instance_id=ids) == [1.0, 1.0, 0.0, -1.0]
     from swebench_lab.training import SWEBenchGymEnv
     g = SWEBenchGymEnv(DEMO_SWE, backend='docker')
     obs, info = g.reset(options={'instance_id': rec['instance_id']})
     assert obs == s['prompt']
-    obs, reward, terminated, truncated, info = g.step(_gold(rec))
+    obs, reward, terminated, truncated, info = g.step(gold_patch(rec))
     assert (reward, terminated, truncated, info['resolved']) == (1.0, True, False, True)
 
 

@@ -12,29 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.data import load_instances
 
-DEMO_SWE = ROOT / 'crawled_data' / 'bench' / 'demo-swebench.jsonl'
 NOOP = ("THOUGHT: a note first.\n\n```mswea_bash_command\necho 'looked at it' > NOTES.md\n```",
         "THOUGHT: done.\n\n```mswea_bash_command\necho COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT\n```")
 KIT_FIELDS = {'total_instances', 'baseline', 'trained', 'instance_comparison', 'improvements', 'regressions', 'net_improvement'}
 
 
-@pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    from swebench_lab.tiny import ensure_tiny
-    return ensure_tiny(tmp_path_factory.mktemp('tiny'))
-
-
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(ROOT / 'crawled_data'))
-    yield
-    from swebench_lab.images import docker_available, docker_client, LABEL
-    if docker_available():
-        assert docker_client().containers.list(all=True, filters={'label': LABEL}) == [], 'containers left behind'
+def _env(lab_env): pass
 
 
 def _servers_of(base: Path) -> list[str]:
