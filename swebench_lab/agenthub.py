@@ -54,6 +54,7 @@ def scaffold_path(scaffold: str, fn_calling: bool) -> Path:
     name = f'{scaffold}.yaml' if len(SCAFFOLDS[scaffold]) == 1 else f'{scaffold}_{mode}.yaml'
     return Path(swebench_lab.__file__).parent / 'scaffolds' / name
 
+# %% ../nbs/15_agenthub.ipynb #ah-load-scaffold
 def load_scaffold(scaffold: str, fn_calling: bool, path: str | Path | None = None) -> dict:
     "A scaffold configuration, checked: `{scaffold, mode, agent, model, tools}`."
     p = Path(path) if path else scaffold_path(scaffold, fn_calling)
@@ -110,6 +111,7 @@ def exit_reason(agent: WorkbenchAgent, error: BaseException | None = None) -> st
         return 'step_limit' if 0 < agent.config.step_limit <= agent.n_calls else 'cost_limit'
     return status or 'unknown'
 
+# %% ../nbs/15_agenthub.ipynb #ah-git-patch
 def git_patch(box: Sandbox) -> str:
     "The agent's change: `git add -A && git diff --cached` in /testbed (build artefacts are excluded by .git/info/exclude)."
     r = box.run('git add -A && git diff --cached', timeout=120)

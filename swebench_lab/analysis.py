@@ -104,6 +104,7 @@ def outcome_matrix(df: pd.DataFrame, arm_col: str = 'model', value: str = 'resol
     if full.empty: raise SwebenchLabError(f"no instance has results in every arm ({', '.join(map(str, m.columns))})")
     return full
 
+# %% ../nbs/14_analysis.ipynb #an-mcnemar-exact
 def _samples(df: pd.DataFrame, arm, arm_col: str, value: str, instances) -> np.ndarray | None:
     "(instances, samples) outcomes of one arm when every instance has the same number of samples, else None."
     g = df[df[arm_col] == arm].groupby('instance_id')[value].apply(lambda s: s.astype(float).tolist())
@@ -116,6 +117,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     return 1.0 if n == 0 else float(min(1.0, 2 * binom.cdf(min(b, c), n, 0.5)))
 
+# %% ../nbs/14_analysis.ipynb #an-paired-bootstrap
 def paired_bootstrap(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean difference b − a and its percentile bootstrap interval. `a`, `b`: per-instance outcomes (1-D), or
     (instances, samples) arrays, where the samples of each resampled instance are resampled too."""
@@ -134,6 +136,7 @@ def paired_bootstrap(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.
     q = (1 - level) / 2
     return point, float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q))
 
+# %% ../nbs/14_analysis.ipynb #an-sign-flip-test
 def sign_flip_test(d, n_perm: int = 20000, seed: int = 0) -> float:
     "Two-sided paired permutation test of per-instance differences `d` (exact when there are at most 16 non-zero ones)."
     d = np.asarray(d, float)
@@ -146,12 +149,14 @@ def sign_flip_test(d, n_perm: int = 20000, seed: int = 0) -> float:
         signs = np.random.default_rng(seed).choice([-1, 1], size=(n_perm, d.size))
     return float(np.mean(np.abs(signs @ d) >= obs - 1e-12))
 
+# %% ../nbs/14_analysis.ipynb #an-pass-at-k
 def pass_at_k(n: int, c: int, k: int) -> float:
     "Unbiased pass@k for one instance with n samples of which c pass (Chen et al. 2021)."
     if k > n: raise SwebenchLabError(f'pass@{k} needs at least {k} samples per instance (have {n})')
     if n - c < k: return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
+# %% ../nbs/14_analysis.ipynb #an-holm
 def holm(pvals: Iterable[float]) -> list[float]:
     "Holm step-down adjusted p-values, in the input's order."
     p = list(pvals)
@@ -162,6 +167,7 @@ def holm(pvals: Iterable[float]) -> list[float]:
         out[i] = running
     return out
 
+# %% ../nbs/14_analysis.ipynb #an-sample-size-paired
 def sample_size_paired(delta: float, discordance: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
     """Instances a paired (McNemar) comparison needs to detect a rate difference `delta` with `power` at two-sided
     `alpha`, when a share `discordance` of instances is solved by exactly one arm (Connor 1987). None: impossible
@@ -223,6 +229,7 @@ def compare_arms(df: pd.DataFrame, arm_col: str = 'model', baseline=None, value:
     return {'arms': out_arms, 'pairs': out_pairs, 'instances': len(shared), 'multiple_samples': bool(multi),
             'dropped_instances': sorted(set(df['instance_id']) - set(shared))}
 
+# %% ../nbs/14_analysis.ipynb #an-comparison-table
 def comparison_table(cmp: dict) -> pd.DataFrame:
     "The pairs of `compare_arms` as a table (differences in points)."
     return pd.DataFrame([{'A': r['a'], 'B': r['b'], 'B - A (pts)': round(100 * r['difference'], 1),

@@ -39,6 +39,7 @@ __all__ = ['MAX_DIFF', 'SYSTEM_PROMPT', 'MAX_REPLY_RETRIES', 'main', 'TransferEr
 # %% ../nbs/16_build_image.ipynb #bi-input
 class TransferError(SwebenchLabError): "An input file or entry that build_image cannot use."
 
+# %% ../nbs/16_build_image.ipynb #bi-load-transfer-input
 def load_transfer_input(path: str | Path) -> list[dict]:
     "The entries of a FORMATS §5 input file, each checked: instance_id, dockerfile, eval_script (strings), optional repo, patch, base_commit."
     p = Path(path)
@@ -71,11 +72,13 @@ class Check:
     build_s: float = 0.0
     test_s: float = 0.0
 
+# %% ../nbs/16_build_image.ipynb #bi-transfer-tag
 def transfer_tag(entry: dict, dockerfile: str) -> str:
     "The image tag of an entry's Dockerfile: a hash of the Dockerfile and of the repository commit the build context holds."
     h = hashlib.sha256('\0'.join([dockerfile, entry.get('repo') or '', entry.get('base_commit') or '']).encode()).hexdigest()[:12]
     return f"swebench-lab/transfer:{safe_name(entry['instance_id']).lower()[:80]}-{h}"
 
+# %% ../nbs/16_build_image.ipynb #bi-build-transfer-image
 def build_transfer_image(entry: dict, dockerfile: str, log_path: Path, client=None, store: RepoStore | None = None) -> tuple[str, bool]:
     "Build (or find) the image of a Dockerfile; `(tag, built_now)`. The context holds `testbed/` when the entry names repo and base_commit."
     client = client or docker_client()
@@ -88,6 +91,7 @@ def build_transfer_image(entry: dict, dockerfile: str, log_path: Path, client=No
         docker_build(client, td, tag, log_path, 'transfer')
     return tag, True
 
+# %% ../nbs/16_build_image.ipynb #bi-exit-code
 def _clip_log(text: str, head: int = 3000, tail: int = 6000) -> str:
     return text if len(text) <= head + tail else f"{text[:head]}\n[... {len(text) - head - tail} characters left out ...]\n{text[-tail:]}"
 
@@ -96,6 +100,7 @@ def exit_code(log: str) -> int | None:
     codes = EXIT_CODE_RE.findall(log)
     return int(codes[-1]) if codes else None
 
+# %% ../nbs/16_build_image.ipynb #bi-try-environment
 def try_environment(entry: dict, dockerfile: str, eval_script: str, out: Path, timeout: float = 300, labels: dict | None = None,
                     client=None, store: RepoStore | None = None) -> Check:
     "Build the Dockerfile and check the environment (repository, gold patch, eval script with and without gold); logs go to `out`."
@@ -168,8 +173,10 @@ def repair_prompt(entry: dict, dockerfile: str, eval_script: str, check: Check, 
             f"Current Dockerfile:\n<dockerfile>\n{dockerfile}\n</dockerfile>\n\nCurrent eval script:\n<eval_script>\n{eval_script}\n</eval_script>\n\n"
             + (f"The gold patch (applied before the eval script runs, to check that the tests pass):\n<patch>\n{_clip_log(gold, 4000, 2000)}\n</patch>\n" if gold else ''))
 
+# %% ../nbs/16_build_image.ipynb #bi-replyerror
 class ReplyError(ValueError): "A model reply that cannot be used (its message goes back to the model)."
 
+# %% ../nbs/16_build_image.ipynb #bi-parse-repair
 _BLOCK = lambda name: re.compile(rf'<{name}>\s*\n?(.*?)\n?\s*</{name}>', re.S)
 
 def parse_repair(reply: str, dockerfile: str, eval_script: str) -> tuple[str, str]:
@@ -183,6 +190,7 @@ def parse_repair(reply: str, dockerfile: str, eval_script: str) -> tuple[str, st
     if new_d == dockerfile and new_s == eval_script: raise ReplyError('the reply changes neither file')
     return new_d, new_s
 
+# %% ../nbs/16_build_image.ipynb #bi-repairmodel
 @dataclass
 class RepairModel:
     "A chat model behind an OpenAI-compatible endpoint, with the registry's prices; counts the cost of every call."
@@ -211,6 +219,7 @@ class RepairModel:
                      timeout=self.timeout, retry=self.retry)
         return c.texts[0], c.cost
 
+# %% ../nbs/16_build_image.ipynb #bi-repair-model
 def repair_model(model_name: str, base_url: str | None = None, context_limit: int | None = None, temperature: float = 0.0) -> RepairModel:
     "The model of `--model_name` from the registry; `OPENROUTER_API_BASE_URL` / `OPENROUTER_API_KEY` are honoured where set."
     base = base_url or os.environ.get('OPENROUTER_API_BASE_URL')
@@ -269,6 +278,7 @@ def transfer_instance(entry: dict, model: RepairModel | None, out_dir: Path, max
     write_json(d / 'result.json', result)
     return result
 
+# %% ../nbs/16_build_image.ipynb #bi-build-images
 def _resumed_results(entries: list[dict], out: Path, skip_existing: bool) -> dict[str, dict]:
     "The results already in `out` (kept with `skip_existing`; otherwise their folders are removed for a fresh start)."
     results = {}
@@ -335,6 +345,7 @@ def exit_code_script(rec: dict, test_cmd: str) -> str:
                       *([f"git checkout {rec['base_commit']} -- {files} 2>/dev/null || true"] if tests else []),
                       'echo "OMNIGRIL_EXIT_CODE=$rc"', ''])
 
+# %% ../nbs/16_build_image.ipynb #bi-export-instances
 def export_instances(dataset_name: str, output: str | Path, instance_ids: Iterable[str] | None = None) -> list[dict]:
     "FORMATS §5 input entries for records the workbench can build (their env images are built here); written to `output`."
     from swebench_lab.data import load_instances, gold_patch

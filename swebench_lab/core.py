@@ -41,10 +41,12 @@ __all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKA
 class SwebenchLabError(Exception):
     "An error caused by the user's input or environment; its message is meant to be read by a person."
 
+# %% ../nbs/00_core.ipynb #core-one-line
 def one_line(text: str) -> str:
     "Fold a multi-line message into one line (a command line prints errors as one line)."
     return '; '.join(l.strip() for l in str(text).splitlines() if l.strip())
 
+# %% ../nbs/00_core.ipynb #core-cli-entry
 def cli_entry(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
     "Wrap a command's `main(argv)` so a `SwebenchLabError` prints one line on stderr and exits 2."
     @functools.wraps(main)
@@ -82,6 +84,7 @@ def project_root(start: str | Path | None = None) -> Path:
         if _is_project(d): return d
     return here
 
+# %% ../nbs/00_core.ipynb #core-settings
 def settings(root: str | Path | None = None) -> dict[str, str]:
     "The `[DEFAULT]` section of the project's settings.ini (empty when there is none)."
     ini = Path(root or project_root()) / 'settings.ini'
@@ -89,6 +92,7 @@ def settings(root: str | Path | None = None) -> dict[str, str]:
     if ini.is_file(): cp.read(ini, encoding='utf-8')
     return dict(cp['DEFAULT'])
 
+# %% ../nbs/00_core.ipynb #core-crawled-data-dir
 def _data_dir(env: str, key: str, default: str, root) -> Path:
     if v := os.environ.get(env): return Path(v).expanduser().resolve()
     root = Path(root or project_root())
@@ -98,6 +102,7 @@ def crawled_data_dir(root: str | Path | None = None) -> Path:
     "Where inputs live: bench/, infbench/, repos/, envs/ (`$SWEBENCH_LAB_CRAWLED_DATA` overrides)."
     return _data_dir(ENV_CRAWLED, 'crawled_data', 'crawled_data', root)
 
+# %% ../nbs/00_core.ipynb #core-results-dir
 def results_dir(root: str | Path | None = None) -> Path:
     "Where outputs live: predictions, evaluations, run records (`$SWEBENCH_LAB_RESULTS` overrides)."
     return _data_dir(ENV_RESULTS, 'experiment_results', 'experiment_results', root)
@@ -112,12 +117,14 @@ def safe_name(name: str) -> str:
     if s in ('.', '..'): raise SwebenchLabError(f"{name!r} is not usable as a folder name")
     return s
 
+# %% ../nbs/00_core.ipynb #core-format-temperature
 def format_temperature(t: float | int | str) -> str:
     "`0` -> '0', `0.70` -> '0.7', `1.0` -> '1'."
     try: f = float(t)
     except (TypeError, ValueError): raise SwebenchLabError(f"temperature must be a number, got {t!r}") from None
     return str(int(f)) if f == int(f) else repr(f)
 
+# %% ../nbs/00_core.ipynb #core-run-output-dir
 def run_output_dir(model: str, temperature: float = 0, n: int = 1, root: str | Path | None = None,
                    create: bool = False) -> Path:
     "`experiment_results/{model}/T={t}/n={n}/` for a model's predictions."
@@ -136,8 +143,10 @@ def register_secret_variable(name: str) -> None:
     "Treat the value of environment variable `name` as a secret from now on (the registry calls this for `api_key_env`)."
     _SECRET_VARS.add(name)
 
+# %% ../nbs/00_core.ipynb #core-mask
 def mask(s: str) -> str: return (s[:4] if len(s) >= 12 else '') + '***REDACTED***'
 
+# %% ../nbs/00_core.ipynb #core-secret-values
 def secret_values(env: dict | None = None) -> list[str]:
     "Values of environment variables that hold secrets (longest first), as `redact` masks them."
     env = os.environ if env is None else env
@@ -149,6 +158,7 @@ def secret_values(env: dict | None = None) -> list[str]:
             if len(part) >= 8 and part not in _NOT_SECRET: vals.add(part)
     return sorted(vals, key=len, reverse=True)
 
+# %% ../nbs/00_core.ipynb #core-redact2
 def redact(obj: Any, extra: Iterable[str] = ()) -> Any:
     "Mask the known secrets in a string, or in every string inside dicts/lists/tuples (keys included)."
     secrets = [*secret_values(), *[e for e in extra if e]]
@@ -178,12 +188,14 @@ def located(source, where, problem: str, record_id: str | None = None, field: st
     what = f"field {field!r}: " if field else ''
     return f"{loc}{who}: {what}{problem}"
 
+# %% ../nbs/00_core.ipynb #core-jsonl-jsonlerror
 class JSONLError(SwebenchLabError, ValueError):
     "Bad JSONL input; `path`, `line` and `field` say where."
     def __init__(self, path, line: int | None, problem: str, field: str | None = None, record_id: str | None = None):
         self.path, self.line, self.field, self.problem, self.record_id = str(path), line, field, problem, record_id
         super().__init__(located(path, line, problem, record_id, field))
 
+# %% ../nbs/00_core.ipynb #core-jsonl-iter-jsonl
 def iter_jsonl(path: str | Path, required: Iterable[str] = (), id_field: str = 'instance_id',
                with_lineno: bool = False) -> Iterator[dict | tuple[int, dict]]:
     "Stream the JSON objects of a JSONL file; errors name `file:line`. A torn final line is skipped with a warning."
@@ -283,12 +295,14 @@ class JSONLWriter:
         try: self.close()
         except Exception: pass
 
+# %% ../nbs/00_core.ipynb #core-jsonl-append-jsonl
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     "Append records to `path` with one `JSONLWriter`; returns how many were written."
     with JSONLWriter(path) as w:
         for r in records: w.write(r)
         return w.count
 
+# %% ../nbs/00_core.ipynb #core-jsonl-resume-keys
 def resume_keys(path: str | Path, key: str | Callable[[dict], Any] = 'instance_id',
                 where: Callable[[dict], bool] | None = None) -> set:
     "The keys of the records already in `path` (empty when it does not exist), e.g. ids to skip on resume."
@@ -313,16 +327,19 @@ def atomic_path(path: str | Path):
         except FileNotFoundError: pass
         raise
 
+# %% ../nbs/00_core.ipynb #core-atomic-write-text
 def atomic_write_text(path: str | Path, text: str) -> Path:
     "Write `text` to `path` atomically (temp file + fsync + rename)."
     with atomic_path(path) as tmp:
         with open(tmp, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #core-write-json
 def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     "Write `obj` as JSON atomically, with secrets redacted."
     return atomic_write_text(path, json.dumps(redact(obj), indent=indent, ensure_ascii=False, default=str) + '\n')
 
+# %% ../nbs/00_core.ipynb #core-write-jsonl-atomic
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> int:
     "Write a whole JSONL file atomically: all records, or (on any error) no file change at all."
     n = 0
@@ -408,6 +425,7 @@ class RedactingFilter(logging.Filter):
         if record.exc_text: record.exc_text = redact(record.exc_text)
         return True
 
+# %% ../nbs/00_core.ipynb #core-setup-logging
 _LOG_FORMAT = '%(asctime)s %(levelname)-7s %(name)s: %(message)s'
 
 def setup_logging(level: str | int = 'INFO', log_file: str | Path | None = None, console: bool = True) -> logging.Logger:
@@ -442,6 +460,7 @@ def package_versions(names: Iterable[str] = PROVENANCE_PACKAGES) -> dict[str, st
         except _md.PackageNotFoundError: out[n] = None
     return out
 
+# %% ../nbs/00_core.ipynb #core-git-info
 def git_info(path: str | Path | None = None) -> dict:
     "Commit, branch and dirty flag of the git checkout holding `path` (Nones when not in git)."
     cwd = Path(path or project_root())
@@ -456,8 +475,10 @@ def git_info(path: str | Path | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         return {'commit': None, 'branch': None, 'dirty': None}
 
+# %% ../nbs/00_core.ipynb #core-utcnow
 def utcnow() -> str: return _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
+# %% ../nbs/00_core.ipynb #core-provenance
 def provenance(params: dict | None = None, packages: Iterable[str] = PROVENANCE_PACKAGES) -> dict:
     "A record of what is producing a run: git, packages, Python, host, time, argv and parameters."
     try: user = getpass.getuser()
@@ -471,6 +492,7 @@ def provenance(params: dict | None = None, packages: Iterable[str] = PROVENANCE_
         'argv': list(sys.argv), 'params': dict(params or {}),
     })
 
+# %% ../nbs/00_core.ipynb #core-write-provenance
 def write_provenance(out_dir: str | Path, params: dict | None = None, name: str = 'provenance.json') -> Path:
     "Write `provenance(params)` as `out_dir/provenance.json`; returns the path."
     return write_json(Path(out_dir) / name, provenance(params))

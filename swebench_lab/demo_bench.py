@@ -27,10 +27,12 @@ def demo_dir() -> Path:
     import swebench_lab
     return Path(swebench_lab.__file__).parent / 'demo' / 'textkit'
 
+# %% ../nbs/11_demo_bench.ipynb #demo-demo-spec
 def demo_spec() -> dict:
     "`demo.yaml`: the repository, its first commit, the order of its files, and the tasks (texts, dates, diff files)."
     return yaml.safe_load((demo_dir() / 'demo.yaml').read_text())
 
+# %% ../nbs/11_demo_bench.ipynb #demo-base-files
 def base_files() -> dict[str, str]:
     "The base repository: `{path: text}`, in `demo.yaml`'s order (`base.diff` applied to an empty folder)."
     with tempfile.TemporaryDirectory(prefix='textkit-base-') as td:
@@ -39,6 +41,7 @@ def base_files() -> dict[str, str]:
         if r.returncode: raise SwebenchLabError(f"demo benchmark: base.diff does not apply: {r.stderr.strip()[:500]}")
         return {p: (Path(td) / p).read_text() for p in demo_spec()['files']}
 
+# %% ../nbs/11_demo_bench.ipynb #demo-demo-tasks
 def demo_tasks() -> list[dict]:
     "The tasks, each with its step diffs (`steps`) and tests diff (`tests`) read from their files."
     out = []

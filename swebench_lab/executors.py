@@ -37,6 +37,7 @@ class TaskResult:
     node: str = 'local'
     files: dict[str, bytes] = field(default_factory=dict)
 
+# %% ../nbs/20_executors.ipynb #ex-node-name
 def node_name() -> str:
     "This process's node: the host name, and Ray's node id where Ray runs it."
     host = socket.gethostname()
@@ -56,6 +57,7 @@ def scratch_call(fn: Callable, args: tuple, kwargs: dict, out_key: str | None) -
         files = {str(p.relative_to(td)): p.read_bytes() for p in Path(td).rglob('*') if p.is_file()}
     return value, files, node_name()
 
+# %% ../nbs/20_executors.ipynb #ex-materialize
 def materialize(files: dict[str, bytes], dest: str | Path) -> None:
     "Write a task's files under `dest` (the driver's side of `scratch_call`)."
     dest = Path(dest).resolve()
@@ -100,6 +102,7 @@ def forwarded_env() -> dict[str, str]:
     env.setdefault('SWEBENCH_LAB_RESULTS', str(results_dir()))
     return env
 
+# %% ../nbs/20_executors.ipynb #ex-clean-node
 def _ray():
     try:
         import ray
@@ -176,6 +179,7 @@ def make_executor(kind: str = 'local', max_workers: int = 4, ray_address: str | 
     if kind == 'ray': return RayExecutor(ray_address, max_workers, num_cpus, memory_mb, max_retries)
     raise SwebenchLabError(f'unknown executor {kind!r}: {" or ".join(EXECUTORS)}')
 
+# %% ../nbs/20_executors.ipynb #ex-add-executor-args
 def add_executor_args(ap) -> None:
     "The executor flags of a command that fans out over instances."
     ap.add_argument('--executor', choices=EXECUTORS, default='local', help='local threads (default) or tasks on a Ray cluster')
@@ -186,6 +190,7 @@ def add_executor_args(ap) -> None:
 # %% ../nbs/20_executors.ipynb #ex-guard
 def new_run_label() -> str: return uuid.uuid4().hex[:12]
 
+# %% ../nbs/20_executors.ipynb #ex-runguard
 class RunGuard:
     """For a run that fans out over sandboxes: on Ctrl-C or SIGTERM, set `cancel` (work in flight then leaves no result),
     remove the run's containers (labelled `swebench_lab.run=<run_label>`) or stop its local sandboxes at once, and re-raise."""

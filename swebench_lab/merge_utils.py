@@ -28,6 +28,7 @@ def merge_jsonl(paths: Iterable[str | Path], output: str | Path, key: str = 'ins
                 yield r
     return write_jsonl_atomic(output, records())
 
+# %% ../nbs/12_merge_utils.ipynb #merge-task-files
 def task_files(d: str | Path, run_id: str, repos: Iterable[str] | None = None) -> list[Path]:
     "The per-repository `*-task-instances_{run_id}.jsonl` files in `d` (all of them, or those of `repos`)."
     d = Path(d)
@@ -40,6 +41,7 @@ def task_files(d: str | Path, run_id: str, repos: Iterable[str] | None = None) -
         return paths
     return sorted(p for p in d.glob(f'*{suffix}') if not p.name.startswith('all-'))
 
+# %% ../nbs/12_merge_utils.ipynb #merge-merge-task-files
 def merge_task_files(d: str | Path, run_id: str, repos=None, output=None) -> tuple[Path, int]:
     "Merge the per-repo files of `run_id` in `d` into `all-task-instances_{run_id}.jsonl` (or `output`)."
     parts = task_files(d, run_id, repos)
@@ -47,10 +49,12 @@ def merge_task_files(d: str | Path, run_id: str, repos=None, output=None) -> tup
     out = Path(output) if output else Path(d) / f'all-task-instances_{run_id}.jsonl'
     return out, merge_jsonl(parts, out)
 
+# %% ../nbs/12_merge_utils.ipynb #merge-merge-infbench
 def merge_infbench(run_id: str, input_dir=None, repos=None, output=None) -> tuple[Path, int]:
     "Merge per-repo infbench files of `run_id` (default folder crawled_data/infbench)."
     return merge_task_files(input_dir or crawled_data_dir() / 'infbench', run_id, repos, output)
 
+# %% ../nbs/12_merge_utils.ipynb #merge-merge-results
 def merge_results(model_name: str, temperature: float = 0, n: int = 1, run_id: str = '0.2', repos=None, output=None) -> tuple[Path, int]:
     "Merge a model's per-repo prediction files of `run_id` in `experiment_results/{model}/T={t}/n={n}/`."
     return merge_task_files(run_output_dir(model_name, temperature, n), run_id, repos, output)

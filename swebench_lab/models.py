@@ -202,6 +202,7 @@ class LLMAccess:
     def key(self) -> str:
         return os.environ.get(self.spec.api_key_env) or ('EMPTY' if self.base_url else '')
 
+# %% ../nbs/05_models.ipynb #models-resolve-llm
 def resolve_llm(llm_name: str, base_url: str | None = None, context_limit: int | None = None) -> LLMAccess:
     "A model from the registry (or the endpoint's `/models`), as LiteLLM will call it."
     reg = load_registry()
@@ -226,6 +227,7 @@ class RetryPolicy:
 # %% ../nbs/05_models.ipynb #models-retry-after
 class MalformedResponse(Exception): "The endpoint answered 200 with a body that is not a usable completion."
 
+# %% ../nbs/05_models.ipynb #models-retry-retry-after-seconds
 def retry_after_seconds(exc: Exception) -> float | None:
     "Seconds from a `Retry-After` (or `retry-after-ms`) header of an API error, if any."
     resp = getattr(exc, 'response', None)
@@ -276,6 +278,7 @@ def split_prompt(prompt: str) -> list[dict]:
     system, _, user = prompt.partition('\n')
     return ([{'role': 'system', 'content': system}] if system.strip() else []) + [{'role': 'user', 'content': user}]
 
+# %% ../nbs/05_models.ipynb #models-completion
 @dataclass
 class Completion:
     "What one call returned: the texts (one per choice), token counts, the cost, and the raw response."
@@ -285,6 +288,7 @@ class Completion:
     cost: float = 0.0
     response: Any = field(default=None, repr=False)
 
+# %% ../nbs/05_models.ipynb #models-openai-client
 def openai_client(base_url: str | None, api_key: str | None, timeout: float = 600):
     "An OpenAI SDK client that never retries on its own (the retry policy above does)."
     import openai

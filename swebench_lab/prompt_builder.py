@@ -44,6 +44,7 @@ def clean_message(text: str | None) -> str:
     t = re.sub(r'[ \t]+\n', '\n', t)
     return re.sub(r'\n{3,}', '\n\n', t).strip()
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-requirement-text
 def requirement_text(rec: dict, pr_mes: bool = True, issue_mes: bool = True) -> str:
     "The requirement: PR title + body, then the linked issues' text; either part can be left out."
     parts = []
@@ -53,6 +54,7 @@ def requirement_text(rec: dict, pr_mes: bool = True, issue_mes: bool = True) -> 
     if issue_mes and (iss := clean_message(rec.get('issues_mes'))): parts.append(iss)
     return '\n\n'.join(parts)
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-task-text
 def task_text(rec: dict) -> str:
     "The task as a person would be given it: a SWE-bench issue (`problem_statement`), or an edit-history task's PR and issue text."
     return rec['problem_statement'] if rec.get('problem_statement') else requirement_text(rec)
@@ -62,16 +64,19 @@ def format_pct(info_pct: float | None) -> str:
     if not info_pct: return 'None'
     return str(int(info_pct)) if float(info_pct) == int(info_pct) else repr(float(info_pct))
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-make-run-id
 def make_run_id(info_pct: float | None, pr_mes: bool = True, issue_mes: bool = True,
                 use_bm25: bool = False, topn: int = 10) -> str:
     "The run_id of a prompt variant."
     return (format_pct(info_pct) + ('_body' if pr_mes else '') + ('_issue' if issue_mes else '')
             + (f'_bm25_{topn}' if use_bm25 else ''))
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-infbench-path
 def infbench_path(name: str, run_id: str, root: str | Path | None = None) -> Path:
     "`crawled_data/infbench/{name}-task-instances_{run_id}.jsonl`."
     return Path(root or crawled_data_dir() / 'infbench') / f'{name}-task-instances_{run_id}.jsonl'
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-dataset-label
 def dataset_label(path: str | Path) -> str:
     "`demo` for `.../demo-task-instances.jsonl`; the file stem otherwise."
     stem = Path(path).name.split('.')[0]
@@ -108,6 +113,7 @@ def number_lines(text: str) -> str:
     "`1 first line` numbering, one line per source line."
     return '\n'.join(f'{i} {l}' for i, l in enumerate(text.split('\n'), 1)) if text else ''
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-promptparts
 @dataclass
 class PromptParts:
     "What a prompt is made of; `render` turns it into text, `files` can be trimmed from the end."
@@ -138,9 +144,11 @@ class PromptParts:
                 'in the format shown above, inside <patch></patch> tags.']
         return '\n'.join(out)
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-contexttoolong
 class ContextTooLong(SwebenchLabError):
     "The prompt is over the budget with no code context left to trim."
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-context-files-in
 _START = re.compile(r'^\[start of (.+)\]$', re.M)
 
 def _code_span(prompt: str) -> tuple[int, int] | None:
@@ -154,6 +162,7 @@ def context_files_in(prompt: str) -> list[str]:
     span = _code_span(prompt)
     return _START.findall(prompt[span[0]:span[1]]) if span else []
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-trim-last-file
 def trim_last_file(prompt: str) -> tuple[str, str | None]:
     "Drop the last file block of the code context (halve it when it is the only one); `(prompt, what)`, what=None when nothing is left."
     span = _code_span(prompt)
@@ -173,6 +182,7 @@ def trim_last_file(prompt: str) -> tuple[str, str | None]:
     new_code = code[:last.end()] + '\n' + half + '\n' + code[last.end() + end.start():]
     return prompt[:a] + new_code + prompt[b:], f'{path} (halved)'
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-fit-prompt
 def fit_prompt(prompt: str, max_tokens: int | None, counter: Callable[[str], int] | None = None) -> tuple[str, list[str]]:
     "Trim whole files from the end of the code context (halving a lone last file) until `prompt` fits `max_tokens`."
     counter = counter or count_tokens
@@ -195,6 +205,7 @@ class Split:
     pre_tree: str
     final_tree: str
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-split-task
 def split_task(repo: GitRepo, rec: dict, info_pct: float | None) -> Split:
     "Apply the first `split_idx` steps; `ground_truth` is the diff from there to the end of the history."
     steps = rec['work_patch_list']
@@ -205,6 +216,7 @@ def split_task(repo: GitRepo, rec: dict, info_pct: float | None) -> Split:
     final_tree = repo.apply_diffs(pre_tree, [join_diffs(s) for s in steps[k:]], what=f'history step (after {k})')
     return Split(k, pre_edits, repo.diff(pre_tree, final_tree), base_tree, pre_tree, final_tree)
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-oracle-files
 def oracle_files(repo: GitRepo, tree: str, paths: Iterable[str]) -> list[tuple[str, str]]:
     "`(path, text)` of each path that exists in `tree` (new files are skipped: there is nothing to show yet)."
     out = []
@@ -213,6 +225,7 @@ def oracle_files(repo: GitRepo, tree: str, paths: Iterable[str]) -> list[tuple[s
         if t is not None: out.append((p, t))
     return out
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-bm25-files
 def bm25_files(repo: GitRepo, tree: str, query: str, topn: int, retriever: BM25Retriever,
                always: Iterable[str] = (), file_filter: FileFilter = DEFAULT_FILTER) -> list[tuple[str, str]]:
     "Files in `always` first, then the top `topn` other files of `tree` by BM25 against `query`."
@@ -234,6 +247,7 @@ class BuildOptions:
     @property
     def run_id(self) -> str: return make_run_id(self.info_pct, self.pr_mes, self.issue_mes, self.use_bm25, self.topn)
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-build-infbench-record
 def build_infbench_record(rec: dict, repo: GitRepo, opts: BuildOptions, retriever: BM25Retriever | None = None) -> dict:
     "One infbench record (a copy of `rec` plus prompt, split_idx, pre_edits, ground_truth and context metadata)."
     sp = split_task(repo, rec, opts.info_pct)
@@ -251,6 +265,7 @@ def build_infbench_record(rec: dict, repo: GitRepo, opts: BuildOptions, retrieve
             'run_id': opts.run_id, 'prompt_shape': shape, 'context_files': context_files_in(prompt),
             'context_dropped': dropped}
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-build-infbench
 def _build_many(records, make_one, desc: str, skip_errors: bool):
     out, errors = [], []
     bar = tqdm(records, desc=desc, unit='task', dynamic_ncols=True)
@@ -288,6 +303,7 @@ def build_swebench_record(rec: dict, repo: GitRepo | None, context: str = 'oracl
     return {**rec, 'prompt': prompt, 'run_id': run_id, 'prompt_shape': 'issue',
             'context_files': context_files_in(prompt), 'context_dropped': dropped}
 
+# %% ../nbs/04_prompt_builder.ipynb #pb-build-swebench-prompts
 def build_swebench_prompts(records: list[dict], context: str = 'oracle', topn: int = 10, store: RepoStore | None = None,
                            max_tokens: int | None = None, skip_errors: bool = False) -> tuple[list[dict], list[dict]]:
     "Prompts for SWE-bench records; returns (records, errors)."

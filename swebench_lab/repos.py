@@ -39,6 +39,7 @@ def unquote_path(p: str) -> str:
         out += c.encode('utf-8'); i += 1
     return out.decode('utf-8', errors='surrogateescape')
 
+# %% ../nbs/02_repos.ipynb #repos-filepatch
 def _strip_prefix(p: str) -> str:
     p = unquote_path(p)
     return p[2:] if p[:2] in ('a/', 'b/') else p
@@ -58,6 +59,7 @@ class FilePatch:
         "The file's path after the change (before it, for a deletion)."
         return self.new_path if self.new_path is not None else self.old_path
 
+# %% ../nbs/02_repos.ipynb #repos-split-diff
 def split_diff(diff: str) -> list[FilePatch]:
     "Split a unified `git diff` text into per-file sections (each ending with one newline)."
     if not diff or not diff.strip(): return []
@@ -91,10 +93,12 @@ def normalize_patch(text: str) -> str:
     if not text: return ''
     return text.rstrip('\n') + '\n'
 
+# %% ../nbs/02_repos.ipynb #repos-join-diffs
 def join_diffs(diffs: Iterable[str]) -> str:
     "Concatenate diffs (or file sections) into one patch, each part ending with one newline."
     return ''.join(normalize_patch(d) for d in diffs if d and d.strip())
 
+# %% ../nbs/02_repos.ipynb #repos-files-touched
 def files_touched(diff: str) -> list[str]:
     "Paths a diff changes, in order of appearance (the new path for renames; the old one for deletions)."
     seen = []
@@ -105,12 +109,14 @@ def files_touched(diff: str) -> list[str]:
 # %% ../nbs/02_repos.ipynb #repos-git
 class RepoError(SwebenchLabError): "A repository, commit or path problem."
 
+# %% ../nbs/02_repos.ipynb #repos-patchapplyerror
 class PatchApplyError(RepoError):
     "A diff did not apply; `index` says which of the diffs given, `files` which files it touched."
     def __init__(self, msg, index=None, files=()):
         self.index, self.files = index, list(files)
         super().__init__(msg)
 
+# %% ../nbs/02_repos.ipynb #repos-gitrepo
 def _git_env(extra: dict | None = None) -> dict:
     env = {**os.environ, 'GIT_TERMINAL_PROMPT': '0', 'LC_ALL': 'C', 'GIT_CONFIG_NOSYSTEM': '1'}
     for k in ('GIT_DIR', 'GIT_WORK_TREE', 'GIT_INDEX_FILE'): env.pop(k, None)
@@ -262,6 +268,7 @@ def repo_key(repo: str) -> str:
         raise RepoError(f"repository names look like 'owner/name', got {repo!r}")
     return repo.replace('/', '__')
 
+# %% ../nbs/02_repos.ipynb #repos-repostore
 _MIRROR_LOCK = threading.Lock()
 
 def _mirror_bundle(bundle: Path, mirror: Path) -> Path:

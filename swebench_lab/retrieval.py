@@ -61,6 +61,7 @@ class Vocab:
         c = Counter(t for t in tokens if t in self.ids)
         return (np.fromiter((self.ids[t] for t in c), np.int64, len(c)), np.fromiter(c.values(), np.float64, len(c)))
 
+# %% ../nbs/03_retrieval.ipynb #retr-bm25index
 class BM25Index:
     "Okapi BM25 over a fixed list of documents, given as (token ids, counts) pairs."
     def __init__(self, paths: list[str], docs: list[tuple[np.ndarray, np.ndarray]], vocab: Vocab,

@@ -123,6 +123,7 @@ def scan_results(path: Path) -> tuple[set[str], set[str]]:
             (failed if r.get('status') == 'failed' else done).add(r['instance_id'])
     return done - failed, failed
 
+# %% ../nbs/06_run_api.ipynb #api-drop-records
 def drop_records(path: Path, ids: set[str]) -> None:
     "Rewrite `path` without the records of `ids` (atomically)."
     write_jsonl_atomic(path, (r for r in iter_jsonl(path) if r.get('instance_id') not in ids))
@@ -133,6 +134,7 @@ class PassSummary:
     model: str; run_id: str; output: str; total: int; skipped: int = 0; ok: int = 0; failed: int = 0
     cost: float = 0.0; response_times: list = field(default_factory=list)
 
+# %% ../nbs/06_run_api.ipynb #api-run-pass
 def _clients(spec: ModelSpec, base_url: str | None, timeout: float) -> Callable[[], object]:
     "A function giving each worker thread its client; the keys rotate over the workers."
     clients = [openai_client(base_url, k, timeout) for k in api_keys(spec, base_url)]

@@ -45,6 +45,7 @@ def inputs_hash(rec: dict, patch: str | None, backend: str, image: str) -> str:
     for part in (blob, patch if patch is not None else '\0none', backend, image, str(GRADER_VERSION)): h.update(part.encode() + b'\0')
     return h.hexdigest()[:16]
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-instance-image
 def instance_image(spec: InstanceSpec, backend: str, store: RepoStore | None = None) -> str:
     "The environment a report names: the Docker image tag, or the local backend's Python and recipe."
     if backend == 'docker': return resolve_image(spec, store)
@@ -115,6 +116,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
 # %% ../nbs/09_run_evaluation.ipynb #ev-preds
 class PredictionsError(SwebenchLabError, ValueError): "A predictions file that cannot be read."
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-load-predictions
 def _pred_records(path: Path) -> Iterable[tuple[str, object]]:
     "(where, element) for every prediction in a JSON list/dict or JSONL file."
     if path.suffix == '.jsonl':
@@ -169,6 +171,7 @@ def dataset_records(dataset_name: str, run_id: str | None) -> tuple[list[dict], 
     path = input_path(dataset_name, run_id)
     return load_instances(path), path.stem
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-eval-dir
 def eval_dir(run_id: str, model: str) -> Path:
     "`experiment_results/evaluations/{run_id}/{model}/`: where a run's reports go."
     return results_dir() / 'evaluations' / safe_name(str(run_id)) / safe_name(model)

@@ -27,11 +27,13 @@ def runs_notebook_dir(root: str | Path | None = None) -> Path:
     "Folder of the run notebooks: `nbs/runs/` under the project root."
     return Path(root or project_root()) / 'nbs' / 'runs'
 
+# %% ../nbs/10_runs.ipynb #runs-list-runs
 def list_runs(root: str | Path | None = None) -> list[str]:
     "Names of the run notebooks (file stems), sorted."
     d = runs_notebook_dir(root)
     return sorted(p.stem for p in d.glob('*.ipynb') if not p.name.startswith(('.', '_'))) if d.is_dir() else []
 
+# %% ../nbs/10_runs.ipynb #runs-run-notebook-path
 def run_notebook_path(name: str, root: str | Path | None = None) -> Path:
     "The notebook of run `name` (a stem in `nbs/runs/`, or a path to any notebook)."
     p = Path(name)
@@ -40,6 +42,7 @@ def run_notebook_path(name: str, root: str | Path | None = None) -> Path:
     if cand.exists(): return cand
     raise SwebenchLabError(f"no run notebook {name!r}; available: {', '.join(list_runs(root)) or '(none)'}")
 
+# %% ../nbs/10_runs.ipynb #runs-run-dir
 def run_dir() -> Path:
     "Inside a run: its folder (from `$SWEBENCH_LAB_RUN_DIR`). Elsewhere: `experiment_results/runs/interactive/`."
     d = Path(os.environ.get(ENV_RUN_DIR) or results_dir() / 'runs' / 'interactive')
@@ -52,6 +55,7 @@ def parse_value(v: str) -> Any:
     try: return yaml.safe_load(v)
     except yaml.YAMLError: return v
 
+# %% ../nbs/10_runs.ipynb #runs-notebook-parameters
 def notebook_parameters(nb_path: str | Path) -> dict[str, Any]:
     "The names and default values in a notebook's `parameters` cell (for validation and docs)."
     import ast, nbformat

@@ -49,6 +49,7 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, list): return ''.join(p['text'] for p in self.content)
         return self.content or ''
 
+# %% ../nbs/07_serving.ipynb #srv-chatcompletionrequest
 SEED_RANGE = (-2**63, 2**64 - 1)   # what torch.manual_seed takes
 
 class ChatCompletionRequest(BaseModel):
@@ -71,6 +72,7 @@ class ChatCompletionRequest(BaseModel):
         if v == '' or (isinstance(v, list) and '' in v): raise ValueError('stop sequences must not be empty')
         return v
 
+# %% ../nbs/07_serving.ipynb #srv-openaierror
 class OpenAIError(Exception):
     "An error answered in OpenAI's shape."
     def __init__(self, status: int, message: str, type: str = 'invalid_request_error', code: str | None = None, param: str | None = None):
@@ -92,6 +94,7 @@ def check_quantization(load_in_4bit: bool, load_in_8bit: bool) -> None:
         flag = '--load-in-4bit' if load_in_4bit else '--load-in-8bit'
         raise SwebenchLabError(f"{flag} needs {' and '.join(missing)}; serve the model unquantised instead")
 
+# %% ../nbs/07_serving.ipynb #srv-parse-lora-modules
 def parse_lora_modules(spec: str | None, lora_path: str | None = None) -> dict[str, str]:
     "`'a:/p,b:/q'` (or vLLM's `a=/p`) -> `{'a': '/p', 'b': '/q'}`; `--lora-path P` names the adapter after its folder."
     out: dict[str, str] = {}
@@ -109,6 +112,7 @@ def parse_lora_modules(spec: str | None, lora_path: str | None = None) -> dict[s
             raise SwebenchLabError(f"adapter {name!r}: {path} has no adapter_config.json (is it a PEFT LoRA folder?)")
     return out
 
+# %% ../nbs/07_serving.ipynb #srv-modelserver
 class ModelServer:
     "A base model and its LoRA adapters, answering chat completion requests one at a time."
     def __init__(self, base_model: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
@@ -374,6 +378,7 @@ def adapter_rank(path: str | Path) -> int:
     cfg = json.loads((Path(path) / 'adapter_config.json').read_text())
     return int(cfg.get('r', 8))
 
+# %% ../nbs/07_serving.ipynb #srv-vllm-command
 def vllm_command(base_model: str, adapters: dict[str, str], host: str = '127.0.0.1', port: int = 8080,
                  gpu_memory: float = 0.9, max_model_len: int | None = None, served_name: str | None = None,
                  load_in_4bit: bool = False, api_key: str | None = None, extra: list[str] | None = None) -> list[str]:
@@ -397,6 +402,7 @@ def free_port(host: str = '127.0.0.1') -> int:
     with socket.socket() as s:
         s.bind((host, 0)); return s.getsockname()[1]
 
+# %% ../nbs/07_serving.ipynb #srv-serverhandle
 class ServerHandle:
     "A server child process; `base_url` is its OpenAI base URL (`http://127.0.0.1:PORT/v1`)."
     def __init__(self, proc: subprocess.Popen, host: str, port: int, log_path: Path | None):
@@ -427,6 +433,7 @@ class ServerHandle:
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
+# %% ../nbs/07_serving.ipynb #srv-serve-in-background
 def serve_in_background(base_model: str, lora_modules: str | None = None, port: int | None = None,
                         host: str = '127.0.0.1', log_path: str | Path | None = None, timeout: float = 180,
                         extra_args: list[str] | None = None) -> ServerHandle:
@@ -438,6 +445,8 @@ def serve_in_background(base_model: str, lora_modules: str | None = None, port: 
     log = open(log_path, 'ab') if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL)
     return ServerHandle(proc, host, port, Path(log_path) if log_path else None).wait_healthy(timeout)
+
+# %% ../nbs/07_serving.ipynb #srv-bad-request-mix
 def _rss_mb(pid: int) -> float | None:
     try: return int(next(l for l in Path(f'/proc/{pid}/status').read_text().splitlines() if l.startswith('VmRSS')).split()[1]) / 1024
     except (OSError, StopIteration): return None

@@ -62,6 +62,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, l
     tok.save_pretrained(out_dir)
     return out_dir
 
+# %% ../nbs/13_tiny.ipynb #tiny-make-tiny-adapter
 LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
 
 def make_tiny_adapter(base_dir: str | Path, out_dir: str | Path, seed: int = 1, r: int = 8, alpha: int = 16) -> Path:
@@ -76,6 +77,7 @@ def make_tiny_adapter(base_dir: str | Path, out_dir: str | Path, seed: int = 1, 
     model.save_pretrained(out_dir)
     return Path(out_dir)
 
+# %% ../nbs/13_tiny.ipynb #tiny-ensure-tiny
 def ensure_tiny(root: str | Path | None = None, adapters: tuple[str, ...] = ('baseline', 'trained')) -> dict[str, Path]:
     "The tiny model and adapters under `root` (default experiment_results/models/tiny-qwen2), built once."
     root = Path(root) if root else results_dir() / 'models' / 'tiny-qwen2'

@@ -31,6 +31,7 @@ __all__ = ['TRAINERS', 'main', 'TrainingError', 'ModelSection', 'LoraSection', '
 # %% ../nbs/18_training.ipynb #tr-config
 class TrainingError(SwebenchLabError): "A training configuration or run that cannot go ahead."
 
+# %% ../nbs/18_training.ipynb #tr-modelsection
 @dataclass
 class ModelSection:
     base_model: str | None = None        # a model folder (or a hub id where the hub is reachable)
@@ -40,6 +41,7 @@ class ModelSection:
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: str = 'bfloat16'
 
+# %% ../nbs/18_training.ipynb #tr-lorasection
 @dataclass
 class LoraSection:
     r: int = 16
@@ -47,10 +49,12 @@ class LoraSection:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])
 
+# %% ../nbs/18_training.ipynb #tr-datasection
 @dataclass
 class DataSection:
     train: str | None = None             # a JSONL from swebench_lab.training_data
 
+# %% ../nbs/18_training.ipynb #tr-trainsection
 @dataclass
 class TrainSection:
     learning_rate: float = 2e-4
@@ -69,11 +73,13 @@ class TrainSection:
     gradient_checkpointing: bool = True
     seed: int = 0
 
+# %% ../nbs/18_training.ipynb #tr-dposection
 @dataclass
 class DPOSection:
     beta: float = 0.1
     loss_type: str = 'sigmoid'
 
+# %% ../nbs/18_training.ipynb #tr-grposection
 @dataclass
 class GRPOSection:
     num_generations: int = 4
@@ -88,10 +94,12 @@ class GRPOSection:
     executor: str = 'local'
     ray_address: str | None = None
 
+# %% ../nbs/18_training.ipynb #tr-outputsection
 @dataclass
 class OutputSection:
     name: str | None = None              # the adapter's folder under experiment_results/adapters/
 
+# %% ../nbs/18_training.ipynb #tr-trainconfig
 @dataclass
 class TrainConfig:
     "Everything a training run is set by: FORMATS §7's sections, one dataclass each."
@@ -110,6 +118,7 @@ def shipped_config(kind: str) -> Path:
     import swebench_lab
     return Path(swebench_lab.__file__).parent / 'configs' / f'{kind}_config.yaml'
 
+# %% ../nbs/18_training.ipynb #tr-load-load-config
 def load_config(kind: str, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
     "The resolved configuration: defaults, the YAML file (the shipped one for `kind` when none), then `key=value` overrides."
     if kind not in ('sft', 'dpo', 'grpo'): raise TrainingError(f"unknown training kind {kind!r}: sft, dpo or grpo")
@@ -155,11 +164,13 @@ def load_model(cfg: TrainConfig, trainable_adapter: bool = True):
         model = PeftModel.from_pretrained(model, m.adapter, is_trainable=trainable_adapter)
     return model, tok, 'qlora' if q4 else 'lora'
 
+# %% ../nbs/18_training.ipynb #tr-lora-config
 def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
     l = cfg.lora
     return LoraConfig(r=l.r, lora_alpha=l.alpha, lora_dropout=l.dropout, target_modules=l.target_modules, task_type='CAUSAL_LM')
 
+# %% ../nbs/18_training.ipynb #tr-load-rows
 _TRAIN_COLUMNS = {'sft': ('prompt', 'completion', 'messages', 'tools'), 'dpo': ('prompt', 'chosen', 'rejected')}
 
 def load_rows(path: str | Path, kind: str) -> tuple[Any, dict]:
@@ -176,6 +187,7 @@ def load_rows(path: str | Path, kind: str) -> tuple[Any, dict]:
         raise TrainingError(f"{path}: SFT rows need prompt and completion, or messages")
     return datasets.Dataset.from_list([{c: r[c] for c in cols if c in r} for r in rows]), manifest
 
+# %% ../nbs/18_training.ipynb #tr-max-length-for
 def max_length_for(cfg: TrainConfig, manifest: dict, path) -> int | None:
     "The trainer's length limit: the data's longest row; a smaller configured limit is refused (TRL would truncate the patch)."
     want, have = cfg.train.max_length, manifest.get('max_length')
@@ -184,8 +196,10 @@ def max_length_for(cfg: TrainConfig, manifest: dict, path) -> int | None:
                             "the trainer would cut patches off; rebuild the data with this max_length (longer rows are then dropped and counted)")
     return want or have
 
+# %% ../nbs/18_training.ipynb #tr-adapter-dir
 def adapter_dir(name: str) -> Path: return results_dir() / 'adapters' / name
 
+# %% ../nbs/18_training.ipynb #tr-save-adapter
 def _peak_memory_mb() -> float:
     import resource, torch
     if torch.cuda.is_available(): return torch.cuda.max_memory_allocated() / 2**20
@@ -313,6 +327,7 @@ def train_sft(cfg: TrainConfig) -> Path:
         model=model, args=SFTConfig(**_common_args(cfg, out)), train_dataset=ds, processing_class=tok,
         peft_config=None if cfg.model.adapter else lora_config(cfg)))
 
+# %% ../nbs/18_training.ipynb #tr-train-dpo
 def train_dpo(cfg: TrainConfig) -> Path:
     "DPO from an SFT adapter (the SFT policy is the reference) with TRL's DPOTrainer; returns the adapter folder."
     from trl import DPOConfig, DPOTrainer
@@ -374,6 +389,7 @@ def grade_patch(rec: dict, patch: str, backend: str = 'docker', timeout: float =
     rep = evaluate_instance(rec, patch, backend, timeout, Limits(network=network), labels=labels, cancel=cancel)[rec['instance_id']]
     return (1.0 if rep.get('resolved') else 0.0 if rep.get('patch_successfully_applied') else -1.0), rep
 
+# %% ../nbs/18_training.ipynb #tr-patch-similarity
 def _gym_env_class():
     import gymnasium
     from gymnasium import spaces
@@ -409,6 +425,7 @@ def patch_similarity(answer: str, gold: str) -> float:
     files = set(pred) | set(want)
     return sum(Indel.normalized_similarity(pred.get(f, ''), want.get(f, '')) for f in files) / len(files)
 
+# %% ../nbs/18_training.ipynb #tr-similarity-reward
 def _text(completion) -> str:
     if isinstance(completion, list): return ''.join(m.get('content') or '' for m in completion if m.get('role') == 'assistant')
     return completion or ''
@@ -417,6 +434,7 @@ def similarity_reward(prompts=None, completions=None, gold=None, **kw) -> list[f
     "GRPO reward: `patch_similarity` of each completion to its row's gold patch."
     return [patch_similarity(_text(c), g or '') for c, g in zip(completions, gold)]
 
+# %% ../nbs/18_training.ipynb #tr-testreward
 class TestReward:
     "GRPO reward from the tests: each completion's patch graded by `SWEBenchEnv.step` in parallel sandboxes (+1 / 0 / −1)."
     __name__ = 'test_reward'
@@ -427,6 +445,7 @@ class TestReward:
     def __call__(self, prompts=None, completions=None, instance_id=None, **kw) -> list[float]:
         return [r for r, _ in self.env.step_batch([extract_patch(_text(c)) for c in completions], list(instance_id), self.executor)]
 
+# %% ../nbs/18_training.ipynb #tr-train-grpo
 def train_grpo(cfg: TrainConfig) -> Path:
     "GRPO with TRL's GRPOTrainer and the configured rewards (similarity, tests); returns the adapter folder."
     import datasets
@@ -468,6 +487,7 @@ def resolve_adapter(adapter: str | Path) -> Path:
         if (cand / 'adapter_config.json').is_file(): return cand
     raise TrainingError(f"no adapter {adapter!r}: neither a folder with adapter_config.json nor a name under {results_dir() / 'adapters'}")
 
+# %% ../nbs/18_training.ipynb #tr-push-adapter
 def push_adapter(adapter: str | Path, repo_id: str, dry_run: bool = False, private: bool = True, token: str | None = None) -> list[tuple[str, int]]:
     "Upload an adapter folder (without checkpoints) to the hub; with `dry_run`, only list `(file, bytes)` that would go."
     path = resolve_adapter(adapter)

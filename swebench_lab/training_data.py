@@ -24,6 +24,7 @@ __all__ = ['SFT_TEMPLATE', 'NOOP_PATCH', 'TrainingDataError', 'issue_prompt', 's
 # %% ../nbs/17_training_data.ipynb #td-build
 class TrainingDataError(SwebenchLabError): "Training data that would be wrong: contaminated, truncated, or not byte-exact."
 
+# %% ../nbs/17_training_data.ipynb #td-issue-prompt
 SFT_TEMPLATE = "Given the following GitHub issue in repository {repo}:\n{problem_statement}\nGenerate a patch to fix this issue."
 
 def issue_prompt(rec: dict) -> str:
@@ -31,11 +32,13 @@ def issue_prompt(rec: dict) -> str:
     from swebench_lab.prompt_builder import task_text
     return SFT_TEMPLATE.format(repo=rec.get('repo', ''), problem_statement=task_text(rec))
 
+# %% ../nbs/17_training_data.ipynb #td-sft-from-gold
 def sft_from_gold(records: Iterable[dict]) -> list[dict]:
     "SFT rows: the issue → the gold patch."
     return [{'prompt': [{'role': 'user', 'content': issue_prompt(r)}], 'completion': [{'role': 'assistant', 'content': gold_patch(r)}],
              'instance_id': r['instance_id'], 'source': 'gold'} for r in records if gold_patch(r).strip()]
 
+# %% ../nbs/17_training_data.ipynb #td-graded-predictions
 def graded_predictions(pairs: Iterable[tuple[str | Path, str | Path]]) -> list[dict]:
     "run_api outputs joined with their evaluation reports: `(predictions.jsonl, evaluations/<run_id>/<model>)` pairs."
     out = []
@@ -52,11 +55,13 @@ def graded_predictions(pairs: Iterable[tuple[str | Path, str | Path]]) -> list[d
                         'model_patch': p.get('model_patch') or '', 'model': p.get('model_name'), 'status': status, 'source': str(pred_path)})
     return out
 
+# %% ../nbs/17_training_data.ipynb #td-sft-from-predictions
 def sft_from_predictions(graded: Iterable[dict]) -> list[dict]:
     "SFT rows: resolved predictions, the prompt they were given → the model's whole answer."
     return [{'prompt': split_prompt(g['prompt']), 'completion': [{'role': 'assistant', 'content': g['answer']}],
              'instance_id': g['instance_id'], 'source': 'resolved_prediction'} for g in graded if g['status'] == 'resolved' and g['answer']]
 
+# %% ../nbs/17_training_data.ipynb #td-sft-from-trajectories
 def sft_from_trajectories(traj_dir: str | Path) -> list[dict]:
     "SFT rows: reward-1 agent trajectories (chat messages; tool schemas kept for function-calling runs)."
     f = Path(traj_dir) / 'trajectories_rejection_sampling.jsonl'
@@ -69,6 +74,7 @@ def sft_from_trajectories(traj_dir: str | Path) -> list[dict]:
         rows.append(row)
     return rows
 
+# %% ../nbs/17_training_data.ipynb #td-dpo-from-predictions
 def dpo_from_predictions(graded: Iterable[dict], max_pairs_per_prompt: int = 4, seed: int = 0) -> list[dict]:
     "DPO pairs with the same prompt: a resolved answer chosen, one that applied and failed (else did not apply) rejected."
     groups: dict[tuple, list[dict]] = {}
@@ -86,6 +92,7 @@ def dpo_from_predictions(graded: Iterable[dict], max_pairs_per_prompt: int = 4, 
                          'source': f"resolved vs {r['status']}"})
     return rows
 
+# %% ../nbs/17_training_data.ipynb #td-dpo-gold-vs-wrong
 def dpo_gold_vs_wrong(records: Iterable[dict], graded: Iterable[dict], max_pairs_per_instance: int = 2) -> list[dict]:
     "The cheaper DPO variant: for FORMATS §7's prompt, the gold patch chosen, a wrong generated patch rejected."
     wrong: dict[str, list[str]] = {}
@@ -121,6 +128,7 @@ def row_length(tok, row: dict) -> int:
     parts = ['chosen', 'rejected'] if 'chosen' in row else [None]
     return max(len(tok(_render(tok, row, p), add_special_tokens=False)['input_ids']) for p in parts)
 
+# %% ../nbs/17_training_data.ipynb #td-check-exact
 _PROBE = '  leading spaces\n\tand a trailing newline, twice\n\n'
 
 def check_exact(tok, rows: list[dict], sample: int = 32, seed: int = 0) -> int:
@@ -143,6 +151,7 @@ def check_exact(tok, rows: list[dict], sample: int = 32, seed: int = 0) -> int:
             n += 1
     return n
 
+# %% ../nbs/17_training_data.ipynb #td-write-dataset
 def write_dataset(rows: list[dict], path: str | Path, tokenizer, max_length: int | None = None, eval_ids: Iterable[str] | None = None,
                   allow_contamination: bool = False, kind: str | None = None) -> dict:
     "Measure, check and write rows to `path` (JSONL) with `<stem>.manifest.json`; returns the manifest."

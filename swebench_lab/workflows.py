@@ -30,6 +30,7 @@ __all__ = ['main', 'WorkflowError', 'ModelSection', 'BenchmarkSection', 'AgentSe
 # %% ../nbs/19_workflows.ipynb #wf-config
 class WorkflowError(SwebenchLabError): "A benchmark or comparison run that cannot go ahead."
 
+# %% ../nbs/19_workflows.ipynb #wf-modelsection
 @dataclass
 class ModelSection:
     base_model: str | None = None
@@ -41,6 +42,7 @@ class ModelSection:
     endpoint: str | None = None          # an OpenAI-compatible endpoint already serving the arms (no server is started)
     served_name: str = 'base'
 
+# %% ../nbs/19_workflows.ipynb #wf-benchmarksection
 @dataclass
 class BenchmarkSection:
     dataset: str = 'crawled_data/bench/demo-swebench.jsonl'
@@ -48,6 +50,7 @@ class BenchmarkSection:
     instance_ids: list[str] | None = None
     allow_training_instances: bool = False
 
+# %% ../nbs/19_workflows.ipynb #wf-agentsection
 @dataclass
 class AgentSection:
     scaffold: str = 'mini_swe_agent'     # an agenthub scaffold, or direct (one prompt, one answer, through run_api)
@@ -59,6 +62,7 @@ class AgentSection:
     max_workers: int = 2
     timeout: float = 600
 
+# %% ../nbs/19_workflows.ipynb #wf-workflowconfig
 @dataclass
 class WorkflowConfig:
     "A benchmark or comparison run: FORMATS §8's sections."
@@ -66,6 +70,7 @@ class WorkflowConfig:
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
     agent: AgentSection = field(default_factory=AgentSection)
 
+# %% ../nbs/19_workflows.ipynb #wf-load-workflow-config
 def load_workflow_config(path: str | Path | None = None, **flags) -> WorkflowConfig:
     "Defaults, then the YAML (FORMATS §8 sections), then the flags that were given (`section__key=value`)."
     cfg = load_config(WorkflowConfig, path, {k.replace('__', '.', 1): v for k, v in flags.items()}, WorkflowError)
@@ -90,6 +95,7 @@ def choose_serving(mode: str = 'auto', no_vllm: bool = False) -> tuple[str, str]
     if mode == 'vllm': raise WorkflowError(f'serving_mode vllm: {why}')
     return 'transformers', why
 
+# %% ../nbs/19_workflows.ipynb #wf-serve-arms
 @contextlib.contextmanager
 def serve_arms(cfg: WorkflowConfig, adapters: dict[str, str], log_path: Path, no_vllm: bool = False, timeout: float = 900):
     "Start one server with `adapters` ({served name: folder}); yields its base URL; stops it on every way out."
@@ -118,6 +124,7 @@ def serve_arms(cfg: WorkflowConfig, adapters: dict[str, str], log_path: Path, no
         handle.stop()
         logger.info('server stopped')
 
+# %% ../nbs/19_workflows.ipynb #wf-register-litellm
 def register_litellm(names: list[str], base_url: str, context: int | None = None) -> None:
     "Tell LiteLLM the served names (OpenAI-compatible, free), so agents' cost and context checks know them."
     import litellm
@@ -132,6 +139,7 @@ def training_instances(adapter: str | Path | None) -> set[str]:
     f = Path(adapter) / 'data_manifest.json' if adapter else None
     return set(json.loads(f.read_text()).get('instance_ids') or []) if f and f.exists() else set()
 
+# %% ../nbs/19_workflows.ipynb #wf-select-instances
 def select_instances(cfg: WorkflowConfig, adapters: dict[str, str]) -> tuple[list[dict], list[str]]:
     "The records to run, and the training instances left out (refusing to run on them unless allowed)."
     from swebench_lab.data import load_instances, filter_instances
@@ -149,6 +157,7 @@ def select_instances(cfg: WorkflowConfig, adapters: dict[str, str]) -> tuple[lis
     if not recs: raise WorkflowError('no instances left to run' + (' (every one was a training instance)' if left_out else ''))
     return recs, left_out
 
+# %% ../nbs/19_workflows.ipynb #wf-run-direct
 @contextlib.contextmanager
 def _log_to(path: Path):
     "Copy the workbench's log records to `path` while the block runs."
@@ -185,6 +194,7 @@ def run_direct(arm: str, recs: list[dict], cfg: WorkflowConfig, base_url: str, o
                      'applied': bool(rep.get('patch_successfully_applied')), 'turns': 1, 'status': rep.get('status', 'not_evaluated')})
     return pd.DataFrame(rows)
 
+# %% ../nbs/19_workflows.ipynb #wf-run-agent
 def _applied(report: Path, iid: str) -> bool:
     return bool(json.loads(report.read_text())[iid].get('patch_successfully_applied')) if report.exists() else False
 
@@ -222,6 +232,7 @@ def arm_summary(df: pd.DataFrame) -> dict:
                     'resolved_rate': k / len(g), 'resolved_lo': lo, 'resolved_hi': hi}
     return out
 
+# %% ../nbs/19_workflows.ipynb #wf-write-results
 def write_results(df: pd.DataFrame, out: Path, baseline: str | None = None, trained: str | None = None, extra: dict | None = None) -> dict:
     "results/: instances.csv, rates.csv, comparison.json (or summary.json for one arm) and comparison.png."
     from swebench_lab.analysis import compare_arms, comparison_table, plot_comparison
@@ -249,6 +260,7 @@ def write_results(df: pd.DataFrame, out: Path, baseline: str | None = None, trai
     plt.close(fig)
     return comparison
 
+# %% ../nbs/19_workflows.ipynb #wf-print-comparison
 def print_comparison(c: dict, baseline: str, trained: str) -> None:
     p = c['statistics']['pairs'][0]
     for arm in (baseline, trained):
@@ -286,6 +298,7 @@ def run_arms(cfg: WorkflowConfig, arms: dict[str, str | None], out: str | Path, 
             frames.append(df.assign(arm=arm))
     return pd.concat(frames, ignore_index=True), left_out
 
+# %% ../nbs/19_workflows.ipynb #wf-benchmark
 def benchmark(cfg: WorkflowConfig, output_dir: str | Path, no_vllm: bool = False, progress: bool = True) -> dict:
     "One adapter (or the base model alone) on the benchmark; returns results/summary.json."
     lora = cfg.model.lora_path
@@ -293,6 +306,7 @@ def benchmark(cfg: WorkflowConfig, output_dir: str | Path, no_vllm: bool = False
     df, left_out = run_arms(cfg, {arm: lora}, output_dir, no_vllm, progress)
     return write_results(df, Path(output_dir), extra={'left_out_training_instances': left_out})
 
+# %% ../nbs/19_workflows.ipynb #wf-compare
 def compare(cfg: WorkflowConfig, output_dir: str | Path, no_vllm: bool = False, progress: bool = True,
             names: tuple[str, str] = ('baseline', 'trained')) -> dict:
     "Baseline vs trained adapter on the same instances (no baseline adapter: the base model); returns results/comparison.json."
