@@ -27,12 +27,12 @@ from .recipes import InstanceSpec, Recipe, RecipeError, python_info, python_sour
 
 # %% auto #0
 __all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'EXCLUDES',
-           'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'DockerUnavailable',
-           'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag',
-           'image_exists', 'build_base_image', 'docker_build', 'host_python_base_tag', 'build_host_python_base',
-           'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir', 'base_for',
-           'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image', 'clone_at',
-           'build_instance_images']
+           'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR',
+           'DockerUnavailable', 'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle',
+           'content_hash', 'base_image_tag', 'image_exists', 'build_base_image', 'docker_build', 'host_python_base_tag',
+           'build_host_python_base', 'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag',
+           'env_dir', 'base_for', 'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image',
+           'clone_at', 'build_instance_images']
 
 # %% ../nbs/08b_images.ipynb #img-engine
 LABEL = 'swebench_lab'
@@ -328,7 +328,12 @@ def instance_tag(env: str, spec: InstanceSpec) -> str:
     return f"swebench-lab/inst:{name}-{content_hash(*sorted(ctx.items()), spec.base_commit, IMAGE_LAYOUT)}"
 
 # %% ../nbs/08b_images.ipynb #img-build
-def env_dir() -> Path: return results_dir() / 'environments'
+ENV_DIR_VAR = 'SWEBENCH_LAB_ENVIRONMENTS'
+
+def env_dir() -> Path:
+    """Where build logs, instance Dockerfiles and the local backend's environments are kept: `$SWEBENCH_LAB_ENVIRONMENTS`, else
+    `experiment_results/environments/`. Runs that keep their results apart can share it, as they share images."""
+    return Path(os.environ[ENV_DIR_VAR]).expanduser().resolve() if os.environ.get(ENV_DIR_VAR) else results_dir() / 'environments'
 
 # %% ../nbs/08b_images.ipynb #img-base-for
 def base_for(recipe: Recipe, client=None) -> str:

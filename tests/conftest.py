@@ -23,6 +23,16 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=600):
     return subprocess.run(list(args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _shared_environments(tmp_path_factory):
+    """Build logs and the local backend's environments in one folder for the session (`SWEBENCH_LAB_ENVIRONMENTS`), as images
+    are shared on the engine: each test keeps its own results, and no test builds again what an earlier one built."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv('SWEBENCH_LAB_ENVIRONMENTS', str(tmp_path_factory.mktemp('environments')))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _tag(monkeypatch):
     "A tag of this test's own: every container it starts (itself, its subprocesses, its Ray tasks) carries it."
