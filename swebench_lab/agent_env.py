@@ -5,6 +5,8 @@
 # %% ../nbs/15a_agent_env.ipynb #ae-imports
 from __future__ import annotations
 
+from fastcore.basics import patch
+
 import os
 import re
 import shlex
@@ -38,78 +40,85 @@ class FileEditor:
     def __init__(self, box: Sandbox):
         self.box, self.history = box, {}
 
-    def _abs(self, path: str) -> str:
-        if not path: raise ToolError('path is required')
-        return path if path.startswith('/') else f'{self.box.testbed}/{path}'
-
-    def _kind(self, path: str) -> str:
-        r = self.box.run(f'if [ -d {_q(path)} ]; then echo dir; elif [ -f {_q(path)} ]; then echo file; else echo none; fi', timeout=30)
-        return r.output.strip().splitlines()[-1] if r.output.strip() else 'none'
-
-    def _read(self, path: str) -> str:
-        try: return self.box.read_file(path).decode('utf-8')
-        except UnicodeDecodeError: raise ToolError(f'{path} is not a UTF-8 text file') from None
-
-    def _write(self, path: str, text: str) -> None:
-        self.box.run(f'mkdir -p {_q(os.path.dirname(path))}', timeout=30)
-        self.box.write_file(path, text)
-
-    def __call__(self, command: str = '', path: str = '', file_text: str | None = None, old_str: str | None = None,
-                 new_str: str | None = None, insert_line: int | None = None, view_range: list[int] | None = None, **_) -> str:
-        path = self._abs(path)
-        kind = self._kind(path)
-        if command == 'view':
-            if kind == 'dir':
-                r = self.box.run(f"find {_q(path)} -maxdepth 2 -not -path '*/.*' | sort | head -n 400", timeout=60)
-                return f"Files and directories in {path}, two levels deep (hidden ones left out):\n{r.output}"
-            if kind != 'file': raise ToolError(f'{path} does not exist')
-            lines = self._read(path).split('\n')
-            start, end = 1, len(lines)
-            if view_range:
-                if len(view_range) != 2 or not all(isinstance(x, int) for x in view_range): raise ToolError('view_range is [start, end]')
-                start, end = view_range[0], (len(lines) if view_range[1] == -1 else view_range[1])
-                if not 1 <= start <= max(end, 1) <= len(lines): raise ToolError(f'view_range {view_range} is outside the file (1..{len(lines)})')
-            return clip('\n'.join(f'{i:6}\t{l}' for i, l in enumerate(lines[start - 1:end], start)))
-        if command == 'create':
-            if kind != 'none': raise ToolError(f'{path} exists; `create` does not overwrite (use str_replace, or remove it first)')
-            if file_text is None: raise ToolError('create needs file_text')
-            self._write(path, file_text); self.history.setdefault(path, []).append(None)
-            return f'Created {path} ({len(file_text.splitlines())} lines).'
-        if command in ('str_replace', 'insert', 'undo_edit') and kind != 'file': raise ToolError(f'{path} is not a file')
-        if command == 'str_replace':
-            if not old_str: raise ToolError('str_replace needs a non-empty old_str')
-            text = self._read(path)
-            n = text.count(old_str)
-            if n == 0: raise ToolError(f'old_str does not occur in {path} exactly as given (whitespace included); view the file and copy the text')
-            if n > 1:
-                at = [text[:m.start()].count('\n') + 1 for m in re.finditer(re.escape(old_str), text)]
-                raise ToolError(f'old_str occurs {n} times in {path} (lines {at[:10]}); add surrounding lines to make it unique')
-            self.history.setdefault(path, []).append(text)
-            new = text.replace(old_str, new_str or '', 1)
-            self._write(path, new)
-            at = text[:text.index(old_str)].count('\n')
-            return f'Edited {path}. Lines {at + 1}-{at + (new_str or "").count(chr(10)) + 1} now read:\n' + self._snippet(new, at, (new_str or '').count('\n'))
-        if command == 'insert':
-            if new_str is None or insert_line is None: raise ToolError('insert needs new_str and insert_line')
-            text = self._read(path); lines = text.split('\n')
-            if not 0 <= insert_line <= len(lines): raise ToolError(f'insert_line must be between 0 and {len(lines)}')
-            self.history.setdefault(path, []).append(text)
-            new = '\n'.join(lines[:insert_line] + new_str.split('\n') + lines[insert_line:])
-            self._write(path, new)
-            return f'Inserted {new_str.count(chr(10)) + 1} line(s) after line {insert_line} of {path}:\n' + self._snippet(new, insert_line, new_str.count('\n'))
-        if command == 'undo_edit':
-            if not self.history.get(path): raise ToolError(f'no edit of {path} to undo')
-            prev = self.history[path].pop()
-            if prev is None: self.box.run(f'rm -f {_q(path)}', timeout=30); return f'Undid the creation of {path}.'
-            self._write(path, prev)
-            return f'Reverted the last edit of {path}.'
-        raise ToolError(f'unknown command {command!r}: use view, create, str_replace, insert or undo_edit')
-
     @staticmethod
     def _snippet(text: str, first: int, extra: int, context: int = 4) -> str:
         lines = text.split('\n')
         lo, hi = max(0, first - context), min(len(lines), first + extra + 1 + context)
         return '\n'.join(f'{i:6}\t{l}' for i, l in enumerate(lines[lo:hi], lo + 1))
+
+# %% ../nbs/15a_agent_env.ipynb #ae-fileeditor-abs
+@patch
+def _abs(self: FileEditor, path: str) -> str:
+    if not path: raise ToolError('path is required')
+    return path if path.startswith('/') else f'{self.box.testbed}/{path}'
+
+@patch
+def _kind(self: FileEditor, path: str) -> str:
+    r = self.box.run(f'if [ -d {_q(path)} ]; then echo dir; elif [ -f {_q(path)} ]; then echo file; else echo none; fi', timeout=30)
+    return r.output.strip().splitlines()[-1] if r.output.strip() else 'none'
+
+@patch
+def _read(self: FileEditor, path: str) -> str:
+    try: return self.box.read_file(path).decode('utf-8')
+    except UnicodeDecodeError: raise ToolError(f'{path} is not a UTF-8 text file') from None
+
+@patch
+def _write(self: FileEditor, path: str, text: str) -> None:
+    self.box.run(f'mkdir -p {_q(os.path.dirname(path))}', timeout=30)
+    self.box.write_file(path, text)
+
+# %% ../nbs/15a_agent_env.ipynb #ae-fileeditor-call
+@patch
+def __call__(self: FileEditor, command: str = '', path: str = '', file_text: str | None = None, old_str: str | None = None,
+             new_str: str | None = None, insert_line: int | None = None, view_range: list[int] | None = None, **_) -> str:
+    path = self._abs(path)
+    kind = self._kind(path)
+    if command == 'view':
+        if kind == 'dir':
+            r = self.box.run(f"find {_q(path)} -maxdepth 2 -not -path '*/.*' | sort | head -n 400", timeout=60)
+            return f"Files and directories in {path}, two levels deep (hidden ones left out):\n{r.output}"
+        if kind != 'file': raise ToolError(f'{path} does not exist')
+        lines = self._read(path).split('\n')
+        start, end = 1, len(lines)
+        if view_range:
+            if len(view_range) != 2 or not all(isinstance(x, int) for x in view_range): raise ToolError('view_range is [start, end]')
+            start, end = view_range[0], (len(lines) if view_range[1] == -1 else view_range[1])
+            if not 1 <= start <= max(end, 1) <= len(lines): raise ToolError(f'view_range {view_range} is outside the file (1..{len(lines)})')
+        return clip('\n'.join(f'{i:6}\t{l}' for i, l in enumerate(lines[start - 1:end], start)))
+    if command == 'create':
+        if kind != 'none': raise ToolError(f'{path} exists; `create` does not overwrite (use str_replace, or remove it first)')
+        if file_text is None: raise ToolError('create needs file_text')
+        self._write(path, file_text); self.history.setdefault(path, []).append(None)
+        return f'Created {path} ({len(file_text.splitlines())} lines).'
+    if command in ('str_replace', 'insert', 'undo_edit') and kind != 'file': raise ToolError(f'{path} is not a file')
+    if command == 'str_replace':
+        if not old_str: raise ToolError('str_replace needs a non-empty old_str')
+        text = self._read(path)
+        n = text.count(old_str)
+        if n == 0: raise ToolError(f'old_str does not occur in {path} exactly as given (whitespace included); view the file and copy the text')
+        if n > 1:
+            at = [text[:m.start()].count('\n') + 1 for m in re.finditer(re.escape(old_str), text)]
+            raise ToolError(f'old_str occurs {n} times in {path} (lines {at[:10]}); add surrounding lines to make it unique')
+        self.history.setdefault(path, []).append(text)
+        new = text.replace(old_str, new_str or '', 1)
+        self._write(path, new)
+        at = text[:text.index(old_str)].count('\n')
+        return f'Edited {path}. Lines {at + 1}-{at + (new_str or "").count(chr(10)) + 1} now read:\n' + self._snippet(new, at, (new_str or '').count('\n'))
+    if command == 'insert':
+        if new_str is None or insert_line is None: raise ToolError('insert needs new_str and insert_line')
+        text = self._read(path); lines = text.split('\n')
+        if not 0 <= insert_line <= len(lines): raise ToolError(f'insert_line must be between 0 and {len(lines)}')
+        self.history.setdefault(path, []).append(text)
+        new = '\n'.join(lines[:insert_line] + new_str.split('\n') + lines[insert_line:])
+        self._write(path, new)
+        return f'Inserted {new_str.count(chr(10)) + 1} line(s) after line {insert_line} of {path}:\n' + self._snippet(new, insert_line, new_str.count('\n'))
+    if command == 'undo_edit':
+        if not self.history.get(path): raise ToolError(f'no edit of {path} to undo')
+        prev = self.history[path].pop()
+        if prev is None: self.box.run(f'rm -f {_q(path)}', timeout=30); return f'Undid the creation of {path}.'
+        self._write(path, prev)
+        return f'Reverted the last edit of {path}.'
+    raise ToolError(f'unknown command {command!r}: use view, create, str_replace, insert or undo_edit')
 
 # %% ../nbs/15a_agent_env.ipynb #ae-envconfig
 def _q(s: str) -> str: return shlex.quote(s)

@@ -50,6 +50,7 @@ SCHEMAS = {'swebench': (SWEBENCH_REQUIRED, SWEBENCH_OPTIONAL), 'pro': (PRO_REQUI
            'transferred': (TRANSFERRED_REQUIRED, TRANSFERRED_OPTIONAL)}
 Kind = Literal['swebench', 'pro', 'bench', 'infbench', 'transferred']
 
+# %% ../nbs/01_data.ipynb #data-validate
 def _decode_list(v, literal: bool):
     "A list from a list, a JSON string or (literal=True) a Python list literal."
     if isinstance(v, list): return v

@@ -5,6 +5,8 @@
 # %% ../nbs/02_repos.ipynb #repos-imports
 from __future__ import annotations
 
+from fastcore.basics import patch
+
 import json
 import os
 import re
@@ -133,133 +135,152 @@ class GitRepo:
         self.name = name or self.path.name
         self._cat, self._lock = None, threading.Lock()
 
-    def git(self, *args, input: bytes | str | None = None, env: dict | None = None, check: bool = True,
-            text: bool = True, timeout: float | None = 600) -> subprocess.CompletedProcess:
-        "Run `git <args>` in this repository."
-        if isinstance(input, str) and not text: input = input.encode()
-        r = subprocess.run(['git', *args], cwd=self.path, input=input, capture_output=True, text=text,
-                           env=_git_env(env), timeout=timeout)
-        if check and r.returncode != 0:
-            err = r.stderr if text else r.stderr.decode(errors='replace')
-            raise RepoError(f"{self.name}: git {' '.join(args[:3])} failed: {one_line(err)[:2000]}")
-        return r
-
-    def resolve(self, rev: str) -> str:
-        "The full object id of a commit or tree (`rev` may be a sha, a ref or `sha^{tree}`)."
-        r = self.git('rev-parse', '--verify', '--quiet', f'{rev}^{{object}}', check=False)
-        if r.returncode != 0 or not r.stdout.strip():
-            raise RepoError(f"{self.name}: no commit or tree {rev!r} in {self.path} (fetch it into the mirror: "
-                            f"git -C {self.path} fetch origin {rev})")
-        return r.stdout.strip()
-
-    def tree_of(self, rev: str) -> str:
-        "The tree id of a commit (a tree id is returned as is)."
-        return self.resolve(f'{rev}^{{tree}}')
-
-    # --- reading -----------------------------------------------------------
-    def _catfile(self):
-        if self._cat is None or self._cat.poll() is not None:
-            self._cat = subprocess.Popen(['git', 'cat-file', '--batch'], cwd=self.path, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, env=_git_env())
-        return self._cat
-
-    def read_object(self, spec: str) -> bytes | None:
-        "Bytes of the object `spec` (`<tree>:<path>` or a blob id); None when it does not exist."
-        if '\n' in spec: raise RepoError(f"bad object name {spec!r}")
-        with self._lock:
-            p = self._catfile()
-            p.stdin.write(spec.encode('utf-8', 'surrogateescape') + b'\n'); p.stdin.flush()
-            header = p.stdout.readline()
-            if not header: raise RepoError(f"{self.name}: git cat-file ended unexpectedly")
-            parts = header.split()
-            if len(parts) == 2 and parts[1] in (b'missing', b'ambiguous'): return None
-            size = int(parts[2])
-            data = p.stdout.read(size); p.stdout.read(1)  # trailing LF
-            return data
-
-    def read_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        "Stream `(oid, bytes)` for many blobs through one dedicated `git cat-file --batch` (missing ones skipped)."
-        oids = list(oids)
-        if not oids: return
-        p = subprocess.Popen(['git', 'cat-file', '--batch'], cwd=self.path, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=_git_env())
-        def feed():
-            try:
-                p.stdin.write(''.join(o + '\n' for o in oids).encode()); p.stdin.close()
-            except BrokenPipeError: pass
-        t = threading.Thread(target=feed, daemon=True); t.start()
-        try:
-            for oid in oids:
-                header = p.stdout.readline().split()
-                if len(header) == 2: continue  # missing
-                data = p.stdout.read(int(header[2])); p.stdout.read(1)
-                yield oid, data
-        finally:
-            t.join(); p.stdout.close(); p.wait()
-
-    def read_file(self, rev: str, path: str, errors: str = 'replace') -> str | None:
-        "Text of `path` at commit/tree `rev`; None when the file does not exist there."
-        data = self.read_object(f'{rev}:{path}')
-        return None if data is None else data.decode('utf-8', errors=errors)
-
-    def ls_files(self, rev: str) -> list[tuple[str, str]]:
-        "`(path, blob_id)` for every file (blob) of commit/tree `rev`, sorted by path."
-        out = self.git('ls-tree', '-r', '-z', '--full-tree', rev, text=False).stdout
-        files = []
-        for entry in out.split(b'\0'):
-            if not entry: continue
-            meta, path = entry.split(b'\t', 1)
-            mode, typ, oid = meta.split()
-            if typ == b'blob' and mode != b'120000': files.append((path.decode('utf-8', 'surrogateescape'), oid.decode()))
-        return files
-
-    def list_files(self, rev: str) -> list[str]:
-        "Paths of every file of commit/tree `rev`."
-        return [p for p, _ in self.ls_files(rev)]
-
-    # --- writing trees -----------------------------------------------------
-    def apply_diffs(self, rev: str, diffs: Iterable[str], what: str = 'diff') -> str:
-        "Apply `diffs` in order to the tree of `rev`; returns the resulting tree id. Nothing is checked out."
-        diffs = list(diffs)
-        base_tree = self.tree_of(rev)
-        if not any(d and d.strip() for d in diffs): return base_tree
-        with tempfile.TemporaryDirectory(prefix='swebench_lab-idx-') as td:
-            env = {'GIT_INDEX_FILE': str(Path(td) / 'index')}
-            self.git('read-tree', base_tree, env=env)
-            for i, d in enumerate(diffs):
-                if not d or not d.strip(): continue
-                r = self.git('apply', '--cached', '--whitespace=nowarn', '-', input=normalize_patch(d), env=env, check=False)
-                if r.returncode != 0:
-                    try: files = files_touched(d)
-                    except SwebenchLabError: files = []
-                    raise PatchApplyError(f"{self.name}: {what} {i} ({', '.join(files) or 'no files'}) does not apply "
-                                          f"at {rev[:12]}: {one_line(r.stderr)[:1500]}", index=i, files=files)
-            return self.git('write-tree', env=env).stdout.strip()
-
-    def diff(self, a: str, b: str, paths: Iterable[str] | None = None) -> str:
-        "`git diff a b` between two commits or trees, ending with one newline (empty when equal)."
-        args = ['diff', '--no-color', '--no-ext-diff', '--no-renames', '--binary', a, b]
-        if paths: args += ['--', *paths]
-        return normalize_patch(self.git(*args).stdout)
-
-    def export_tree(self, rev: str, dest: str | Path) -> Path:
-        "Write the files of commit/tree `rev` into `dest` (no .git)."
-        dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
-        arch = subprocess.run(['git', 'archive', '--format=tar', rev], cwd=self.path, capture_output=True, env=_git_env())
-        if arch.returncode != 0: raise RepoError(f"{self.name}: git archive {rev} failed: {arch.stderr.decode()[:500]}")
-        subprocess.run(['tar', '-x', '-C', str(dest)], input=arch.stdout, check=True)
-        return dest
-
-    def close(self):
-        with self._lock:
-            if self._cat is not None:
-                try: self._cat.stdin.close(); self._cat.wait(timeout=5)
-                except Exception: self._cat.kill()
-                self._cat = None
     def __del__(self):
         try: self.close()
         except Exception: pass
     def __repr__(self): return f"GitRepo({self.name!r}, {str(self.path)!r})"
+
+# %% ../nbs/02_repos.ipynb #repos-gitrepo-git
+@patch
+def git(self: GitRepo, *args, input: bytes | str | None = None, env: dict | None = None, check: bool = True,
+        text: bool = True, timeout: float | None = 600) -> subprocess.CompletedProcess:
+    "Run `git <args>` in this repository."
+    if isinstance(input, str) and not text: input = input.encode()
+    r = subprocess.run(['git', *args], cwd=self.path, input=input, capture_output=True, text=text,
+                       env=_git_env(env), timeout=timeout)
+    if check and r.returncode != 0:
+        err = r.stderr if text else r.stderr.decode(errors='replace')
+        raise RepoError(f"{self.name}: git {' '.join(args[:3])} failed: {one_line(err)[:2000]}")
+    return r
+
+@patch
+def resolve(self: GitRepo, rev: str) -> str:
+    "The full object id of a commit or tree (`rev` may be a sha, a ref or `sha^{tree}`)."
+    r = self.git('rev-parse', '--verify', '--quiet', f'{rev}^{{object}}', check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RepoError(f"{self.name}: no commit or tree {rev!r} in {self.path} (fetch it into the mirror: "
+                        f"git -C {self.path} fetch origin {rev})")
+    return r.stdout.strip()
+
+@patch
+def tree_of(self: GitRepo, rev: str) -> str:
+    "The tree id of a commit (a tree id is returned as is)."
+    return self.resolve(f'{rev}^{{tree}}')
+
+# %% ../nbs/02_repos.ipynb #repos-gitrepo-catfile
+# --- reading -----------------------------------------------------------
+@patch
+def _catfile(self: GitRepo):
+    if self._cat is None or self._cat.poll() is not None:
+        self._cat = subprocess.Popen(['git', 'cat-file', '--batch'], cwd=self.path, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=_git_env())
+    return self._cat
+
+@patch
+def read_object(self: GitRepo, spec: str) -> bytes | None:
+    "Bytes of the object `spec` (`<tree>:<path>` or a blob id); None when it does not exist."
+    if '\n' in spec: raise RepoError(f"bad object name {spec!r}")
+    with self._lock:
+        p = self._catfile()
+        p.stdin.write(spec.encode('utf-8', 'surrogateescape') + b'\n'); p.stdin.flush()
+        header = p.stdout.readline()
+        if not header: raise RepoError(f"{self.name}: git cat-file ended unexpectedly")
+        parts = header.split()
+        if len(parts) == 2 and parts[1] in (b'missing', b'ambiguous'): return None
+        size = int(parts[2])
+        data = p.stdout.read(size); p.stdout.read(1)  # trailing LF
+        return data
+
+@patch
+def read_blobs(self: GitRepo, oids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    "Stream `(oid, bytes)` for many blobs through one dedicated `git cat-file --batch` (missing ones skipped)."
+    oids = list(oids)
+    if not oids: return
+    p = subprocess.Popen(['git', 'cat-file', '--batch'], cwd=self.path, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, env=_git_env())
+    def feed():
+        try:
+            p.stdin.write(''.join(o + '\n' for o in oids).encode()); p.stdin.close()
+        except BrokenPipeError: pass
+    t = threading.Thread(target=feed, daemon=True); t.start()
+    try:
+        for oid in oids:
+            header = p.stdout.readline().split()
+            if len(header) == 2: continue  # missing
+            data = p.stdout.read(int(header[2])); p.stdout.read(1)
+            yield oid, data
+    finally:
+        t.join(); p.stdout.close(); p.wait()
+
+@patch
+def read_file(self: GitRepo, rev: str, path: str, errors: str = 'replace') -> str | None:
+    "Text of `path` at commit/tree `rev`; None when the file does not exist there."
+    data = self.read_object(f'{rev}:{path}')
+    return None if data is None else data.decode('utf-8', errors=errors)
+
+# %% ../nbs/02_repos.ipynb #repos-gitrepo-ls-files
+@patch
+def ls_files(self: GitRepo, rev: str) -> list[tuple[str, str]]:
+    "`(path, blob_id)` for every file (blob) of commit/tree `rev`, sorted by path."
+    out = self.git('ls-tree', '-r', '-z', '--full-tree', rev, text=False).stdout
+    files = []
+    for entry in out.split(b'\0'):
+        if not entry: continue
+        meta, path = entry.split(b'\t', 1)
+        mode, typ, oid = meta.split()
+        if typ == b'blob' and mode != b'120000': files.append((path.decode('utf-8', 'surrogateescape'), oid.decode()))
+    return files
+
+@patch
+def list_files(self: GitRepo, rev: str) -> list[str]:
+    "Paths of every file of commit/tree `rev`."
+    return [p for p, _ in self.ls_files(rev)]
+
+# %% ../nbs/02_repos.ipynb #repos-gitrepo-apply-diffs
+# --- writing trees -----------------------------------------------------
+@patch
+def apply_diffs(self: GitRepo, rev: str, diffs: Iterable[str], what: str = 'diff') -> str:
+    "Apply `diffs` in order to the tree of `rev`; returns the resulting tree id. Nothing is checked out."
+    diffs = list(diffs)
+    base_tree = self.tree_of(rev)
+    if not any(d and d.strip() for d in diffs): return base_tree
+    with tempfile.TemporaryDirectory(prefix='swebench_lab-idx-') as td:
+        env = {'GIT_INDEX_FILE': str(Path(td) / 'index')}
+        self.git('read-tree', base_tree, env=env)
+        for i, d in enumerate(diffs):
+            if not d or not d.strip(): continue
+            r = self.git('apply', '--cached', '--whitespace=nowarn', '-', input=normalize_patch(d), env=env, check=False)
+            if r.returncode != 0:
+                try: files = files_touched(d)
+                except SwebenchLabError: files = []
+                raise PatchApplyError(f"{self.name}: {what} {i} ({', '.join(files) or 'no files'}) does not apply "
+                                      f"at {rev[:12]}: {one_line(r.stderr)[:1500]}", index=i, files=files)
+        return self.git('write-tree', env=env).stdout.strip()
+
+@patch
+def diff(self: GitRepo, a: str, b: str, paths: Iterable[str] | None = None) -> str:
+    "`git diff a b` between two commits or trees, ending with one newline (empty when equal)."
+    args = ['diff', '--no-color', '--no-ext-diff', '--no-renames', '--binary', a, b]
+    if paths: args += ['--', *paths]
+    return normalize_patch(self.git(*args).stdout)
+
+@patch
+def export_tree(self: GitRepo, rev: str, dest: str | Path) -> Path:
+    "Write the files of commit/tree `rev` into `dest` (no .git)."
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(['git', 'archive', '--format=tar', rev], cwd=self.path, capture_output=True, env=_git_env())
+    if arch.returncode != 0: raise RepoError(f"{self.name}: git archive {rev} failed: {arch.stderr.decode()[:500]}")
+    subprocess.run(['tar', '-x', '-C', str(dest)], input=arch.stdout, check=True)
+    return dest
+
+# %% ../nbs/02_repos.ipynb #repos-gitrepo-close
+@patch
+def close(self: GitRepo):
+    with self._lock:
+        if self._cat is not None:
+            try: self._cat.stdin.close(); self._cat.wait(timeout=5)
+            except Exception: self._cat.kill()
+            self._cat = None
 
 # %% ../nbs/02_repos.ipynb #repos-store
 def repo_key(repo: str) -> str:

@@ -421,6 +421,7 @@ def _print_validation(s: dict):
     print(f"\n{s['valid']}/{s['total']} valid; {s['verdicts']}; grading agrees with swebench on {s['agree_with_swebench']}"
           f"{'; disagrees on ' + ', '.join(s['disagree_with_swebench']) if s['disagree_with_swebench'] else ''}\n{s['path']}")
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-print-summary
 def _print_summary(s: dict):
     keys = ['total_instances', 'submitted_instances', 'completed_instances', 'resolved_instances', 'unresolved_instances',
             'empty_patch_instances', 'not_applied_instances', 'timed_out_instances', 'tampered_instances', 'error_instances',
@@ -433,6 +434,7 @@ def _print_summary(s: dict):
     for iid, e in list((s.get('errors') or {}).items())[:10]: print(f"error  {iid}: {e[:200]}")
     if s.get('nodes'): print(f"{'nodes'.ljust(w)}  " + ', '.join(f'{n}: {c}' for n, c in sorted(s['nodes'].items())))
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-main
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.run_evaluation')
     sub = ap.add_subparsers(dest='cmd', required=True)

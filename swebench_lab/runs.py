@@ -83,6 +83,7 @@ def _scrub_file(path: Path, secrets: list[str]) -> None:
         if s in new: new = new.replace(s, mask(s))
     if new != text: path.write_text(new, encoding='utf-8')
 
+# %% ../nbs/10_runs.ipynb #runs-execute-run
 def execute_run(name: str, parameters: dict | None = None, out_root: str | Path | None = None,
                 run_name: str | None = None, timeout: int | None = None, log_to_console: bool = True) -> Path:
     "Execute run notebook `name` with papermill; returns the run folder. Raises `RunFailed` if it fails."
@@ -134,6 +135,7 @@ def execute_run(name: str, parameters: dict | None = None, out_root: str | Path 
     if err is not None: raise RunFailed(rdir, record['error']) from err
     return rdir
 
+# %% ../nbs/10_runs.ipynb #runs-runfailed
 class RunFailed(SwebenchLabError):
     "A run notebook failed; `run_dir` holds the executed notebook showing the failing cell."
     def __init__(self, run_dir: Path, error: dict):

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from fastcore.basics import patch
+
 from .core import SwebenchLabError, logger, one_line
 from .repos import RepoStore
 from .recipes import InstanceSpec, Recipe, RecipeError, find_host_python, resolved_requirements
@@ -188,61 +190,69 @@ class _Shell:
         self.raw.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
         self.frame_left, self.alive = 0, True
 
-    def _read(self, deadline: float) -> bytes | None:
-        "The next payload bytes of stdout or stderr (frames demultiplexed); b'' at EOF; None at the deadline."
-        import select as _select
-        while True:
-            if self.frame_left == 0:
-                hdr = self._recv_exactly(8, deadline)
-                if hdr is None or hdr == b'': return hdr
-                self.frame_left = int.from_bytes(hdr[4:8], 'big')
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
-            data = self.raw.recv(min(self.frame_left, 1 << 16))
-            if not data: return b''
-            self.frame_left -= len(data)
-            return data
+# %% ../nbs/08c_sandbox.ipynb #sb-_shell-read
+@patch
+def _read(self: _Shell, deadline: float) -> bytes | None:
+    "The next payload bytes of stdout or stderr (frames demultiplexed); b'' at EOF; None at the deadline."
+    import select as _select
+    while True:
+        if self.frame_left == 0:
+            hdr = self._recv_exactly(8, deadline)
+            if hdr is None or hdr == b'': return hdr
+            self.frame_left = int.from_bytes(hdr[4:8], 'big')
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+        data = self.raw.recv(min(self.frame_left, 1 << 16))
+        if not data: return b''
+        self.frame_left -= len(data)
+        return data
 
-    def _recv_exactly(self, n: int, deadline: float) -> bytes | None:
-        import select as _select
-        buf = b''
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
-            data = self.raw.recv(n - len(buf))
-            if not data: return b''
-            buf += data
-        return buf
+@patch
+def _recv_exactly(self: _Shell, n: int, deadline: float) -> bytes | None:
+    import select as _select
+    buf = b''
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+        data = self.raw.recv(n - len(buf))
+        if not data: return b''
+        buf += data
+    return buf
 
-    def run(self, cmd: str, timeout: float, workdir: str, env: dict | None, cap: 'OutputCapture') -> int | None:
-        "Run `cmd`; its output goes to `cap`. The exit code, or None when the shell died or stopped answering (it is then closed)."
-        nonce = uuid.uuid4().hex.encode()
-        exports = ''.join(f'export {k}={shlex.quote(str(v))}; ' for k, v in (env or {}).items())
-        line = (f"( cd {shlex.quote(workdir)} && {exports}{_timeout_wrap(cmd, timeout)} ) < /dev/null 2>&1; "
-                f"printf '\\n__swebench_lab_done__%s %d\\n' {nonce.decode()} $?\n")
-        self.raw.sendall(line.encode())
-        mark = self.MARK + nonce + b' '
-        deadline, pending = time.monotonic() + timeout + 30, b''
-        while True:
-            data = self._read(deadline)
-            if not data: self.close(); cap.feed(pending); return None
-            pending += data
-            i = pending.find(mark)
-            if i >= 0:
-                j = pending.find(b'\n', i + len(mark))
-                if j >= 0:
-                    cap.feed(pending[:i])
-                    return int(pending[i + len(mark):j])
-                continue
-            keep = len(mark) + 8            # a mark cut in two by a frame boundary stays whole in `pending`
-            if len(pending) > keep: cap.feed(pending[:-keep]); pending = pending[-keep:]
+# %% ../nbs/08c_sandbox.ipynb #sb-_shell-run
+@patch
+def run(self: _Shell, cmd: str, timeout: float, workdir: str, env: dict | None, cap: 'OutputCapture') -> int | None:
+    "Run `cmd`; its output goes to `cap`. The exit code, or None when the shell died or stopped answering (it is then closed)."
+    nonce = uuid.uuid4().hex.encode()
+    exports = ''.join(f'export {k}={shlex.quote(str(v))}; ' for k, v in (env or {}).items())
+    line = (f"( cd {shlex.quote(workdir)} && {exports}{_timeout_wrap(cmd, timeout)} ) < /dev/null 2>&1; "
+            f"printf '\\n__swebench_lab_done__%s %d\\n' {nonce.decode()} $?\n")
+    self.raw.sendall(line.encode())
+    mark = self.MARK + nonce + b' '
+    deadline, pending = time.monotonic() + timeout + 30, b''
+    while True:
+        data = self._read(deadline)
+        if not data: self.close(); cap.feed(pending); return None
+        pending += data
+        i = pending.find(mark)
+        if i >= 0:
+            j = pending.find(b'\n', i + len(mark))
+            if j >= 0:
+                cap.feed(pending[:i])
+                return int(pending[i + len(mark):j])
+            continue
+        keep = len(mark) + 8            # a mark cut in two by a frame boundary stays whole in `pending`
+        if len(pending) > keep: cap.feed(pending[:-keep]); pending = pending[-keep:]
 
-    def close(self):
-        self.alive = False
-        try: self.sock.close()
-        except Exception: pass
+# %% ../nbs/08c_sandbox.ipynb #sb-_shell-close
+@patch
+def close(self: _Shell):
+    self.alive = False
+    try: self.sock.close()
+    except Exception: pass
 
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-class
 class DockerSandbox(Sandbox):
     "A container from the instance image: no internet, bounded memory/CPU/processes, a lifetime; removed on close."
     def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None,
@@ -260,77 +270,87 @@ class DockerSandbox(Sandbox):
         if r.exit_code: raise SwebenchLabError(f"sandbox setup failed: {r.output[-300:]}")
         for svc in services or []: self.start_service(svc['command'], svc.get('port'))
 
-    def start_service(self, command: str, port: int | None = None, wait: float = 30) -> None:
-        "Start `command` in the background of the sandbox; with `port`, wait until it accepts connections."
-        api = self.client.api
-        api.exec_start(api.exec_create(self.container.id, ['bash', '-c', command], workdir='/')['Id'], detach=True)
-        if port:
-            probe = (f"for i in $(seq {int(wait * 10)}); do (exec 3<>/dev/tcp/127.0.0.1/{int(port)}) 2>/dev/null && exit 0; "
-                     "sleep 0.1; done; exit 1")
-            if self.run(probe, timeout=wait + 5).exit_code:
-                raise SwebenchLabError(f"service {command[:80]!r} did not listen on port {port} within {wait:.0f}s")
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-start-service
+@patch
+def start_service(self: DockerSandbox, command: str, port: int | None = None, wait: float = 30) -> None:
+    "Start `command` in the background of the sandbox; with `port`, wait until it accepts connections."
+    api = self.client.api
+    api.exec_start(api.exec_create(self.container.id, ['bash', '-c', command], workdir='/')['Id'], detach=True)
+    if port:
+        probe = (f"for i in $(seq {int(wait * 10)}); do (exec 3<>/dev/tcp/127.0.0.1/{int(port)}) 2>/dev/null && exit 0; "
+                 "sleep 0.1; done; exit 1")
+        if self.run(probe, timeout=wait + 5).exit_code:
+            raise SwebenchLabError(f"service {command[:80]!r} did not listen on port {port} within {wait:.0f}s")
 
-    def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
-        import docker
-        t0 = time.perf_counter()
-        cap = OutputCapture(path=log_path)
-        with self._lock:
-            try:
-                if self._shell is None or not self._shell.alive: self._shell = _Shell(self.client, self.container.id)
-                code = self._shell.run(cmd, timeout, workdir or self.testbed, env, cap)
-            except (docker.errors.NotFound, docker.errors.APIError, OSError) as e:
-                cap.finish()
-                raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
-        if code is None:                       # the shell died (or hung past the time limit): is the container still there?
-            try: self.container.reload(); gone = self.container.status != 'running'
-            except docker.errors.NotFound: gone = True
-            if gone:
-                cap.finish()
-                raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}")
-            code = 137
-        dur = time.perf_counter() - t0
-        out, trunc = cap.finish()
-        return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5, dur, cap.total, trunc)
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-run
+@patch
+def run(self: DockerSandbox, cmd, timeout=600, workdir=None, env=None, log_path=None):
+    import docker
+    t0 = time.perf_counter()
+    cap = OutputCapture(path=log_path)
+    with self._lock:
+        try:
+            if self._shell is None or not self._shell.alive: self._shell = _Shell(self.client, self.container.id)
+            code = self._shell.run(cmd, timeout, workdir or self.testbed, env, cap)
+        except (docker.errors.NotFound, docker.errors.APIError, OSError) as e:
+            cap.finish()
+            raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
+    if code is None:                       # the shell died (or hung past the time limit): is the container still there?
+        try: self.container.reload(); gone = self.container.status != 'running'
+        except docker.errors.NotFound: gone = True
+        if gone:
+            cap.finish()
+            raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}")
+        code = 137
+    dur = time.perf_counter() - t0
+    out, trunc = cap.finish()
+    return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5, dur, cap.total, trunc)
 
-    def write_file(self, path, text):
-        data = text.encode() if isinstance(text, str) else text
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode='w') as tf:
-            info = tarfile.TarInfo(Path(path).name); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-write-file
+@patch
+def write_file(self: DockerSandbox, path, text):
+    data = text.encode() if isinstance(text, str) else text
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        info = tarfile.TarInfo(Path(path).name); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
+        tf.addfile(info, io.BytesIO(data))
+    self.container.put_archive(str(Path(path).parent), buf.getvalue())
+
+@patch
+def write_files(self: DockerSandbox, dest, files):
+    buf, dirs = io.BytesIO(), set()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        for rel, text in files.items():
+            for parent in list(Path(rel).parents)[::-1][1:]:
+                if str(parent) not in dirs:
+                    dirs.add(str(parent)); info = tarfile.TarInfo(str(parent)); info.type = tarfile.DIRTYPE; info.mode = 0o755
+                    tf.addfile(info)
+            data = text.encode() if isinstance(text, str) else text
+            info = tarfile.TarInfo(rel); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
             tf.addfile(info, io.BytesIO(data))
-        self.container.put_archive(str(Path(path).parent), buf.getvalue())
+    self.container.put_archive(dest, buf.getvalue())
 
-    def write_files(self, dest, files):
-        buf, dirs = io.BytesIO(), set()
-        with tarfile.open(fileobj=buf, mode='w') as tf:
-            for rel, text in files.items():
-                for parent in list(Path(rel).parents)[::-1][1:]:
-                    if str(parent) not in dirs:
-                        dirs.add(str(parent)); info = tarfile.TarInfo(str(parent)); info.type = tarfile.DIRTYPE; info.mode = 0o755
-                        tf.addfile(info)
-                data = text.encode() if isinstance(text, str) else text
-                info = tarfile.TarInfo(rel); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
-                tf.addfile(info, io.BytesIO(data))
-        self.container.put_archive(dest, buf.getvalue())
+@patch
+def read_file(self: DockerSandbox, path):
+    bits, _ = self.container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b''.join(bits))) as tf:
+        return tf.extractfile(tf.getmembers()[0]).read()
 
-    def read_file(self, path):
-        bits, _ = self.container.get_archive(path)
-        with tarfile.open(fileobj=io.BytesIO(b''.join(bits))) as tf:
-            return tf.extractfile(tf.getmembers()[0]).read()
-
-    def close(self):
-        if self._shell is not None: self._shell.close()
-        if self.container is not None:
-            import docker
-            try: self.container.remove(force=True)
-            except docker.errors.NotFound: pass
-            except Exception as e:
-                if 'already in progress' not in str(e): logger.warning('could not remove container %s: %s', self.container.short_id, e)
-            for _ in range(100):              # gone for good before close returns (--rm may be removing it at the same time)
-                try: self.client.containers.get(self.container.id); time.sleep(0.05)
-                except docker.errors.NotFound: break
-                except Exception: break
-            self.container = None
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-close
+@patch
+def close(self: DockerSandbox):
+    if self._shell is not None: self._shell.close()
+    if self.container is not None:
+        import docker
+        try: self.container.remove(force=True)
+        except docker.errors.NotFound: pass
+        except Exception as e:
+            if 'already in progress' not in str(e): logger.warning('could not remove container %s: %s', self.container.short_id, e)
+        for _ in range(100):              # gone for good before close returns (--rm may be removing it at the same time)
+            try: self.client.containers.get(self.container.id); time.sleep(0.05)
+            except docker.errors.NotFound: break
+            except Exception: break
+        self.container = None
 
 # %% ../nbs/08c_sandbox.ipynb #sb-host-python
 def host_python(recipe: Recipe) -> str:
@@ -354,70 +374,84 @@ class LocalSandbox(Sandbox):
         try: self._setup(spec, store, template)
         except BaseException: self.close(); raise
 
-    def _setup(self, spec, store, template):
-        self.testbed = str(self.dir / 'testbed'); self.tmp = str(self.dir / 'tmp')
-        Path(self.tmp).mkdir()
-        clone_at(store.get(spec.repo).path, spec.base_commit, self.testbed)
-        for k, v in (('user.email', 'eval@swebench-lab.invalid'), ('user.name', 'swebench_lab'), ('advice.detachedHead', 'false')):
-            subprocess.run(['git', 'config', k, v], cwd=self.testbed, check=True)
-        with open(Path(self.testbed) / '.git' / 'info' / 'exclude', 'a') as f: f.write('\n'.join(EXCLUDES) + '\n')
-        self.venv = copy_venv(template, self.dir / 'venv')
-        shim = self.dir / 'conda-activate'
-        shim.write_text(CONDA_SHIM.replace('/opt/venv', str(self.venv)))
-        self._paths = {'/testbed': self.testbed, '/tmp/swebench_lab': self.tmp, '/opt/miniconda3/bin/activate': str(shim),
-                       '/opt/venv': str(self.venv)}
-        self._re = re.compile(r'(?<![\w./-])(' + '|'.join(map(re.escape, sorted(self._paths, key=len, reverse=True))) + r')(?![\w.-])')
-        if spec.recipe.hosts or spec.recipe.services:
-            logger.warning("%s: the local backend has no sandbox network: the recipe's hosts and services are not set up", spec.instance_id)
-        self.env = {**os.environ, **dict(e.split('=', 1) for e in PIP_ENV),
-                    'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
-                    'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
-        for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
-        for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
-            if not c: continue
-            r = self.run(c, timeout=1800)
-            if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
-
-    def _map(self, text: str) -> str:
-        "Sandbox paths (`/testbed`, `/tmp/swebench_lab`, `/opt/venv`, conda's activate) as they are on the host; host paths pass unchanged."
-        return self._re.sub(lambda m: self._paths[m[1]], text)
-    _script = _map
-
-    def run(self, cmd, timeout=600, workdir=None, env=None, log_path=None):
-        t0 = time.perf_counter()
-        cap = OutputCapture(path=log_path)
-        p = subprocess.Popen(['bash', '-c', self._map(cmd)], cwd=self._map(workdir or self.testbed), env={**self.env, **(env or {})},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self._procs.add(p)
-        reader = threading.Thread(target=lambda: [cap.feed(b) for b in iter(lambda: p.stdout.read1(1 << 16), b'')], daemon=True)
-        reader.start()
-        try: p.wait(timeout=timeout); timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        try: os.killpg(p.pid, signal.SIGKILL)   # the command's leftovers (background children) too
-        except ProcessLookupError: pass
-        p.wait(); reader.join(30); self._procs.discard(p)
-        out, trunc = cap.finish()
-        if self.killed: raise SandboxGone(f"local sandbox {self.dir} was stopped during {cmd[:80]!r}")
-        return RunResult(137 if timed_out else p.returncode, out, timed_out, time.perf_counter() - t0, cap.total, trunc)
-
-    def write_file(self, path, text):
-        p = Path(self._map(path)); p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(text.encode() if isinstance(text, str) else text)
-
-    def read_file(self, path): return Path(self._map(path)).read_bytes()
-
     killed = False
-    def kill(self):
-        "Stop whatever runs in this sandbox now (an interrupt); the command in flight raises SandboxGone."
-        self.killed = True
-        for p in list(self._procs):
-            try: os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError: pass
 
-    def close(self):
-        _LOCAL_BOXES.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
+# %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-setup
+@patch
+def _setup(self: LocalSandbox, spec, store, template):
+    self.testbed = str(self.dir / 'testbed'); self.tmp = str(self.dir / 'tmp')
+    Path(self.tmp).mkdir()
+    clone_at(store.get(spec.repo).path, spec.base_commit, self.testbed)
+    for k, v in (('user.email', 'eval@swebench-lab.invalid'), ('user.name', 'swebench_lab'), ('advice.detachedHead', 'false')):
+        subprocess.run(['git', 'config', k, v], cwd=self.testbed, check=True)
+    with open(Path(self.testbed) / '.git' / 'info' / 'exclude', 'a') as f: f.write('\n'.join(EXCLUDES) + '\n')
+    self.venv = copy_venv(template, self.dir / 'venv')
+    shim = self.dir / 'conda-activate'
+    shim.write_text(CONDA_SHIM.replace('/opt/venv', str(self.venv)))
+    self._paths = {'/testbed': self.testbed, '/tmp/swebench_lab': self.tmp, '/opt/miniconda3/bin/activate': str(shim),
+                   '/opt/venv': str(self.venv)}
+    self._re = re.compile(r'(?<![\w./-])(' + '|'.join(map(re.escape, sorted(self._paths, key=len, reverse=True))) + r')(?![\w.-])')
+    if spec.recipe.hosts or spec.recipe.services:
+        logger.warning("%s: the local backend has no sandbox network: the recipe's hosts and services are not set up", spec.instance_id)
+    self.env = {**os.environ, **dict(e.split('=', 1) for e in PIP_ENV),
+                'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
+                'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
+    for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
+    for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
+        if not c: continue
+        r = self.run(c, timeout=1800)
+        if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
+
+@patch
+def _map(self: LocalSandbox, text: str) -> str:
+    "Sandbox paths (`/testbed`, `/tmp/swebench_lab`, `/opt/venv`, conda's activate) as they are on the host; host paths pass unchanged."
+    return self._re.sub(lambda m: self._paths[m[1]], text)
+
+@patch
+def _script(self: LocalSandbox, text: str) -> str: return self._map(text)
+
+# %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-run
+@patch
+def run(self: LocalSandbox, cmd, timeout=600, workdir=None, env=None, log_path=None):
+    t0 = time.perf_counter()
+    cap = OutputCapture(path=log_path)
+    p = subprocess.Popen(['bash', '-c', self._map(cmd)], cwd=self._map(workdir or self.testbed), env={**self.env, **(env or {})},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    self._procs.add(p)
+    reader = threading.Thread(target=lambda: [cap.feed(b) for b in iter(lambda: p.stdout.read1(1 << 16), b'')], daemon=True)
+    reader.start()
+    try: p.wait(timeout=timeout); timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    try: os.killpg(p.pid, signal.SIGKILL)   # the command's leftovers (background children) too
+    except ProcessLookupError: pass
+    p.wait(); reader.join(30); self._procs.discard(p)
+    out, trunc = cap.finish()
+    if self.killed: raise SandboxGone(f"local sandbox {self.dir} was stopped during {cmd[:80]!r}")
+    return RunResult(137 if timed_out else p.returncode, out, timed_out, time.perf_counter() - t0, cap.total, trunc)
+
+# %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-write-file
+@patch
+def write_file(self: LocalSandbox, path, text):
+    p = Path(self._map(path)); p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(text.encode() if isinstance(text, str) else text)
+
+@patch
+def read_file(self: LocalSandbox, path): return Path(self._map(path)).read_bytes()
+
+# %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-kill
+@patch
+def kill(self: LocalSandbox):
+    "Stop whatever runs in this sandbox now (an interrupt); the command in flight raises SandboxGone."
+    self.killed = True
+    for p in list(self._procs):
+        try: os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+
+@patch
+def close(self: LocalSandbox):
+    _LOCAL_BOXES.discard(self)
+    shutil.rmtree(self.dir, ignore_errors=True)
 
 # %% ../nbs/08c_sandbox.ipynb #sb-kill-local-sandboxes
 _LOCAL_BOXES: 'weakref.WeakSet[LocalSandbox]' = weakref.WeakSet()

@@ -5,6 +5,8 @@
 # %% ../nbs/15d_scripted_policy.ipynb #sp-imports
 from __future__ import annotations
 
+from fastcore.basics import patch
+
 import json
 import threading
 import time
@@ -25,23 +27,6 @@ class ScriptedPolicy:
         self.by_model = by_model or {}
         self.requests, self._seen, self._lock = 0, {}, threading.Lock()
 
-    def reply_for(self, messages: list[dict], model: str | None = None):
-        """The scripted reply for a conversation. A reply `{'fail_first': n, 'error': {'status', 'message', 'code', 'retry_after'},
-        'reply': …}` answers its first n requests with that error (a rate limit, a context overflow), then with `reply`."""
-        first_user = next((m.get('content') or '' for m in messages if m.get('role') == 'user'), '')
-        if isinstance(first_user, list): first_user = ''.join(c.get('text', '') for c in first_user if isinstance(c, dict))
-        scripts = self.by_model.get(model, self.scripts) if model else self.scripts
-        key = next((k for k in scripts if k in first_user), None)
-        script = scripts[key] if key is not None else self.default
-        key = (model, key) if model in self.by_model else key
-        if script is None: return 'I have no script for this task.'
-        i = min(self.turn(messages), len(script) - 1)
-        reply = script[i]
-        if isinstance(reply, dict) and 'error' in reply:
-            with self._lock: n = self._seen[(key, i)] = self._seen.get((key, i), 0) + 1
-            return reply if n <= reply.get('fail_first', 10**9) else reply.get('reply', 'done')
-        return reply
-
     @staticmethod
     def turn(messages: list[dict]) -> int:
         "How many turns a conversation has had: model replies, plus user messages that answer no reply (corrections of a malformed reply)."
@@ -52,22 +37,6 @@ class ScriptedPolicy:
             if role == 'assistant' or (role == 'user' and prev not in ('assistant',)): n += 1
             prev = role
         return n
-
-    def _response(self, body: dict) -> dict:
-        reply = self.reply_for(body.get('messages') or [], body.get('model'))
-        if isinstance(reply, dict) and 'error' in reply: return reply
-        n_in = sum(len(str(m.get('content') or '')) for m in body.get('messages') or []) // 4
-        if isinstance(reply, dict) and reply.get('tool_calls'):
-            calls = [{'id': f'call_{self.requests}_{j}', 'type': 'function',
-                      'function': {'name': c['name'], 'arguments': json.dumps(c.get('arguments', {}))}} for j, c in enumerate(reply['tool_calls'])]
-            msg, n_out = {'role': 'assistant', 'content': reply.get('content', ''), 'tool_calls': calls}, 20
-        else:
-            text = reply if isinstance(reply, str) else str(reply.get('content', ''))
-            msg, n_out = {'role': 'assistant', 'content': text}, len(text) // 4 + 1
-        return {'id': f'chatcmpl-scripted-{self.requests}', 'object': 'chat.completion', 'created': int(time.time()),
-                'model': body.get('model') if body.get('model') in self.by_model else self.model,
-                'choices': [{'index': 0, 'message': msg, 'finish_reason': 'tool_calls' if msg.get('tool_calls') else 'stop'}],
-                'usage': {'prompt_tokens': n_in, 'completion_tokens': n_out, 'total_tokens': n_in + n_out}}
 
     def __enter__(self) -> 'ScriptedPolicy':
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +74,43 @@ class ScriptedPolicy:
 
     def __exit__(self, *exc):
         self.httpd.shutdown(); self.httpd.server_close()
+
+# %% ../nbs/15d_scripted_policy.ipynb #sp-scriptedpolicy-reply-for
+@patch
+def reply_for(self: ScriptedPolicy, messages: list[dict], model: str | None = None):
+    """The scripted reply for a conversation. A reply `{'fail_first': n, 'error': {'status', 'message', 'code', 'retry_after'},
+    'reply': …}` answers its first n requests with that error (a rate limit, a context overflow), then with `reply`."""
+    first_user = next((m.get('content') or '' for m in messages if m.get('role') == 'user'), '')
+    if isinstance(first_user, list): first_user = ''.join(c.get('text', '') for c in first_user if isinstance(c, dict))
+    scripts = self.by_model.get(model, self.scripts) if model else self.scripts
+    key = next((k for k in scripts if k in first_user), None)
+    script = scripts[key] if key is not None else self.default
+    key = (model, key) if model in self.by_model else key
+    if script is None: return 'I have no script for this task.'
+    i = min(self.turn(messages), len(script) - 1)
+    reply = script[i]
+    if isinstance(reply, dict) and 'error' in reply:
+        with self._lock: n = self._seen[(key, i)] = self._seen.get((key, i), 0) + 1
+        return reply if n <= reply.get('fail_first', 10**9) else reply.get('reply', 'done')
+    return reply
+
+# %% ../nbs/15d_scripted_policy.ipynb #sp-scriptedpolicy-response
+@patch
+def _response(self: ScriptedPolicy, body: dict) -> dict:
+    reply = self.reply_for(body.get('messages') or [], body.get('model'))
+    if isinstance(reply, dict) and 'error' in reply: return reply
+    n_in = sum(len(str(m.get('content') or '')) for m in body.get('messages') or []) // 4
+    if isinstance(reply, dict) and reply.get('tool_calls'):
+        calls = [{'id': f'call_{self.requests}_{j}', 'type': 'function',
+                  'function': {'name': c['name'], 'arguments': json.dumps(c.get('arguments', {}))}} for j, c in enumerate(reply['tool_calls'])]
+        msg, n_out = {'role': 'assistant', 'content': reply.get('content', ''), 'tool_calls': calls}, 20
+    else:
+        text = reply if isinstance(reply, str) else str(reply.get('content', ''))
+        msg, n_out = {'role': 'assistant', 'content': text}, len(text) // 4 + 1
+    return {'id': f'chatcmpl-scripted-{self.requests}', 'object': 'chat.completion', 'created': int(time.time()),
+            'model': body.get('model') if body.get('model') in self.by_model else self.model,
+            'choices': [{'index': 0, 'message': msg, 'finish_reason': 'tool_calls' if msg.get('tool_calls') else 'stop'}],
+            'usage': {'prompt_tokens': n_in, 'completion_tokens': n_out, 'total_tokens': n_in + n_out}}
 
 # %% ../nbs/15d_scripted_policy.ipynb #sp-scripted-policy-for
 def scripted_policy_for(recs: list[dict], cfg: dict, **kw) -> ScriptedPolicy:

@@ -5,6 +5,8 @@
 # %% ../nbs/07_serving.ipynb #srv-imports
 from __future__ import annotations
 
+from fastcore.basics import patch
+
 import argparse
 import asyncio
 import importlib.util
@@ -152,143 +154,157 @@ class ModelServer:
         self.active = 0                          # generations running or waiting for the lock
         self._count = threading.Lock()
 
-    # --- model cards ---------------------------------------------------------
-    def model_names(self) -> list[str]: return [self.base_name, *self.adapters]
+# %% ../nbs/07_serving.ipynb #srv-modelserver-model-names
+# --- model cards ---------------------------------------------------------
+@patch
+def model_names(self: ModelServer) -> list[str]: return [self.base_name, *self.adapters]
 
-    def cards(self) -> list[dict]:
-        base = {'id': self.base_name, 'object': 'model', 'created': self.created, 'owned_by': 'swebench_lab',
-                'root': str(self.base_path), 'parent': None, 'max_model_len': self.max_model_len,
-                'tokenizer_path': str(self.base_path)}
-        return [base] + [{**base, 'id': n, 'root': str(p), 'parent': self.base_name} for n, p in self.adapters.items()]
+# %% ../nbs/07_serving.ipynb #srv-modelserver-cards
+@patch
+def cards(self: ModelServer) -> list[dict]:
+    base = {'id': self.base_name, 'object': 'model', 'created': self.created, 'owned_by': 'swebench_lab',
+            'root': str(self.base_path), 'parent': None, 'max_model_len': self.max_model_len,
+            'tokenizer_path': str(self.base_path)}
+    return [base] + [{**base, 'id': n, 'root': str(p), 'parent': self.base_name} for n, p in self.adapters.items()]
 
-    # --- generation ------------------------------------------------------------
-    def _prepare(self, req: ChatCompletionRequest):
-        if req.model not in self.model_names():
-            raise OpenAIError(404, f"The model `{req.model}` does not exist. Available: {', '.join(self.model_names())}",
-                              'invalid_request_error', 'model_not_found', 'model')
-        msgs = [{'role': m.role if m.role != 'developer' else 'system', 'content': m.text()} for m in req.messages]
-        enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
-        ids = list(enc['input_ids'])
-        p = len(ids)
-        want = req.max_completion_tokens or req.max_tokens
-        if p >= self.max_model_len or (want and p + want > self.max_model_len):
-            asked = f"you requested {p + (want or 0)} tokens ({p} in the messages, {want or 0} in the completion)"
-            raise OpenAIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, {asked}. "
-                              "Please reduce the length of the messages or completion.", 'invalid_request_error',
-                              'context_length_exceeded', 'messages')
-        max_new = want or min(self.default_max_tokens, self.max_model_len - p)
-        return ids, max_new
+# %% ../nbs/07_serving.ipynb #srv-modelserver-prepare
+# --- generation ------------------------------------------------------------
+@patch
+def _prepare(self: ModelServer, req: ChatCompletionRequest):
+    if req.model not in self.model_names():
+        raise OpenAIError(404, f"The model `{req.model}` does not exist. Available: {', '.join(self.model_names())}",
+                          'invalid_request_error', 'model_not_found', 'model')
+    msgs = [{'role': m.role if m.role != 'developer' else 'system', 'content': m.text()} for m in req.messages]
+    enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = list(enc['input_ids'])
+    p = len(ids)
+    want = req.max_completion_tokens or req.max_tokens
+    if p >= self.max_model_len or (want and p + want > self.max_model_len):
+        asked = f"you requested {p + (want or 0)} tokens ({p} in the messages, {want or 0} in the completion)"
+        raise OpenAIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, {asked}. "
+                          "Please reduce the length of the messages or completion.", 'invalid_request_error',
+                          'context_length_exceeded', 'messages')
+    max_new = want or min(self.default_max_tokens, self.max_model_len - p)
+    return ids, max_new
 
-    def _gen_kwargs(self, req, max_new, cancel: threading.Event | None = None):
-        from transformers import StoppingCriteriaList
-        kw = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                  stopping_criteria=StoppingCriteriaList([_Cancelled(cancel, self.shutdown)]))
-        if req.temperature > 0: kw.update(do_sample=True, temperature=req.temperature, top_p=req.top_p)
-        else: kw.update(do_sample=False)
-        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        if stops: kw.update(stop_strings=stops, tokenizer=self.tokenizer)
-        return kw, stops
+@patch
+def _gen_kwargs(self: ModelServer, req, max_new, cancel: threading.Event | None = None):
+    from transformers import StoppingCriteriaList
+    kw = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+              stopping_criteria=StoppingCriteriaList([_Cancelled(cancel, self.shutdown)]))
+    if req.temperature > 0: kw.update(do_sample=True, temperature=req.temperature, top_p=req.top_p)
+    else: kw.update(do_sample=False)
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    if stops: kw.update(stop_strings=stops, tokenizer=self.tokenizer)
+    return kw, stops
 
-    def _adapter(self, name: str):
-        if not self.adapters: return nullcontext()
-        if name == self.base_name: return self.model.disable_adapter()
-        self.model.set_adapter(name)
-        return nullcontext()
+@patch
+def _adapter(self: ModelServer, name: str):
+    if not self.adapters: return nullcontext()
+    if name == self.base_name: return self.model.disable_adapter()
+    self.model.set_adapter(name)
+    return nullcontext()
 
-    def _generate(self, req, x, kw, n: int = 1):
-        "generate() under the lock, counted in `active`; sampling errors become OpenAI errors."
-        import torch
-        with self._count: self.active += 1
-        try:
-            with self._lock:
-                if self.shutdown.is_set(): raise OpenAIError(503, 'the server is shutting down', 'server_error')
-                if req.seed is not None: torch.manual_seed(req.seed)
-                with torch.no_grad(), self._adapter(req.model):
-                    return self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_return_sequences=n, **kw)
-        except RuntimeError as e:
-            if 'probability tensor' in str(e) or 'inf' in str(e) or 'nan' in str(e):
-                raise OpenAIError(400, f'sampling failed with these parameters ({one_line(str(e))[:200]}); raise the temperature or top_p',
-                                  param='temperature') from None
-            raise
-        finally:
-            with self._count: self.active -= 1
+@patch
+def _generate(self: ModelServer, req, x, kw, n: int = 1):
+    "generate() under the lock, counted in `active`; sampling errors become OpenAI errors."
+    import torch
+    with self._count: self.active += 1
+    try:
+        with self._lock:
+            if self.shutdown.is_set(): raise OpenAIError(503, 'the server is shutting down', 'server_error')
+            if req.seed is not None: torch.manual_seed(req.seed)
+            with torch.no_grad(), self._adapter(req.model):
+                return self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), num_return_sequences=n, **kw)
+    except RuntimeError as e:
+        if 'probability tensor' in str(e) or 'inf' in str(e) or 'nan' in str(e):
+            raise OpenAIError(400, f'sampling failed with these parameters ({one_line(str(e))[:200]}); raise the temperature or top_p',
+                              param='temperature') from None
+        raise
+    finally:
+        with self._count: self.active -= 1
 
-    def complete(self, req: ChatCompletionRequest) -> dict:
-        "A non-streaming chat completion, as OpenAI's response body."
-        import torch
-        ids, max_new = self._prepare(req)
-        kw, stops = self._gen_kwargs(req, max_new)
-        x = torch.tensor([ids], device=self.model.device if hasattr(self.model, 'device') else self.device)
-        greedy = req.temperature == 0
-        out = self._generate(req, x, kw, 1 if greedy else req.n)
-        if greedy and req.n > 1: out = out.repeat(req.n, 1)      # greedy decoding: n equal choices
-        choices, completion_tokens = [], 0
-        eos = self.tokenizer.eos_token_id
-        for i, seq in enumerate(out[:, len(ids):].tolist()):
-            n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
-            seq = seq[:n_tok]
-            completion_tokens += n_tok
-            text = self.tokenizer.decode(seq, skip_special_tokens=True)
-            finish = 'stop' if (seq and seq[-1] == eos) else 'length'
-            for s in stops:
-                if s in text: text, finish = text[:text.index(s)], 'stop'
-            if finish == 'length' and n_tok < max_new: finish = 'stop'  # ended by a stop string inside generate
-            choices.append({'index': i, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish})
-        return {'id': f'chatcmpl-{uuid.uuid4().hex}', 'object': 'chat.completion', 'created': int(time.time()),
-                'model': req.model, 'choices': choices,
-                'usage': {'prompt_tokens': len(ids), 'completion_tokens': completion_tokens,
-                          'total_tokens': len(ids) + completion_tokens}}
+# %% ../nbs/07_serving.ipynb #srv-modelserver-complete
+@patch
+def complete(self: ModelServer, req: ChatCompletionRequest) -> dict:
+    "A non-streaming chat completion, as OpenAI's response body."
+    import torch
+    ids, max_new = self._prepare(req)
+    kw, stops = self._gen_kwargs(req, max_new)
+    x = torch.tensor([ids], device=self.model.device if hasattr(self.model, 'device') else self.device)
+    greedy = req.temperature == 0
+    out = self._generate(req, x, kw, 1 if greedy else req.n)
+    if greedy and req.n > 1: out = out.repeat(req.n, 1)      # greedy decoding: n equal choices
+    choices, completion_tokens = [], 0
+    eos = self.tokenizer.eos_token_id
+    for i, seq in enumerate(out[:, len(ids):].tolist()):
+        n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
+        seq = seq[:n_tok]
+        completion_tokens += n_tok
+        text = self.tokenizer.decode(seq, skip_special_tokens=True)
+        finish = 'stop' if (seq and seq[-1] == eos) else 'length'
+        for s in stops:
+            if s in text: text, finish = text[:text.index(s)], 'stop'
+        if finish == 'length' and n_tok < max_new: finish = 'stop'  # ended by a stop string inside generate
+        choices.append({'index': i, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish})
+    return {'id': f'chatcmpl-{uuid.uuid4().hex}', 'object': 'chat.completion', 'created': int(time.time()),
+            'model': req.model, 'choices': choices,
+            'usage': {'prompt_tokens': len(ids), 'completion_tokens': completion_tokens,
+                      'total_tokens': len(ids) + completion_tokens}}
 
-    def stream(self, req: ChatCompletionRequest, cancel: threading.Event | None = None) -> Iterator[str]:
-        """Server-sent events for a streaming completion (n = 1), ending with a usage chunk and `[DONE]`; a failed generation
-        ends with an error event. Setting `cancel` (the client went away) stops the generation at its next token."""
-        import torch
-        from transformers import TextIteratorStreamer
-        if req.n != 1: raise OpenAIError(400, 'streaming supports n=1 only', param='n')
-        ids, max_new = self._prepare(req)
-        cancel = cancel or threading.Event()
-        kw, stops = self._gen_kwargs(req, max_new, cancel)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        x = torch.tensor([ids], device=self.device)
-        cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
-        result = {}
-        def run():
-            try: result['out'] = self._generate(req, x, {**kw, 'streamer': streamer})
-            except BaseException as e:
-                result['error'] = e
-                streamer.end()          # wake the reader: the stream ends with an error event
-        th = threading.Thread(target=run, daemon=True, name='generate'); th.start()
-        chunk = lambda delta, finish=None, usage=None: 'data: ' + json.dumps(
-            {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model,
-             'choices': [] if usage else [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
-             **({'usage': usage} if usage else {})}) + '\n\n'
-        try:
-            yield chunk({'role': 'assistant', 'content': ''})
-            sent, stopped = '', False
-            for piece in streamer:
-                if stopped: continue
-                new = sent + piece
-                hit = min((new.index(s) for s in stops if s in new), default=None)
-                if hit is not None: piece, stopped = new[:hit][len(sent):], True
-                if piece: yield chunk({'content': piece}); sent += piece
-            th.join()
-            if 'error' in result:
-                e = result['error']
-                err = e if isinstance(e, OpenAIError) else OpenAIError(500, f'generation failed: {type(e).__name__}', 'server_error')
-                if not isinstance(e, OpenAIError): logger.error('streaming generation failed: %s: %s', type(e).__name__, e)
-                yield 'data: ' + json.dumps(err.body()) + '\n\n'
-                yield 'data: [DONE]\n\n'
-                return
-            seq = result['out'][0, len(ids):].tolist()
-            eos = self.tokenizer.eos_token_id
-            n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
-            finish = 'stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length'
-            yield chunk({}, finish)
-            yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
+# %% ../nbs/07_serving.ipynb #srv-modelserver-stream
+@patch
+def stream(self: ModelServer, req: ChatCompletionRequest, cancel: threading.Event | None = None) -> Iterator[str]:
+    """Server-sent events for a streaming completion (n = 1), ending with a usage chunk and `[DONE]`; a failed generation
+    ends with an error event. Setting `cancel` (the client went away) stops the generation at its next token."""
+    import torch
+    from transformers import TextIteratorStreamer
+    if req.n != 1: raise OpenAIError(400, 'streaming supports n=1 only', param='n')
+    ids, max_new = self._prepare(req)
+    cancel = cancel or threading.Event()
+    kw, stops = self._gen_kwargs(req, max_new, cancel)
+    streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    x = torch.tensor([ids], device=self.device)
+    cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
+    result = {}
+    def run():
+        try: result['out'] = self._generate(req, x, {**kw, 'streamer': streamer})
+        except BaseException as e:
+            result['error'] = e
+            streamer.end()          # wake the reader: the stream ends with an error event
+    th = threading.Thread(target=run, daemon=True, name='generate'); th.start()
+    chunk = lambda delta, finish=None, usage=None: 'data: ' + json.dumps(
+        {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model,
+         'choices': [] if usage else [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
+         **({'usage': usage} if usage else {})}) + '\n\n'
+    try:
+        yield chunk({'role': 'assistant', 'content': ''})
+        sent, stopped = '', False
+        for piece in streamer:
+            if stopped: continue
+            new = sent + piece
+            hit = min((new.index(s) for s in stops if s in new), default=None)
+            if hit is not None: piece, stopped = new[:hit][len(sent):], True
+            if piece: yield chunk({'content': piece}); sent += piece
+        th.join()
+        if 'error' in result:
+            e = result['error']
+            err = e if isinstance(e, OpenAIError) else OpenAIError(500, f'generation failed: {type(e).__name__}', 'server_error')
+            if not isinstance(e, OpenAIError): logger.error('streaming generation failed: %s: %s', type(e).__name__, e)
+            yield 'data: ' + json.dumps(err.body()) + '\n\n'
             yield 'data: [DONE]\n\n'
-        finally:
-            cancel.set()                # the reader is gone (done, or the client disconnected): stop generating
+            return
+        seq = result['out'][0, len(ids):].tolist()
+        eos = self.tokenizer.eos_token_id
+        n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
+        finish = 'stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length'
+        yield chunk({}, finish)
+        yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
+        yield 'data: [DONE]\n\n'
+    finally:
+        cancel.set()                # the reader is gone (done, or the client disconnected): stop generating
 
+# %% ../nbs/07_serving.ipynb #srv-cancelled
 class _Cancelled:
     "A stopping criterion that ends generation when a request's cancel flag or the server's shutdown flag is set."
     def __init__(self, cancel: threading.Event | None, shutdown: threading.Event): self.cancel, self.shutdown = cancel, shutdown

@@ -261,6 +261,7 @@ def _common_args(cfg: TrainConfig, out: Path) -> dict:
 def _name(cfg: TrainConfig) -> str:
     return cfg.output.name or f"{cfg.kind}-{Path(cfg.model.base_model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+# %% ../nbs/18_training.ipynb #tr-resume
 def _complete(ck: Path) -> bool:
     "A checkpoint the trainer finished writing: its trainer_state.json (written last) parses."
     try: return 'global_step' in json.loads((ck / 'trainer_state.json').read_text())
@@ -280,6 +281,7 @@ def _resume_point(out: Path) -> str | None:
         logger.warning('%s was cut off while it was written (no complete trainer_state.json): removed', c)
     return None
 
+# %% ../nbs/18_training.ipynb #tr-lengths
 def _lengths(trainer) -> list[int]:
     "Tokens per training row as the trainer tokenized it (prompt + the longer answer for a pair)."
     ds = trainer.train_dataset
