@@ -32,10 +32,9 @@ from typing import Any, Callable, Iterable, Iterator
 __all__ = ['ENV_ROOT', 'ENV_CRAWLED', 'ENV_RESULTS', 'logger', 'PROVENANCE_PACKAGES', 'main', 'SwebenchLabError', 'one_line',
            'cli_entry', 'project_root', 'settings', 'crawled_data_dir', 'results_dir', 'safe_name',
            'format_temperature', 'run_output_dir', 'register_secret_variable', 'mask', 'secret_values', 'redact',
-           'located', 'JSONLError', 'iter_jsonl', 'read_jsonl', 'JSONLWriter', 'append_jsonl', 'resume_keys',
-           'atomic_path', 'atomic_write_text', 'write_json', 'write_jsonl_atomic', 'config_from', 'load_config',
-           'yaml_load', 'RedactingFilter', 'setup_logging', 'package_versions', 'git_info', 'utcnow', 'provenance',
-           'write_provenance', 'info']
+           'located', 'JSONLError', 'iter_jsonl', 'read_jsonl', 'JSONLWriter', 'resume_keys', 'atomic_path',
+           'atomic_write_text', 'write_json', 'write_jsonl_atomic', 'config_from', 'load_config', 'yaml_load',
+           'RedactingFilter', 'setup_logging', 'package_versions', 'git_info', 'utcnow', 'provenance', 'info']
 
 # %% ../nbs/00_core.ipynb #core-errors
 class SwebenchLabError(Exception):
@@ -295,13 +294,6 @@ class JSONLWriter:
         try: self.close()
         except Exception: pass
 
-# %% ../nbs/00_core.ipynb #core-jsonl-append-jsonl
-def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    "Append records to `path` with one `JSONLWriter`; returns how many were written."
-    with JSONLWriter(path) as w:
-        for r in records: w.write(r)
-        return w.count
-
 # %% ../nbs/00_core.ipynb #core-jsonl-resume-keys
 def resume_keys(path: str | Path, key: str | Callable[[dict], Any] = 'instance_id',
                 where: Callable[[dict], bool] | None = None) -> set:
@@ -491,11 +483,6 @@ def provenance(params: dict | None = None, packages: Iterable[str] = PROVENANCE_
                  'cpus': os.cpu_count(), 'user': user},
         'argv': list(sys.argv), 'params': dict(params or {}),
     })
-
-# %% ../nbs/00_core.ipynb #core-write-provenance
-def write_provenance(out_dir: str | Path, params: dict | None = None, name: str = 'provenance.json') -> Path:
-    "Write `provenance(params)` as `out_dir/provenance.json`; returns the path."
-    return write_json(Path(out_dir) / name, provenance(params))
 
 # %% ../nbs/00_core.ipynb #core-cli
 def info() -> dict:

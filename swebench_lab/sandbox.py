@@ -5,6 +5,8 @@
 # %% ../nbs/08c_sandbox.ipynb #sb-imports
 from __future__ import annotations
 
+from fastcore.basics import patch
+
 import io
 import os
 import re
@@ -25,8 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-
-from fastcore.basics import patch
 
 from .core import SwebenchLabError, logger, one_line
 from .repos import RepoStore
