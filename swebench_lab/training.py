@@ -31,7 +31,6 @@ __all__ = ['TRAINERS', 'main', 'TrainingError', 'ModelSection', 'LoraSection', '
 # %% ../nbs/18_training.ipynb #tr-config
 class TrainingError(SwebenchLabError): "A training configuration or run that cannot go ahead."
 
-# %% ../nbs/18_training.ipynb #tr-modelsection
 @dataclass
 class ModelSection:
     base_model: str | None = None        # a model folder (or a hub id where the hub is reachable)
@@ -41,7 +40,6 @@ class ModelSection:
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: str = 'bfloat16'
 
-# %% ../nbs/18_training.ipynb #tr-lorasection
 @dataclass
 class LoraSection:
     r: int = 16
@@ -49,12 +47,10 @@ class LoraSection:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])
 
-# %% ../nbs/18_training.ipynb #tr-datasection
 @dataclass
 class DataSection:
     train: str | None = None             # a JSONL from swebench_lab.training_data
 
-# %% ../nbs/18_training.ipynb #tr-trainsection
 @dataclass
 class TrainSection:
     learning_rate: float = 2e-4
@@ -73,13 +69,11 @@ class TrainSection:
     gradient_checkpointing: bool = True
     seed: int = 0
 
-# %% ../nbs/18_training.ipynb #tr-dposection
 @dataclass
 class DPOSection:
     beta: float = 0.1
     loss_type: str = 'sigmoid'
 
-# %% ../nbs/18_training.ipynb #tr-grposection
 @dataclass
 class GRPOSection:
     num_generations: int = 4
@@ -94,12 +88,10 @@ class GRPOSection:
     executor: str = 'local'
     ray_address: str | None = None
 
-# %% ../nbs/18_training.ipynb #tr-outputsection
 @dataclass
 class OutputSection:
     name: str | None = None              # the adapter's folder under experiment_results/adapters/
 
-# %% ../nbs/18_training.ipynb #tr-trainconfig
 @dataclass
 class TrainConfig:
     "Everything a training run is set by: FORMATS §7's sections, one dataclass each."
