@@ -30,7 +30,6 @@ __all__ = ['main', 'WorkflowError', 'ModelSection', 'BenchmarkSection', 'AgentSe
 # %% ../nbs/19_workflows.ipynb #wf-config
 class WorkflowError(SwebenchLabError): "A benchmark or comparison run that cannot go ahead."
 
-# %% ../nbs/19_workflows.ipynb #wf-modelsection
 @dataclass
 class ModelSection:
     base_model: str | None = None
@@ -42,7 +41,6 @@ class ModelSection:
     endpoint: str | None = None          # an OpenAI-compatible endpoint already serving the arms (no server is started)
     served_name: str = 'base'
 
-# %% ../nbs/19_workflows.ipynb #wf-benchmarksection
 @dataclass
 class BenchmarkSection:
     dataset: str = 'crawled_data/bench/demo-swebench.jsonl'
@@ -50,7 +48,6 @@ class BenchmarkSection:
     instance_ids: list[str] | None = None
     allow_training_instances: bool = False
 
-# %% ../nbs/19_workflows.ipynb #wf-agentsection
 @dataclass
 class AgentSection:
     scaffold: str = 'mini_swe_agent'     # an agenthub scaffold, or direct (one prompt, one answer, through run_api)
@@ -62,7 +59,6 @@ class AgentSection:
     max_workers: int = 2
     timeout: float = 600
 
-# %% ../nbs/19_workflows.ipynb #wf-workflowconfig
 @dataclass
 class WorkflowConfig:
     "A benchmark or comparison run: FORMATS §8's sections."
