@@ -15,7 +15,7 @@ from .prompt_builder import task_text
 from .repos import split_diff
 
 # %% auto #0
-__all__ = ['ScriptedPolicy', 'scripted_policy_for', 'gold_script']
+__all__ = ['ScriptedPolicy', 'gold_script', 'scripted_policy_for']
 
 # %% ../nbs/15d_scripted_policy.ipynb #sp-policy
 class ScriptedPolicy:
@@ -112,11 +112,6 @@ def _response(self: ScriptedPolicy, body: dict) -> dict:
             'choices': [{'index': 0, 'message': msg, 'finish_reason': 'tool_calls' if msg.get('tool_calls') else 'stop'}],
             'usage': {'prompt_tokens': n_in, 'completion_tokens': n_out, 'total_tokens': n_in + n_out}}
 
-# %% ../nbs/15d_scripted_policy.ipynb #sp-scripted-policy-for
-def scripted_policy_for(recs: list[dict], cfg: dict, **kw) -> ScriptedPolicy:
-    "A `ScriptedPolicy` with `gold_script`s for `recs` (each keyed by its task text, which the first user message quotes)."
-    return ScriptedPolicy({task_text(r).strip(): gold_script(r, cfg, **kw) for r in recs})
-
 # %% ../nbs/15d_scripted_policy.ipynb #sp-gold-script
 def _hunk_edits(fp) -> list[tuple[str, str]]:
     "(old, new) text pairs of a file patch's hunks: context and removed lines, context and added lines."
@@ -157,3 +152,8 @@ def gold_script(rec: dict, cfg: dict, test_cmd: str = 'python -m pytest -q -p no
         params = ''.join(f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n" for k, v in a.items())
         return f"Next step.\n<function={n}>\n{params}</function>"
     return [text_call(n, a) for n, a in calls]
+
+# %% ../nbs/15d_scripted_policy.ipynb #sp-scripted-policy-for
+def scripted_policy_for(recs: list[dict], cfg: dict, **kw) -> ScriptedPolicy:
+    "A `ScriptedPolicy` with `gold_script`s for `recs` (each keyed by its task text, which the first user message quotes)."
+    return ScriptedPolicy({task_text(r).strip(): gold_script(r, cfg, **kw) for r in recs})
