@@ -79,8 +79,6 @@ def rate_table(df: pd.DataFrame, by: Iterable[str] = ('model', 'run_id')) -> pd.
 # %% ../nbs/14_analysis.ipynb #an-plot
 def plot_rates(table: pd.DataFrame, path: str | Path | None = None, title: str = 'Resolved rate (95% Wilson CI)'):
     "Horizontal bars of resolved rate per model × run_id with CI whiskers; saved as PNG when `path` is given."
-    import matplotlib
-    if path is not None: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     t = table.sort_values(['run_id', 'model'])
     labels = [f"{m}  [{r}]" for m, r in zip(t['model'], t['run_id'])]
@@ -241,8 +239,6 @@ def comparison_table(cmp: dict) -> pd.DataFrame:
 def plot_comparison(df: pd.DataFrame, cmp: dict, a: str, b: str, path: str | Path | None = None, arm_col: str = 'model',
                     title: str | None = None, n_boot: int = 2000):
     "Three panels: rates with intervals per arm; the instances B improved and regressed; B − A per repository with intervals."
-    import matplotlib
-    if path is not None: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     pair = next(p for p in cmp['pairs'] if {p['a'], p['b']} == {a, b})
     sign = 1 if (pair['a'], pair['b']) == (a, b) else -1

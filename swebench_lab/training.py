@@ -199,9 +199,7 @@ def _peak_memory_mb() -> float:
 
 def save_adapter(trainer, tok, cfg: TrainConfig, manifest: dict, out: Path, extra: dict | None = None) -> Path:
     "The adapter folder: adapter, tokenizer, config.yaml, data_manifest.json, metrics.json, loss.png, README.md."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure         # no pyplot: saving a plot never changes a notebook's backend
     names = list(getattr(trainer.model, 'peft_config', {}) or ['default'])
     trainer.model.save_pretrained(out, selected_adapters=['default'] if 'default' in names else None)  # not DPO's frozen 'ref' copy
     tok.save_pretrained(out)
@@ -217,9 +215,9 @@ def save_adapter(trainer, tok, cfg: TrainConfig, manifest: dict, out: Path, extr
         metrics['tokens_per_s'] = round(extra['tokens'] / metrics['train_runtime_s'], 1)
     write_json(out / 'metrics.json', metrics)
     if losses:
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig = Figure(figsize=(5, 3)); ax = fig.subplots()
         ax.plot(*zip(*losses), marker='.'); ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(f"{cfg.kind} {out.name}")
-        fig.tight_layout(); fig.savefig(out / 'loss.png', dpi=110); plt.close(fig)
+        fig.tight_layout(); fig.savefig(out / 'loss.png', dpi=110)
     m, t = cfg.model, cfg.train
     pc = getattr(trainer.model, 'peft_config', {}).get('default')
     l = (LoraSection(pc.r, pc.lora_alpha, pc.lora_dropout, sorted(pc.target_modules))
