@@ -529,8 +529,8 @@ def _main(argv=None):
     setup_logging()
     out = train(a.kind, a.config, a.overrides)
     m = json.loads((out / 'metrics.json').read_text())
-    print(f"{a.kind}: {m.steps} step(s), loss {m.first_loss} -> {m.last_loss}, {m.get('tokens_per_s', '?')} tokens/s, "
-          f"peak memory {m.peak_memory_mb} MB ({m.mode})")
+    print(f"{a.kind}: {m['steps']} step(s), loss {m['first_loss']} -> {m['last_loss']}, {m.get('tokens_per_s', '?')} tokens/s, "
+          f"peak memory {m['peak_memory_mb']} MB ({m['mode']})")
     print(f"adapter: {out}")
     return 0
 

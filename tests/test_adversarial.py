@@ -119,7 +119,8 @@ def test_interrupt_leaves_no_report_and_a_rerun_grades(sig, tmp_path):
 def test_sigkill_leaves_containers_that_the_next_run_reaps(tmp_path):
     "A SIGKILLed evaluator's containers are removed by `remove` (and the next run); a live process's container is not."
     live = subprocess.Popen([sys.executable, '-c', (
-        "import time, sys\nfrom swebench_lab.recipes import InstanceSpec\nfrom swebench_lab.sandbox import open_sandbox\n"
+        "import time, sys, signal\nfrom swebench_lab.recipes import InstanceSpec\nfrom swebench_lab.sandbox import open_sandbox\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"   # a background job inherits SIGINT ignored
         "from swebench_lab.data import load_instances\n"
         f"rec = load_instances({str(DEMO_SWE)!r})[0]\n"
         "with open_sandbox(InstanceSpec.from_record(rec), 'docker', labels={'swebench_lab.run': 'live-owner'}):\n"
@@ -138,7 +139,9 @@ def test_sigkill_leaves_containers_that_the_next_run_reaps(tmp_path):
         left = _containers()
         assert [c.labels.get('swebench_lab.run') for c in left] == ['live-owner'], 'a live run lost its container, or an orphan stayed'
     finally:
-        live.send_signal(signal.SIGINT); live.wait(30)       # Ctrl-C: its sandbox closes and removes its container
+        live.send_signal(signal.SIGINT)                       # Ctrl-C: its sandbox closes and removes its container
+        try: live.wait(30)
+        except subprocess.TimeoutExpired: live.kill(); live.wait(); raise AssertionError('the live process ignored Ctrl-C')
     time.sleep(1)
     assert _containers() == []
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 
 pytest.importorskip('ray', reason='the ray executor needs the cluster extra: pip install -e ".[cluster]"')
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group('ray')]   # one Ray at a time on this machine
 
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'

@@ -44,7 +44,12 @@ def test_every_run_notebook_has_tiny_parameters():
     assert set(list_runs()) <= set(TINY), f"add tiny parameters for: {set(list_runs()) - set(TINY)}"
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.docker) if n in DOCKER else n for n in sorted(TINY)])
+def _marks(n):
+    "Docker notebooks need an engine; the cluster benchmark starts a Ray, so it runs in the same worker as the cluster tests."
+    return [*([pytest.mark.docker] if n in DOCKER else []), *([pytest.mark.xdist_group('ray')] if n == 'bench_cluster' else [])]
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, marks=_marks(n)) for n in sorted(TINY)])
 def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     crawled = _scratch_crawled_data(tmp_path)
