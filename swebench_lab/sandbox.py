@@ -328,7 +328,12 @@ def write_files(self: DockerSandbox, dest, files):
             data = text.encode() if isinstance(text, str) else text
             info = tarfile.TarInfo(rel); info.size = len(data); info.mode = 0o644; info.mtime = int(time.time())
             tf.addfile(info, io.BytesIO(data))
-    self.container.put_archive(dest, buf.getvalue())
+    import docker
+    try: self.container.put_archive(dest, buf.getvalue())
+    except docker.errors.NotFound:           # docker unpacks only into an existing folder: make it, once
+        r = self.run(f'mkdir -p {shlex.quote(dest)}', timeout=30)
+        if r.exit_code: raise SwebenchLabError(f"cannot make {dest} in the sandbox: {r.output[-300:]}")
+        self.container.put_archive(dest, buf.getvalue())
 
 @patch
 def read_file(self: DockerSandbox, path):
@@ -465,6 +470,16 @@ def kill_local_sandboxes() -> int:
 # %% ../nbs/08c_sandbox.ipynb #sb-local-env-template
 _VENV_LOCK = threading.Lock()
 
+@contextmanager
+def _file_lock(path: Path):
+    "An exclusive lock across processes (flock on `path`)."
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def _manifest(d: Path) -> str:
     "A fingerprint of every file under `d` (path, size, modification time), for telling whether anything changed."
     h = hashlib.sha256()
@@ -523,16 +538,6 @@ def copy_venv(template: Path, dest: Path) -> Path:
     return dest
 
 # %% ../nbs/08c_sandbox.ipynb #sb-open-sandbox
-@contextmanager
-def _file_lock(path: Path):
-    "An exclusive lock across processes (flock on `path`)."
-    import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 @contextmanager
 def open_sandbox(spec: InstanceSpec, backend: str = 'docker', limits: Limits | None = None,
                  store: RepoStore | None = None, labels: dict | None = None) -> Iterator[Sandbox]:
