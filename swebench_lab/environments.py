@@ -14,7 +14,14 @@ from .images import LABEL, build_base_image, build_instance_images, docker_clien
 from .sandbox import owner_alive, owner_label
 
 # %% auto #0
-__all__ = ['main', 'list_resources', 'remove_run_containers', 'own_containers', 'reap_orphans', 'remove_resources']
+__all__ = ['main', 'labelled_containers', 'list_resources', 'remove_run_containers', 'own_containers', 'reap_orphans',
+           'remove_resources']
+
+# %% ../nbs/08_environments.ipynb #env-labelled-containers
+def labelled_containers(label: str = LABEL, client=None) -> list:
+    """The containers (running or not) with docker label filter `label` (`key` or `key=value`). The engine may be shared:
+    another run's `--rm` containers can vanish between listing and inspecting, and those are skipped, not an error."""
+    return (client or docker_client()).containers.list(all=True, filters={'label': label}, ignore_removed=True)
 
 # %% ../nbs/08_environments.ipynb #env-admin
 def list_resources(client=None) -> dict[str, list[dict]]:
@@ -23,7 +30,7 @@ def list_resources(client=None) -> dict[str, list[dict]]:
     imgs = [{'tags': i.tags, 'id': i.short_id, 'layer': i.labels.get(LABEL), 'size_mb': round(i.attrs.get('Size', 0) / 1e6, 1)}
             for i in client.images.list(filters={'label': LABEL})]
     cons = []
-    for c in client.containers.list(all=True, filters={'label': LABEL}):
+    for c in labelled_containers(LABEL, client):
         owner = c.labels.get(f'{LABEL}.owner')
         cons.append({'name': c.name, 'id': c.short_id, 'status': c.status, 'instance': c.labels.get(f'{LABEL}.instance'),
                      'run': c.labels.get(f'{LABEL}.run'), 'owner': owner, 'owner_alive': owner_alive(owner) if owner else None})
@@ -41,22 +48,21 @@ def _remove_container(c) -> bool:
 def remove_run_containers(run_label: str, client=None) -> int:
     "Remove a run's containers (labelled `swebench_lab.run=<run_label>`) on this engine; returns how many."
     n = 0
-    for c in (client or docker_client(timeout=30)).containers.list(all=True, filters={'label': f'{LABEL}.run={run_label}'}):
+    for c in labelled_containers(f'{LABEL}.run={run_label}', client or docker_client(timeout=30)):
         _remove_container(c); n += 1
     return n
 
 # %% ../nbs/08_environments.ipynb #env-own-containers
 def own_containers(client=None) -> list:
     "The workbench's containers started by this process (by their owner label), e.g. to check that none is left."
-    client = client or docker_client()
-    return client.containers.list(all=True, filters={'label': f'{LABEL}.owner={owner_label()}'})
+    return labelled_containers(f'{LABEL}.owner={owner_label()}', client)
 
 # %% ../nbs/08_environments.ipynb #env-reap-orphans
 def reap_orphans(client=None) -> int:
     "Remove the workbench's containers whose owning process (on this host) is gone; never a live process's. Returns how many."
     client = client or docker_client()
     n = 0
-    for c in client.containers.list(all=True, filters={'label': LABEL}):
+    for c in labelled_containers(LABEL, client):
         owner = c.labels.get(f'{LABEL}.owner')
         if owner and owner_alive(owner) is False and _remove_container(c):
             logger.info("removed container %s left by %s (instance %s)", c.short_id, owner, c.labels.get(f'{LABEL}.instance'))
@@ -70,7 +76,7 @@ def remove_resources(containers: bool = True, images: tuple[str, ...] = (), clie
     client = client or docker_client()
     n_c = n_i = 0
     if containers:
-        if all_containers: n_c = sum(_remove_container(c) for c in client.containers.list(all=True, filters={'label': LABEL}))
+        if all_containers: n_c = sum(_remove_container(c) for c in labelled_containers(LABEL, client))
         else: n_c = reap_orphans(client)
     for layer in ('instance', 'env', 'base'):
         if layer in images:

@@ -2,10 +2,13 @@
 every container a test starts, so each test checks only its own containers on an engine other runs may be using.
 
 Tiers: `make quick` runs the tests marked `quick` (in-process, no containers, no servers, seconds); `make test` runs them all."""
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,7 +48,17 @@ def tagged_containers(running: bool = False, **labels) -> list:
     "The containers this test started (by its tag), optionally only running ones, or those with more labels."
     from swebench_lab.images import docker_client, LABEL
     flt = [f"{LABEL}.tag={os.environ['SWEBENCH_LAB_TAG']}"] + [f'{k}={v}' for k, v in labels.items()]
-    return docker_client().containers.list(all=not running, filters={'label': flt})
+    return docker_client().containers.list(all=not running, filters={'label': flt}, ignore_removed=True)
+
+
+@contextmanager
+def one_at_a_time(name: str):
+    """Hold the machine-wide lock `name` while the block runs: across pytest's workers and any other test run here (e.g. one
+    Ray cluster at a time: several on two cores starve each other's heartbeats)."""
+    with open(Path(tempfile.gettempdir()) / f'swebench_lab-tests-{name}.lock', 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture

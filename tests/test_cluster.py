@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
+from conftest import DATA, DEMO_SWE, ROOT, one_at_a_time, run_cli, tagged_containers
 
 pytest.importorskip('ray', reason='the ray executor needs the cluster extra: pip install -e ".[cluster]"')
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group('ray')]   # one Ray at a time on this machine
+pytestmark = pytest.mark.docker
 
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'
@@ -51,9 +51,11 @@ class Cluster:
 
     def alive_workers(self) -> int:
         code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU', 0) > 0))" % self.address)
-        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, env={**os.environ, **AUTH})
-        return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else -1
+                "print('alive workers:', sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU', 0) > 0))" % self.address)
+        try: r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, env={**os.environ, **AUTH})
+        except subprocess.TimeoutExpired: return -1
+        counts = [int(l.split(':')[1]) for l in r.stdout.splitlines() if l.startswith('alive workers:')]   # raylets log to stdout too
+        return counts[-1] if r.returncode == 0 and counts else -1
 
     def _wait(self, workers: int, limit: float = 120):
         t0 = time.monotonic()
@@ -70,6 +72,12 @@ class Cluster:
     def stop(self):
         for p in self.workers + [self.head]:
             if p is not None: self.kill(p)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_ray():
+    "One Ray cluster at a time on this machine, whichever pytest worker (or run) starts it."
+    with one_at_a_time('ray'): yield
 
 
 @pytest.fixture(scope='module')

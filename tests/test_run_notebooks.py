@@ -1,12 +1,13 @@
 """Each run notebook in nbs/runs/ runs through papermill with tiny parameters and leaves a complete
 run record; secrets in the environment appear in none of its outputs."""
 import json
+from contextlib import nullcontext
 from pathlib import Path
 import shutil
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_at_a_time
 from swebench_lab.runs import execute_run, list_runs
 
 TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local', 'sft_steps': 4},
@@ -44,12 +45,7 @@ def test_every_run_notebook_has_tiny_parameters():
     assert set(list_runs()) <= set(TINY), f"add tiny parameters for: {set(list_runs()) - set(TINY)}"
 
 
-def _marks(n):
-    "Docker notebooks need an engine; the cluster benchmark starts a Ray, so it runs in the same worker as the cluster tests."
-    return [*([pytest.mark.docker] if n in DOCKER else []), *([pytest.mark.xdist_group('ray')] if n == 'bench_cluster' else [])]
-
-
-@pytest.mark.parametrize('name', [pytest.param(n, marks=_marks(n)) for n in sorted(TINY)])
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.docker) if n in DOCKER else n for n in sorted(TINY)])
 def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     crawled = _scratch_crawled_data(tmp_path)
@@ -66,7 +62,8 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
                                  BuildOptions(info_pct=0.5, pr_mes=False, issue_mes=False))
         write_jsonl_atomic(infbench_path('demo', '0.5'), recs)
     monkeypatch.setenv('OPENAI_KEYS', f'{FAKE_KEY},sk-proj-SECONDfakeKEY0123456789abcdef')
-    rdir = execute_run(name, TINY[name], log_to_console=False)
+    with one_at_a_time('ray') if name == 'bench_cluster' else nullcontext():    # it starts a Ray, as the cluster tests do
+        rdir = execute_run(name, TINY[name], log_to_console=False)
     rec = json.loads((rdir / 'run.json').read_text())
     assert rec['status'] == 'ok' and rec['parameters'].items() >= TINY[name].items()
     assert rec['provenance']['packages']['swebench_lab']
