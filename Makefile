@@ -53,11 +53,12 @@ nbtest: install-dev
 	$(VENV)/bin/nbdev_test --path nbs --n_workers 2
 
 # Tests run in parallel workers (most of their time is spent waiting on containers and servers); each test checks only
-# the containers it started, and tests that start a Ray take a machine-wide lock (one Ray at a time).
+# the containers it started. Tests that share an expensive module fixture (a trained adapter, a Ray cluster) are one
+# xdist group, so it is built once; Ray tests also take a machine-wide lock (one Ray at a time).
 # PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 3
 pytest: install-dev
-	$(VENV)/bin/pytest tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS)) --durations=25
+	$(VENV)/bin/pytest tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) --durations=25
 
 ## The fast tier while you work: in-process tests only (no containers, no servers), well under a minute.
 quick: install-dev

@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterator
 from .core import SwebenchLabError, logger, one_line
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'TaskResult', 'node_name', 'scratch_call', 'materialize', 'LocalExecutor', 'forwarded_env', 'clean_node',
-           'RayExecutor', 'make_executor', 'add_executor_args', 'new_run_label', 'RunGuard', 'drive']
+__all__ = ['EXECUTORS', 'RAY_STARTUP_ENV', 'TaskResult', 'node_name', 'scratch_call', 'materialize', 'LocalExecutor',
+           'forwarded_env', 'clean_node', 'RayExecutor', 'make_executor', 'add_executor_args', 'new_run_label',
+           'RunGuard', 'drive']
 
 # %% ../nbs/20_executors.ipynb #ex-taskresult
 EXECUTORS = ('local', 'ray')
@@ -103,6 +104,10 @@ def forwarded_env() -> dict[str, str]:
     return env
 
 # %% ../nbs/20_executors.ipynb #ex-clean-node
+# A raylet gives up (and exits) when its Python agents or workers take longer than Ray's defaults (about half a minute
+# for the agents) to start and register, which on a busy workstation they do: a Ray started here gets a few minutes.
+RAY_STARTUP_ENV = {'RAY_agent_register_timeout_ms': '300000', 'RAY_worker_register_timeout_seconds': '300'}
+
 def _ray():
     try:
         import ray
@@ -127,6 +132,7 @@ class RayExecutor:
                  memory_mb: int | None = None, max_retries: int = 3):
         ray = _ray()
         if not ray.is_initialized():   # no address: RAY_ADDRESS, else a Ray of this machine's own (never a stale cluster file's)
+            for k, v in RAY_STARTUP_ENV.items(): os.environ.setdefault(k, v)
             ray.init(address=address or os.environ.get('RAY_ADDRESS') or 'local', runtime_env={'env_vars': forwarded_env()}, log_to_driver=False, logging_level='WARNING')
         self.ray, self.max_workers, self.max_retries = ray, max_workers, max_retries
         self.options = {'num_cpus': num_cpus, 'max_retries': max_retries, 'retry_exceptions': False,

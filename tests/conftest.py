@@ -82,7 +82,8 @@ def lab_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope='session')
 def tiny(tmp_path_factory):
-    "The tiny Qwen2 model (random weights) with its two adapters, built once for the whole session."
+    """The tiny Qwen2 model (random weights) with its two adapters, built once per worker (seconds): a worker's own copy,
+    so a test that looks for servers of that model finds only its worker's."""
     from swebench_lab.tiny import ensure_tiny
     return ensure_tiny(tmp_path_factory.mktemp('tiny'))
 

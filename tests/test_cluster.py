@@ -8,15 +8,17 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import DATA, DEMO_SWE, ROOT, one_at_a_time, run_cli, tagged_containers
+from swebench_lab.executors import RAY_STARTUP_ENV
 
 pytest.importorskip('ray', reason='the ray executor needs the cluster extra: pip install -e ".[cluster]"')
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group('ray')]   # one worker: the cluster fixture is started once
 
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'
@@ -29,40 +31,34 @@ HANG = ('diff --git a/textkit/__init__.py b/textkit/__init__.py\n--- a/textkit/_
 
 
 class Cluster:
-    "A head (0 CPUs) and worker nodes, each `ray start --block` in its own process group (so one can be killed alone)."
+    """A head (0 CPUs) and worker nodes, each `ray start --block` in its own process group (so one can be killed alone).
+    A node is up when its `ray start` says so (Ray prints that once the node is registered with the head)."""
     def __init__(self, workers: int = 2):
         from swebench_lab.serving import free_port
         self.port = free_port()
         self.address = f'127.0.0.1:{self.port}'
+        self.logs = Path(tempfile.mkdtemp(prefix='ray-cluster-'))
         self.head, self.workers = None, []
         try:
-            self.head = self._start(['--head', '--port', str(self.port), '--num-cpus', '0', '--include-dashboard=false'])
-            self._wait(0)
+            self.head = self._start('head', ['--head', '--port', str(self.port), '--num-cpus', '0', '--include-dashboard=false'])
             for i in range(workers):          # one at a time: raylets starting together on one host can collide
-                self.workers.append(self._start(['--address', self.address, '--num-cpus', '1']))
-                self._wait(i + 1)
+                self.workers.append(self._start(f'worker-{i}', ['--address', self.address, '--num-cpus', '1']))
         except BaseException:
             self.stop(); raise
 
-    def _start(self, args):
-        return subprocess.Popen([RAY, 'start', '--block', '--disable-usage-stats', '--node-ip-address', '127.0.0.1',
-                                 '--object-store-memory', '80000000', *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, 'RAY_ADDRESS': '', **AUTH})
-
-    def alive_workers(self) -> int:
-        code = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                "print('alive workers:', sum(1 for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU', 0) > 0))" % self.address)
-        try: r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, env={**os.environ, **AUTH})
-        except subprocess.TimeoutExpired: return -1
-        counts = [int(l.split(':')[1]) for l in r.stdout.splitlines() if l.startswith('alive workers:')]   # raylets log to stdout too
-        return counts[-1] if r.returncode == 0 and counts else -1
-
-    def _wait(self, workers: int, limit: float = 120):
+    def _start(self, name: str, args: list[str], limit: float = 300):
+        log = self.logs / f'{name}.log'
+        with open(log, 'w') as out:
+            p = subprocess.Popen([RAY, 'start', '--block', '--disable-usage-stats', '--node-ip-address', '127.0.0.1',
+                                  '--object-store-memory', '80000000', *args], stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, 'RAY_ADDRESS': '', **RAY_STARTUP_ENV, **AUTH})
         t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            if self.alive_workers() == workers: return
-            time.sleep(1)
-        raise RuntimeError(f'the Ray cluster did not reach {workers} worker node(s)')
+        while 'Ray runtime started' not in log.read_text(errors='replace'):
+            if p.poll() is not None or time.monotonic() - t0 > limit:
+                self.kill(p)
+                raise RuntimeError(f'Ray {name} did not start: {log.read_text(errors="replace")[-2000:]}')
+            time.sleep(0.5)
+        return p
 
     def kill(self, p):
         try: os.killpg(p.pid, signal.SIGKILL)

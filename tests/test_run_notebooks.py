@@ -45,7 +45,34 @@ def test_every_run_notebook_has_tiny_parameters():
     assert set(list_runs()) <= set(TINY), f"add tiny parameters for: {set(list_runs()) - set(TINY)}"
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.docker) if n in DOCKER else n for n in sorted(TINY)])
+def _check_record(rdir: Path, name: str, parameters: dict):
+    "What every run leaves: an ok run.json with its parameters and provenance, the executed notebook, the log."
+    rec = json.loads((rdir / 'run.json').read_text())
+    assert rec['status'] == 'ok' and rec['parameters'].items() >= parameters.items()
+    assert rec['provenance']['packages']['swebench_lab']
+    assert (rdir / f'{name}.ipynb').exists() and (rdir / 'run.log').exists()
+
+
+def _check_demo(rdir: Path, extra_models: int = 0):
+    "The demo's loop closed: graded baselines, the rates figure, the A/B on the held-out tasks, the adapter's steps."
+    import csv
+    out = json.loads((rdir / 'outputs.json').read_text())
+    assert out['backend'] == 'local' and (rdir / 'resolved_rates.png').stat().st_size > 10000
+    rates = {(r['model'], r['run_id']): int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
+    assert rates[('gold', '0.5_body_issue')] == 4 and rates[('empty', '0.5_body_issue')] == 0 and len(rates) == 8 + 2 * extra_models
+    ab = json.loads(open(out['comparison']).read())
+    assert ab['left_out_training_instances'] == ['demo__textkit-1', 'demo__textkit-2'] and ab['total_instances'] == 2
+    assert set(ab['instance_comparison']) == {'demo__textkit-3', 'demo__textkit-4'} and Path(out['comparison_figure']).exists()
+    assert json.loads((Path(out['adapter']) / 'metrics.json').read_text())['steps'] == 4
+
+
+def _marks(n):
+    "Docker notebooks need an engine; the cluster benchmark starts a Ray, so it runs in the worker of the cluster tests."
+    return [*([pytest.mark.docker] if n in DOCKER else []), *([pytest.mark.xdist_group('ray')] if n == 'bench_cluster' else [])]
+
+
+# `demo` runs once, with an API model added, in test_demo_with_an_api_model (every check of its own included)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=_marks(n)) for n in sorted(TINY) if n != 'demo'])
 def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', FAKE_KEY)
     crawled = _scratch_crawled_data(tmp_path)
@@ -64,10 +91,7 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     monkeypatch.setenv('OPENAI_KEYS', f'{FAKE_KEY},sk-proj-SECONDfakeKEY0123456789abcdef')
     with one_at_a_time('ray') if name == 'bench_cluster' else nullcontext():    # it starts a Ray, as the cluster tests do
         rdir = execute_run(name, TINY[name], log_to_console=False)
-    rec = json.loads((rdir / 'run.json').read_text())
-    assert rec['status'] == 'ok' and rec['parameters'].items() >= TINY[name].items()
-    assert rec['provenance']['packages']['swebench_lab']
-    assert (rdir / f'{name}.ipynb').exists() and (rdir / 'run.log').exists()
+    _check_record(rdir, name, TINY[name])
     if name == 'build_infbench':
         assert (tmp_path / 'crawled_data' / 'infbench' / 'demo-task-instances_0.5_body_issue_bm25_2.jsonl').exists()
         assert (rdir / 'prompt_tokens.png').stat().st_size > 5000
@@ -84,16 +108,6 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         assert [r['executor'] for r in summary['noop']] == ['local', 'ray'] and all(r['ms_per_task_median'] > 0 for r in summary['noop'])
         assert summary['instances_per_measurement'] == 4 and summary['driver_folders_per_s'] > 0
         assert {'env', 'inst'} <= {r['kind'] for r in summary['images']} and len(summary['plans']) == 6
-    if name == 'demo':
-        out = json.loads((rdir / 'outputs.json').read_text())
-        assert out['backend'] == 'local' and (rdir / 'resolved_rates.png').stat().st_size > 10000
-        import csv
-        rates = {(r['model'], r['run_id']): int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
-        assert rates[('gold', '0.5_body_issue')] == 4 and rates[('empty', '0.5_body_issue')] == 0 and len(rates) == 8
-        ab = json.loads(open(out['comparison']).read())
-        assert ab['left_out_training_instances'] == ['demo__textkit-1', 'demo__textkit-2'] and ab['total_instances'] == 2
-        assert set(ab['instance_comparison']) == {'demo__textkit-3', 'demo__textkit-4'} and Path(out['comparison_figure']).exists()
-        assert json.loads((Path(out['adapter']) / 'metrics.json').read_text())['steps'] == 4
     if name == 'results':
         import csv
         rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
@@ -142,7 +156,8 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
 
 
 def test_demo_with_an_api_model(results_tmp, tmp_path, monkeypatch):
-    "One parameter adds an API model: registered in the user's models.yaml, key from its variable, never written out."
+    """The main job, with one parameter adding an API model: registered in the user's models.yaml, key from its variable,
+    never written out; the rest of the loop as without it."""
     from faulty_server import FaultyOpenAIServer
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(_scratch_crawled_data(tmp_path)))
     for v in ('OPENAI_KEYS', 'OPENAI_KEY', 'OPENAI_API_KEY', 'BASE_URL'): monkeypatch.delenv(v, raising=False)
@@ -155,6 +170,8 @@ def test_demo_with_an_api_model(results_tmp, tmp_path, monkeypatch):
         monkeypatch.setenv('SWEBENCH_LAB_MODELS', str(tmp_path / 'models.yaml'))
         rdir = execute_run('demo', {**TINY['demo'], 'api_model': 'loopback-api'}, log_to_console=False)
         assert sum(srv.calls.values()) == 8            # 4 tasks x 2 prompt variants
+    _check_record(rdir, 'demo', {**TINY['demo'], 'api_model': 'loopback-api'})
+    _check_demo(rdir, extra_models=1)
     import csv
     rates = {(r['model'], r['run_id']): r for r in csv.DictReader(open(rdir / 'rates.csv'))}
     assert {m for m, _ in rates} == {'base', 'trained', 'gold', 'empty', 'loopback-api'}

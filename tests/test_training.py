@@ -22,6 +22,8 @@ from swebench_lab.data import load_instances, gold_patch
 from swebench_lab.training_data import (NOOP_PATCH as NOTE, TrainingDataError, dpo_from_predictions, dpo_gold_vs_wrong,
                                         scripted_graded_predictions, sft_from_gold, sft_from_predictions, write_dataset)
 
+pytestmark = pytest.mark.xdist_group('training')   # one worker: the graded predictions and adapters are made once
+
 MISSING = 'diff --git a/missing.py b/missing.py\n--- a/missing.py\n+++ b/missing.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n'
 FAST = ['train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']
 
