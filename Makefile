@@ -53,12 +53,15 @@ nbtest: install-dev
 	$(VENV)/bin/nbdev_test --path nbs --n_workers 2
 
 # Tests run in parallel workers (most of their time is spent waiting on containers and servers); each test checks only
-# the containers it started. Tests that share an expensive module fixture (a trained adapter, a Ray cluster) are one
-# xdist group, so it is built once; Ray tests also take a machine-wide lock (one Ray at a time).
-# PYTEST_WORKERS=0 runs them in one process.
+# the containers it started. Tests that share an expensive module fixture (trained adapters) are one xdist group, so it
+# is built once. Tests marked `alone` (the Ray cluster: a starting Ray node has a fixed 30 s to register, which a
+# machine busy with image builds misses) run afterwards in one process. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 3
 pytest: install-dev
-	$(VENV)/bin/pytest tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) --durations=25
+	@rc=0; \
+	$(VENV)/bin/pytest tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup -m "not alone") --durations=25 || rc=$$?; \
+	$(if $(filter 0,$(PYTEST_WORKERS)),,$(VENV)/bin/pytest tests -m alone --durations=10 || rc=$$?;) \
+	exit $$rc
 
 ## The fast tier while you work: in-process tests only (no containers, no servers), well under a minute.
 quick: install-dev

@@ -18,7 +18,7 @@ from conftest import DATA, DEMO_SWE, ROOT, one_at_a_time, run_cli, tagged_contai
 from swebench_lab.executors import RAY_STARTUP_ENV
 
 pytest.importorskip('ray', reason='the ray executor needs the cluster extra: pip install -e ".[cluster]"')
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group('ray')]   # one worker: the cluster fixture is started once
+pytestmark = [pytest.mark.docker, pytest.mark.alone]   # after the parallel tests, in one process: the cluster fixture is started once
 
 RAY = str(Path(sys.executable).parent / 'ray')
 NOOP = 'diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+a note\n'

@@ -68,7 +68,7 @@ def _check_demo(rdir: Path, extra_models: int = 0):
 
 def _marks(n):
     "Docker notebooks need an engine; the cluster benchmark starts a Ray, so it runs in the worker of the cluster tests."
-    return [*([pytest.mark.docker] if n in DOCKER else []), *([pytest.mark.xdist_group('ray')] if n == 'bench_cluster' else [])]
+    return [*([pytest.mark.docker] if n in DOCKER else []), *([pytest.mark.alone] if n == 'bench_cluster' else [])]
 
 
 # `demo` runs once, with an API model added, in test_demo_with_an_api_model (every check of its own included)
