@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -19,8 +20,9 @@ from .recipes import InstanceSpec
 
 # %% auto #0
 __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
-           'SIMILARITY_CAP', 'TOKEN_CAP', 'make_eval_script', 'eval_script_for', 'test_output', 'parser_for',
-           'is_pytest_parser', 'parse_log', 'grade', 'install_report_plugin', 'runner_passes', 'cross_check',
+           'SIMILARITY_CAP', 'TOKEN_CAP', 'KILLED', 'make_eval_script', 'eval_script_for', 'with_exit_status',
+           'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade', 'install_report_plugin',
+           'RecordChannel', 'runner_fingerprint', 'open_record', 'close_record', 'read_record', 'cross_check',
            'edit_similarity', 'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests', 'grade_log',
            'swebench_report', 'swebench_agreement']
 
@@ -45,6 +47,17 @@ def make_eval_script(base_commit: str, test_patch: str, test_cmd: str = 'python 
 def eval_script_for(rec: dict, spec: InstanceSpec) -> str:
     "The record's own eval script (run as published: images provide conda's activation), or one made from its test patch."
     return rec['eval_script'] if rec.get('eval_script') else make_eval_script(rec['base_commit'], rec['test_patch'], spec.recipe.test_cmd)
+
+# %% ../nbs/09a_grading.ipynb #gr-with-exit-status
+_ECHO_CODE = re.compile(r'^([ \t]*)echo[ \t]+(["\']?)OMNIGRIL_EXIT_CODE=\$\{?(\w+)\}?\2[ \t]*$', re.M)
+
+def with_exit_status(script: str) -> tuple[str, bool]:
+    """An exit-code eval script that also *ends* with its test command's status (`exit $rc` after its last
+    `echo "OMNIGRIL_EXIT_CODE=$rc"`), so the harness grades the status it sees, not a printed line; `(script, rewritten)`."""
+    last = None
+    for last in _ECHO_CODE.finditer(script): pass
+    if last is None: return script, False
+    return script[:last.end()] + f'; exit "${last[3]}"' + script[last.end():], True
 
 # %% ../nbs/09a_grading.ipynb #gr-grade
 _ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
@@ -115,34 +128,135 @@ REPORT_ENV = 'SWEBENCH_LAB_PYTEST_REPORT'
 
 PLUGIN_MODULE = 'swebench_lab_pytest_report'
 
-PLUGIN_SRC = '''"""swebench_lab's pytest recorder: writes every test's outcome, as pytest reports it, to the file named by
-SWEBENCH_LAB_PYTEST_REPORT, which it then removes from the environment (so nested pytest runs do not report).
-Inert when the variable is not set."""
+PLUGIN_SRC = '''"""swebench_lab's pytest recorder: streams every test's outcome, as pytest reports it, and where each test's code
+came from, to the FIFO (or file) named by SWEBENCH_LAB_PYTEST_REPORT, which it then removes from the environment (so
+nested pytest runs do not report). Inert when the variable is not set. Written for Python 3.5+ and pytest 3+."""
 import json
 import os
+import re
+import sys
+
+_TESTLIKE = re.compile(r"(^|/)(conftest\\.py|test_[^/]*\\.py|[^/]*_test\\.py|tests?/.*|testing/.*)$")
 
 
 def pytest_configure(config):
     path = os.environ.pop("SWEBENCH_LAB_PYTEST_REPORT", None)
     if path:
-        config.pluginmanager.register(_Recorder(path, config), "swebench_lab_pytest_recorder")
+        try:
+            rec = _Recorder(path, config)
+        except OSError:
+            return
+        config.pluginmanager.register(rec, "swebench_lab_pytest_recorder")
+
+
+def _real(p):
+    try:
+        return os.path.realpath(str(p))
+    except Exception:
+        return str(p)
 
 
 class _Recorder(object):
     def __init__(self, path, config):
-        self.f = open(path, "a")
+        # O_NONBLOCK: a FIFO without its reader fails at once instead of hanging pytest
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+        try:
+            import fcntl
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except Exception:
+            pass
         self.config = config
-        self._w({"event": "start", "pid": os.getpid()})
+        self.root = _real(getattr(config, "rootdir", None) or os.getcwd())
+        self.codes = {}
+        self._w({"event": "start", "pid": os.getpid(), "python": sys.version.split()[0]})
 
     def _w(self, d):
-        self.f.write(json.dumps(d) + "\\n")
-        self.f.flush()
+        try:
+            os.write(self.fd, (json.dumps(d) + "\\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
 
     def _rel(self, nodeid):
         try:
             return self.config.cwd_relative_nodeid(nodeid)
         except Exception:
             return nodeid
+
+    def _inside(self, path):
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def _relpath(self, path):
+        return os.path.relpath(path, self.root) if self._inside(path) else path
+
+    def _codes_of(self, path):
+        "(name, first line) -> code bytes of every function the file defines, compiled plainly and as pytest rewrites it."
+        if path in self.codes:
+            return self.codes[path]
+        found = None
+        try:
+            with open(path, "rb") as f:
+                src = f.read()
+        except OSError:
+            src = None
+        if src is not None:
+            mods = []
+            try:
+                mods.append(compile(src, path, "exec", dont_inherit=True))
+            except Exception:
+                pass
+            try:
+                import ast
+                from _pytest.assertion import rewrite as rw
+                tree = ast.parse(src)
+                try:
+                    rw.rewrite_asserts(tree, src, path, self.config)
+                except TypeError:
+                    rw.rewrite_asserts(tree, path, self.config)
+                mods.append(compile(tree, path, "exec", dont_inherit=True))
+            except Exception:
+                pass
+            if mods:
+                found = {}
+                todo = list(mods)
+                while todo:
+                    co = todo.pop()
+                    found.setdefault((co.co_name, co.co_firstlineno), set()).add(co.co_code)
+                    todo.extend(c for c in co.co_consts if hasattr(c, "co_code"))
+        self.codes[path] = found
+        return found
+
+    def _origin(self, item):
+        "'ok', 'unknown', or why the code about to run is not the code of a test file."
+        obj = getattr(item, "obj", None)
+        path = getattr(item, "path", None) or getattr(item, "fspath", None)
+        if obj is None or path is None:
+            return "unknown"
+        chain, f = [], getattr(obj, "__func__", obj)
+        for _ in range(20):
+            chain.append(f)
+            nxt = getattr(f, "__wrapped__", None)
+            if nxt is None or nxt is f:
+                break
+            f = getattr(nxt, "__func__", nxt)
+        code = getattr(chain[-1], "__code__", None)
+        if code is None:
+            return "the test is a %s, not a function of the test file" % type(chain[-1]).__name__
+        src = _real(code.co_filename)
+        if src != _real(path) and not (self._inside(src) and _TESTLIKE.search(self._relpath(src))):
+            return "the test's code comes from %s" % self._relpath(src)
+        for w in chain[:-1]:
+            c = getattr(w, "__code__", None)
+            if c is not None and self._inside(_real(c.co_filename)) and not _TESTLIKE.search(self._relpath(_real(c.co_filename))):
+                return "the test is wrapped by code from %s" % self._relpath(_real(c.co_filename))
+        known = self._codes_of(src)
+        if known is None:
+            return "unknown"
+        if code.co_code not in known.get((code.co_name, code.co_firstlineno), ()):
+            return "the test's code is not what %s defines at line %d" % (self._relpath(src), code.co_firstlineno)
+        return "ok"
+
+    def pytest_runtest_call(self, item):
+        self._w({"nodeid": item.nodeid, "when": "origin", "origin": self._origin(item)})
 
     def pytest_runtest_makereport(self, item, call):
         if call.when == "call":
@@ -158,7 +272,12 @@ class _Recorder(object):
             self._w({"nodeid": report.nodeid, "rel": self._rel(report.nodeid), "when": "collect", "outcome": "failed"})
 
     def pytest_sessionfinish(self, session, exitstatus):
-        self._w({"event": "finish", "exitstatus": int(exitstatus)})
+        plugins = set()
+        for _, p in self.config.pluginmanager.list_name_plugin():
+            f = getattr(p, "__file__", None)
+            if f and self._inside(_real(f)):
+                plugins.add(self._relpath(_real(f)))
+        self._w({"event": "finish", "exitstatus": int(exitstatus), "plugins": sorted(plugins)})
 '''
 
 _DIST = 'swebench_lab_pytest_report-1.0.dist-info'
@@ -172,40 +291,130 @@ _PURELIB = ('source /opt/miniconda3/bin/activate >/dev/null 2>&1; conda activate
             'python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"')
 
 def install_report_plugin(box) -> str | None:
-    "Put the recorder into the site-packages of the environment the eval script activates; the report's path, or None."
+    "Put the recorder into the site-packages of the environment the eval script activates; the record's path, or None."
     r = box.run(_PURELIB, timeout=60)
     lines = r.output.strip().splitlines()
     if r.exit_code or not lines or not lines[-1].startswith('/'): return None
     box.write_files(lines[-1], PLUGIN_FILES)
+    box.purelib = lines[-1]
     return f'{box.tmp}/pytest-report-{uuid.uuid4().hex[:12]}.jsonl'
 
+# %% ../nbs/09a_grading.ipynb #gr-record-channel
+_RUNNER_TOPS = ('_pytest', 'pytest', 'pluggy', 'py', PLUGIN_MODULE)
+
+_FINGERPRINT = r'''import hashlib, os, sys
+root, h = sys.argv[1], hashlib.sha256()
+for top in sorted(os.listdir(root)):
+    if os.path.splitext(top.split('-')[0])[0] not in sys.argv[2].split(','): continue
+    p = os.path.join(root, top)
+    files = [p] if os.path.isfile(p) else sorted(os.path.join(d, f) for d, ds, fs in os.walk(p) for f in fs if '__pycache__' not in d)
+    for f in files:
+        h.update(os.path.relpath(f, root).encode())
+        with open(f, 'rb') as fh: h.update(hashlib.sha256(fh.read()).digest())
+print(h.hexdigest())'''
+
+@dataclass
+class RecordChannel:
+    "The recorder in a sandbox: its FIFO (read by the harness as it is written), and a fingerprint of the runner's files."
+    box: object
+    path: str
+    purelib: str
+    follower: object | None = None
+    fingerprint: str | None = None
+
+def runner_fingerprint(box, purelib: str) -> str | None:
+    "SHA-256 over the files of pytest, pluggy and the recorder in `purelib` (None when it cannot be taken)."
+    cmd = _PURELIB.rsplit('python -c', 1)[0] + f"python -c {shlex.quote(_FINGERPRINT)} {shlex.quote(purelib)} {','.join(_RUNNER_TOPS)}"
+    try: r = box.run(cmd, timeout=60)
+    except Exception: return None
+    out = r.output.strip().splitlines()
+    return out[-1] if r.exit_code == 0 and out and len(out[-1]) == 64 else None
+
+def open_record(box) -> RecordChannel | None:
+    "Install the recorder, make its FIFO and start reading it, and fingerprint the runner; None where no recorder fits."
+    path = install_report_plugin(box)
+    if path is None: return None
+    try: follower = box.follow(path)
+    except NotImplementedError: follower = None       # a sandbox without FIFOs: the record is a file read afterwards
+    return RecordChannel(box, path, box.purelib, follower, runner_fingerprint(box, box.purelib))
+
+_EOF_CMD = 'printf "%s\\n" "$1" > "$0"'   # the harness's end marker, written into the FIFO after the eval script ended
+
+def close_record(ch: RecordChannel, wait: float = 15) -> dict:
+    "`{text, complete, runner_changed}`: the record up to the harness's own end marker (complete) or as far as it got."
+    nonce = uuid.uuid4().hex
+    marker = json.dumps({'event': 'eof', 'nonce': nonce})
+    if ch.follower is None:
+        try: text, complete = ch.box.read_file(ch.path).decode('utf-8', 'replace'), True
+        except Exception: text, complete = '', False
+    else:
+        try: ch.box.run(f"timeout 10 sh -c {shlex.quote(_EOF_CMD)} {shlex.quote(ch.path)} {shlex.quote(marker)}", timeout=30)
+        except Exception: pass                        # the sandbox is gone: the record stays cut
+        data, complete = ch.follower.until(marker.encode(), wait)
+        ch.follower.close()
+        text = data.decode('utf-8', 'replace')
+    try: after = runner_fingerprint(ch.box, ch.purelib)
+    except Exception: after = None
+    return {'text': text, 'complete': complete, 'runner_changed': bool(ch.fingerprint and after != ch.fingerprint)}
+
 # %% ../nbs/09a_grading.ipynb #gr-runner-passes
-def runner_passes(report_text: str, fn) -> dict[str, str] | None:
-    "The tests the runner's record says passed (or xfailed), keyed as swebench's parser `fn` keys them; None with no record."
-    if not report_text or '"event": "start"' not in report_text: return None
-    calls: dict[str, str] = {}
-    raised: dict[str, str | None] = {}
+def _fail_keys(calls: dict, raised: set, origins: dict, failed: set) -> set:
+    return {k for k, nid in calls.items() if k in failed or nid in raised or nid in origins}
+
+def read_record(report_text: str | None, fn) -> dict | None:
+    """What the runner's record says: `{passes, sessions, exitstatus, origins, plugins, problems}`; None with no record.
+    A test passes only if every report of its call passed and the call raised nothing (a forged line can add a
+    failure, never a pass); anything outside a start..finish session, or a session that never finished, is a problem."""
+    if report_text is None: return None
+    calls, failed, raised, origins = {}, set(), set(), {}
+    sessions, statuses, plugins, problems, open_ = 0, [], set(), [], False
     for line in report_text.splitlines():
+        if not line.strip(): continue
         try: ev = json.loads(line)
-        except json.JSONDecodeError: continue
-        if ev.get('when') == 'raw-call': raised[ev.get('nodeid')] = ev.get('raised'); continue
-        if ev.get('when') != 'call' and not (ev.get('when') == 'setup' and ev.get('xfail')): continue
-        xfail = ev.get('xfail') and ev.get('outcome') == 'skipped'
-        # a pass needs pytest's report to say passed and the test call itself to have raised nothing
-        st = 'XFAIL' if xfail else 'PASSED' if ev.get('outcome') == 'passed' and raised.get(ev.get('nodeid')) is None else None
-        for k in {ev.get('nodeid'), ev.get('rel')} - {None}:
-            if st: calls[k] = st
-            else: calls.pop(k, None)
-    return fn('\n'.join(f'{st} {k}' for k, st in calls.items()), None) if calls else {}
+        except json.JSONDecodeError: ev = None
+        if not isinstance(ev, dict): problems.append('a line of the record is not one of the recorder\'s events'); continue
+        kind, when, nid = ev.get('event'), ev.get('when'), ev.get('nodeid')
+        if kind == 'start':
+            if open_: problems.append('a pytest session started inside another')
+            open_, sessions = True, sessions + 1
+        elif not open_: problems.append(f'an event outside any pytest session: {line[:120]}')
+        elif kind == 'finish':
+            open_ = False; statuses.append(ev.get('exitstatus')); plugins.update(ev.get('plugins') or [])
+        elif when == 'origin':
+            if ev.get('origin') not in ('ok', 'unknown'): origins[nid] = ev.get('origin')
+        elif when == 'raw-call':
+            if ev.get('raised') is not None: raised.add(nid)
+        elif when == 'call' or (when == 'setup' and ev.get('xfail')):
+            xfail = ev.get('xfail') and ev.get('outcome') == 'skipped'
+            st = 'XFAIL' if xfail else 'PASSED' if ev.get('outcome') == 'passed' else None
+            for k in {nid, ev.get('rel')} - {None}:
+                calls[k] = nid
+                if st is None: failed.add(k)
+    if open_: problems.append('a pytest session did not finish (killed, or its record cut)')
+    bad = _fail_keys(calls, raised, origins, failed)
+    ok = [k for k in calls if k not in bad]
+    passes = fn('\n'.join(f'PASSED {k}' for k in ok), None) if ok else {}
+    return {'passes': passes, 'sessions': sessions, 'exitstatus': statuses, 'origins': origins, 'plugins': sorted(plugins),
+            'problems': problems}
 
 # %% ../nbs/09a_grading.ipynb #gr-cross-check
-def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: Iterable[str]) -> tuple[str, list[str]]:
-    "`('agree'|'tampered'|'unavailable', tests the log calls passed that the runner's record does not)`."
+def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: Iterable[str], complete: bool = True,
+                runner_changed: bool = False, patch_files: Iterable[str] = ()) -> tuple[str, list[str], list[str]]:
+    """`('agree'|'tampered'|'unavailable', tests the log calls passed that the record does not confirm, reasons)`.
+    When the record itself cannot be trusted (cut off, events outside a session, the runner's files changed, a pytest
+    plugin the patch wrote), no pass the log claims is confirmed."""
     from swebench.harness.grading import test_passed
-    passes = runner_passes(report_text or '', fn)
-    if passes is None: return 'unavailable', []
-    bad = [t for t in tests if test_passed(t, status_map) and not test_passed(t, passes)]
-    return ('tampered' if bad else 'agree'), bad
+    rec = read_record(report_text, fn)
+    if rec is None: return 'unavailable', [], []
+    reasons = list(rec['problems'])
+    if not complete: reasons.append("the record stops before the harness's end marker (its reader was stopped or the sandbox died)")
+    if runner_changed: reasons.append("pytest's or the recorder's files changed while the tests ran")
+    reasons += [f'pytest loaded the plugin {p}, which the patch wrote' for p in rec['plugins'] if p in set(patch_files)]
+    claimed = [t for t in tests if test_passed(t, status_map)]
+    if claimed and not rec['sessions']: reasons.append('the log shows tests, but no pytest session was recorded')
+    bad = claimed if reasons else [t for t in claimed if not test_passed(t, rec['passes'])]
+    reasons += [f'{n}: {why}' for n, why in rec['origins'].items()]
+    return ('tampered' if bad else 'agree'), bad, reasons[:20]
 
 # %% ../nbs/09a_grading.ipynb #gr-metrics
 SIMILARITY_CAP = 10**10   # len(a) * len(b) above which edit similarity is its upper bound min/max
@@ -251,23 +460,49 @@ def record_tests(rec: dict) -> tuple[list[str], list[str]]:
     return rec.get('FAIL_TO_PASS', rec.get('fail_to_pass', [])) or [], rec.get('PASS_TO_PASS', rec.get('pass_to_pass', [])) or []
 
 # %% ../nbs/09a_grading.ipynb #gr-one-5
-def grade_log(rec: dict, log: str, runner_report: str | None = None) -> dict:
-    "The report of one instance from its saved log and the runner's record (used after a run, and by `regrade`)."
+KILLED = 'eval_killed'
+
+def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None, exit_status: int | None, evidence: dict) -> dict:
+    "Exit-code grading: the status the harness saw the eval script end with (printed `OMNIGRIL_EXIT_CODE` lines only without one)."
+    codes = [int(c) for c in EXIT_CODE_RE.findall(log)]
+    if exit_status is None:                          # an eval script that does not end with its test command's status
+        if not codes: return {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}
+        code, source = codes[-1], 'printed'
+    elif exit_status >= 128 or exit_status < 0:
+        return {**base, 'status': KILLED, 'exit_code': exit_status, 'exit_status_source': 'process'}
+    else: code, source = exit_status, 'process'
+    out = {**base, 'resolved': code == 0, 'exit_code': code, 'exit_status_source': source, 'status': 'graded'}
+    if source == 'process' and codes and codes[-1] != code: out['printed_exit_code'] = codes[-1]
+    if runner_report is not None and code == 0:     # pytest's own session status must agree with the process's
+        fn = parser_for(rec.get('log_parser'), rec.get('repo'))[1]
+        rec_ = read_record(runner_report, fn)
+        _, _, reasons = cross_check({}, runner_report, fn, [], **evidence)
+        reasons += [f'pytest recorded exit status {s}, the process ended with 0' for s in rec_['exitstatus'] if s != 0]
+        reasons += [f'{n}: {why}' for n, why in rec_['origins'].items() if f'{n}: {why}' not in reasons]
+        out['cross_check'] = 'tampered' if reasons else 'agree'
+        if reasons: out.update(status='tampered', resolved=False, record_problems=reasons[:20])
+    return out
+
+def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_status: int | None = None, complete: bool = True,
+              runner_changed: bool = False, patch_files: Iterable[str] = ()) -> dict:
+    """The report of one instance from its saved log and the runner's record (used after a run, and by `regrade`).
+    `exit_status` is the eval script's own status as the harness saw it; `complete`, `runner_changed` and `patch_files`
+    say whether the record reached the harness's end marker, whether pytest's files changed, and what the patch wrote."""
     iid = rec['instance_id']
     base = empty_report(iid, 'x', patch_successfully_applied=True)[iid]
     f2p, p2p = record_tests(rec)
+    evidence = dict(complete=complete, runner_changed=runner_changed, patch_files=tuple(patch_files))
     if rec.get('eval_type') == 'exit_code' or (not f2p and EXIT_CODE_RE.search(log)):
-        codes = EXIT_CODE_RE.findall(log)
-        if not codes: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
-        return {iid: {**base, 'resolved': int(codes[-1]) == 0, 'exit_code': int(codes[-1]), 'status': 'graded'}}
+        return {iid: _grade_exit_code(rec, log, base, runner_report, exit_status, evidence)}
     name, fn = parser_for(rec.get('log_parser'), rec.get('repo'))
     sm = parse_log(log, rec.get('log_parser'), rec.get('repo'))
     if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
     rep, resolved = grade(sm, f2p, p2p, rec.get('eval_type') or 'pass_and_fail')
     out = {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}
     if is_pytest_parser(fn):
-        check, bad = cross_check(sm, runner_report, fn, [*f2p, *p2p])
+        check, bad, reasons = cross_check(sm, runner_report, fn, [*f2p, *p2p], **evidence)
         out['cross_check'] = check
+        if reasons: out['record_problems'] = reasons
         if bad: out.update(status='tampered', resolved=False, tampered_tests=bad)
     return {iid: out}
 

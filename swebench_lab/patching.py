@@ -14,11 +14,15 @@ from .core import SwebenchLabError
 from .repos import normalize_patch, split_diff
 
 # %% auto #0
-__all__ = ['APPLY_CHAIN', 'RESET', 'pytest_config', 'reset_test_infrastructure', 'unsafe_patch', 'suspicious_lines',
-           'apply_patch']
+__all__ = ['APPLY_CHAIN', 'RESET', 'pytest_config', 'patch_paths', 'reset_test_infrastructure', 'unsafe_patch',
+           'suspicious_lines', 'apply_patch']
 
 # %% ../nbs/09b_patching.ipynb #pa-infra
-_TESTLIKE = re.compile(r'(^|/)(conftest\.py|test_[^/]*\.py|[^/]*_test\.py|tests?/.*)$')
+_TESTLIKE = re.compile(r'(^|/)(conftest\.py|test_[^/]*\.py|[^/]*_test\.py|tests?/.*|testing/.*)$')
+
+# package metadata and start-up hooks: pytest loads `pytest11` entry points from any *.egg-info / *.dist-info on sys.path
+# (the repository root is on it), and site runs *.pth lines at interpreter start
+_METADATA = re.compile(r'(^|/)[^/]+\.(egg-info|dist-info)(/|$)|\.pth$')
 
 _ROOT_SHADOW = re.compile(r'^(pytest\.py|py\.py|pytest/|_pytest/|pluggy/)')
 
@@ -55,8 +59,24 @@ def _status_z(out: str) -> list[tuple[str, str]]:
         i += 1
     return [e for e in out_ if e]
 
-def reset_test_infrastructure(box) -> list[dict]:
-    "Undo what the applied patch changed in the test infrastructure; `[{path, action, why}]`."
+def patch_paths(patch: str | None) -> list[str]:
+    "The paths a patch writes (new, changed, renamed to); [] for an empty or unreadable patch."
+    if not patch or not patch.strip(): return []
+    try: return [fp.path for fp in split_diff(patch) if fp.path and fp.path != '/dev/null']
+    except SwebenchLabError: return []
+
+def _added_why(path: str) -> str | None:
+    "Why a file the patch added must go, or None."
+    base = path.rsplit('/', 1)[-1]
+    return ('test file added by the patch' if _TESTLIKE.search(path) else
+            'shadows the test runner on the import path' if _ROOT_SHADOW.match(path) or _ANY_SHADOW.search(path) else
+            'package metadata or start-up hook added by the patch (pytest loads plugins from entry points on the path)'
+            if _METADATA.search(path) else
+            'test configuration added by the patch' if base in ('pytest.ini', '.pytest.ini', 'tox.ini') else None)
+
+def reset_test_infrastructure(box, patch: str | None = None) -> list[dict]:
+    """Undo what the applied patch changed in the test infrastructure; `[{path, action, why}]`. `patch` names the files
+    it wrote, so that files git ignores (an `*.egg-info/` folder, say) are seen too."""
     box.run('git reset -q', timeout=60)          # --3way may have staged: look at everything as unstaged
     st = box.run('git status --porcelain -z --untracked-files=all', timeout=60)
     remove, restore = [], []
@@ -65,12 +85,11 @@ def reset_test_infrastructure(box) -> list[dict]:
         try: new = box.read_file(f'{box.testbed}/{path}').decode('utf-8', 'replace')
         except Exception: new = None
         return (old.output if old.exit_code == 0 else None), new
-    for xy, path in _status_z(st.output):
+    entries = _status_z(st.output)
+    for xy, path in entries:
         base = path.rsplit('/', 1)[-1]
         if xy == '??':
-            why = ('test file added by the patch' if _TESTLIKE.search(path) else
-                   'shadows the test runner on the import path' if _ROOT_SHADOW.match(path) or _ANY_SHADOW.search(path) else
-                   'test configuration added by the patch' if base in ('pytest.ini', '.pytest.ini', 'tox.ini') else None)
+            why = _added_why(path)
             if why is None and base in ('setup.cfg', 'pyproject.toml'):
                 try: text = box.read_file(f'{box.testbed}/{path}').decode('utf-8', 'replace')
                 except Exception: text = ''
@@ -79,12 +98,17 @@ def reset_test_infrastructure(box) -> list[dict]:
             continue
         why = None
         if base in ('conftest.py', 'pytest.ini', '.pytest.ini'): why = 'test configuration changed by the patch'
+        elif _TESTLIKE.search(path): why = 'test file changed by the patch (the eval script runs the tests as published)'
         elif base in ('tox.ini', 'setup.cfg', 'pyproject.toml', 'setup.py'):
             old, new = old_new(path)
             if (old or '').count('pytest11') != (new or '').count('pytest11'): why = 'registers a pytest plugin (entry point pytest11)'
             elif base != 'setup.py' and (pytest_config(base, old) != pytest_config(base, new) or pytest_config(base, new) is None):
                 why = "changes the file's pytest configuration"
         if why: restore.append({'path': path, 'action': 'restored', 'why': why})
+    seen = {p for _, p in entries}
+    for path in patch_paths(patch):               # written by the patch, yet invisible to git status: ignored files
+        if path not in seen and (why := _added_why(path)):
+            remove.append({'path': path, 'action': 'removed', 'why': why + ' (a path git ignores)'})
     if remove: box.run('rm -rf -- ' + ' '.join(shlex.quote(a['path']) for a in remove), timeout=60)
     if restore: box.run('git checkout -q HEAD -- ' + ' '.join(shlex.quote(a['path']) for a in restore), timeout=60)
     return remove + restore
@@ -104,14 +128,25 @@ def unsafe_patch(patch: str) -> str | None:
 
 # %% ../nbs/09b_patching.ipynb #pa-suspicious-lines
 _RUNNER_INTERNALS = re.compile(
-    r'\b(_pytest|pluggy|pytest_(?:runtest|report|collect|terminal|sessionfinish|configure)\w*|TestReport|CallInfo|terminalreporter|'
-    r'TextTestResult|unittest\.(?:result|runner)|swebench_lab_pytest_report|SWEBENCH_LAB_PYTEST_REPORT)\b'
-    r'|^\s*(?:import|from)\s+pytest\b|sys\.modules\s*\[\s*[\'"](?:_?pytest|unittest)')
+    r'\b(_pytest|pluggy|pytest_(?:runtest|report|collect|terminal|sessionfinish|configure|plugins)\w*|TestReport|CallInfo|terminalreporter|'
+    r'TextTestResult|unittest\.(?:result|runner)|swebench_lab_pytest_report|SWEBENCH_LAB\w*|pytest11|PYTEST_\w+|OMNIGRIL\w*)\b'
+    r'|^\s*(?:import|from)\s+pytest\b|sys\.modules|\bmodules\[')
+
+# ways to reach into a process from inside it: import hooks, profilers and tracers, the builtins, frames, /proc, exits
+_PROCESS_HOOKS = re.compile(
+    r'\b(meta_path|path_hooks|path_importer_cache|MetaPathFinder|PathEntryFinder|exec_module|setprofile|settrace|'
+    r'__import__|__builtins__|builtins|_getframe|f_globals|f_locals|gc\.get_objects|get_referrers|co_code|__code__|'
+    r'_exit|getppid|killpg|atexit)\b|/proc\b|\bkill\s*\(')
+
+def _joined(line: str) -> str:
+    "The line with adjacent and concatenated string pieces joined ('set' + 'pro' 'file' -> 'setprofile')."
+    return re.sub(r'''["']\s*(?:\+|,)?\s*["']''', '', line)
 
 _RUNNER_REPOS = {'pytest-dev/pytest', 'pytest-dev/pluggy'}
 
 def suspicious_lines(patch: str, repo: str | None = None) -> list[str]:
-    "Added lines of non-test source that reach into the test runner (`file: line`); empty for the runners' own repositories."
+    """Added lines of non-test source that reach into the test runner or into the running process (`file: line`),
+    names assembled from string pieces included; empty for the runners' own repositories."""
     if repo in _RUNNER_REPOS or not patch: return []
     out = []
     try: fps = split_diff(patch)
@@ -119,8 +154,10 @@ def suspicious_lines(patch: str, repo: str | None = None) -> list[str]:
     for fp in fps:
         if _TESTLIKE.search(fp.path): continue
         for line in fp.text.splitlines():
-            if line.startswith('+') and not line.startswith('+++') and _RUNNER_INTERNALS.search(line[1:]):
-                out.append(f'{fp.path}: {line[1:].strip()[:160]}')
+            if not line.startswith('+') or line.startswith('+++'): continue
+            text = line[1:]
+            if any(rx.search(t) for rx in (_RUNNER_INTERNALS, _PROCESS_HOOKS) for t in (text, _joined(text))):
+                out.append(f'{fp.path}: {text.strip()[:160]}')
     return out[:20]
 
 # %% ../nbs/09b_patching.ipynb #pa-one

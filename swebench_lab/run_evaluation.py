@@ -23,9 +23,9 @@ from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
 from .images import LABEL, resolve_image
 from .sandbox import Limits, open_sandbox
-from .grading import (NO_TEST_OUTPUT, REPORT_ENV, empty_report, eval_script_for, grade_log, install_report_plugin,
-                                  edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
-from .patching import apply_patch, reset_test_infrastructure, suspicious_lines
+from .grading import (KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
+                                  open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
+from .patching import apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 
 # %% auto #0
@@ -64,20 +64,16 @@ def _apply_pre_edits(box, rec: dict) -> None:
     if rec.get('pre_edits'): box.run('git add -A && git commit -qm "pre-edits"', timeout=120)
 
 def _run_tests(box, script: str, timeout: float, out_dir: Path | None):
-    "The eval script under the time limit, with the runner's recorder in place: `(result, the recorder's text or None)`."
-    report_path = install_report_plugin(box)
-    r = box.run_script(script, timeout=timeout, env={REPORT_ENV: report_path} if report_path else None, name='eval.sh',
+    "The eval script under the time limit, the runner's recorder streaming to the harness: `(result, record or None)`."
+    channel = open_record(box)
+    r = box.run_script(script, timeout=timeout, env={REPORT_ENV: channel.path} if channel else None, name='eval.sh',
                        log_path=out_dir / 'test_output.partial.log' if out_dir else None)
-    runner = None
-    if report_path:
-        try: runner = box.read_file(report_path).decode('utf-8', errors='replace')
-        except Exception: runner = None
-    return r, runner
+    return r, (close_record(channel) if channel else None)
 
-def _save_run(out_dir: Path | None, log: str, script: str, runner: str | None) -> None:
+def _save_run(out_dir: Path | None, log: str, script: str, runner: dict | None) -> None:
     if not out_dir: return
     atomic_write_text(out_dir / 'test_output.log', log); atomic_write_text(out_dir / 'eval.sh', script)
-    if runner is not None: atomic_write_text(out_dir / 'runner_report.jsonl', runner)
+    if runner is not None: atomic_write_text(out_dir / 'runner_report.jsonl', runner['text'])
     (out_dir / 'test_output.partial.log').unlink(missing_ok=True)
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-evaluate
@@ -88,6 +84,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     "Run one instance's tests with `patch` applied (none with `run_unpatched`); returns the per-instance report (official shape, extra keys)."
     iid, spec = rec['instance_id'], InstanceSpec.from_record(rec, prebuilt=prebuilt)
     script, image = eval_script_for(rec, spec), instance_image(spec, backend, store)
+    script, observed = with_exit_status(script)       # exit-code scripts end with their test command's status
     limits = replace(limits or Limits(), lifetime=int(timeout) + 900)
     net = backend == 'docker' and limits.network
     meta = {'inputs_hash': inputs_hash(rec, patch, backend + ('+network' if net else ''), image), 'backend': backend, 'image': image, 'network': net}
@@ -102,16 +99,19 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
             if cancel is not None and cancel.is_set(): raise Cancelled(iid)
             if out_dir: atomic_write_text(out_dir / 'test_output.log', apply_log)
             return empty_report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3), suspicious=suspicious, **meta)
-        infra, t1 = reset_test_infrastructure(box), time.perf_counter()
+        infra, t1 = reset_test_infrastructure(box, patch), time.perf_counter()
         r, runner = _run_tests(box, script, timeout, out_dir)
         test_s = time.perf_counter() - t1
     if cancel is not None and cancel.is_set(): raise Cancelled(iid)
     log = f'{apply_log}\n{r.output}'
     _save_run(out_dir, log, script, runner)
+    evidence = dict(exit_status=r.exit_code if observed else None, complete=runner['complete'] if runner else True,
+                    runner_changed=bool(runner and runner['runner_changed']), patch_files=patch_paths(patch))
     extra = dict(meta, apply_method=method, test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3),
-                 test_duration_s=round(test_s, 3), output_bytes=r.output_bytes, output_truncated=r.truncated)
+                 test_duration_s=round(test_s, 3), output_bytes=r.output_bytes, output_truncated=r.truncated,
+                 record={k: v for k, v in evidence.items() if k != 'patch_files'})
     if r.timed_out: return empty_report(iid, patch, patch_successfully_applied=True, status='timed_out', **extra)
-    return {iid: {**grade_log(rec, log, runner)[iid], **extra}}
+    return {iid: {**grade_log(rec, log, runner['text'] if runner else None, **evidence)[iid], **extra}}
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-preds
 class PredictionsError(SwebenchLabError, ValueError): "A predictions file that cannot be read."
@@ -262,7 +262,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     return summary
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-summarize
-_COMPLETED = ('graded', 'tampered', 'timed_out', 'patch_not_applied')
+_COMPLETED = ('graded', 'tampered', 'timed_out', 'patch_not_applied', KILLED)
 
 def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = None, keys: dict | None = None,
               notes: dict | None = None) -> dict:
@@ -314,8 +314,9 @@ def regrade(dataset_name: str, model: str, run_id: str | None = None, prediction
         old = _saved(out, iid)
         if old and old.get('status') in ('graded', 'tampered', NO_TEST_OUTPUT) and (d / 'test_output.log').exists():
             runner = (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None
-            new = grade_log(rec, (d / 'test_output.log').read_text(), runner)[iid]
-            for k in ('cross_check', 'tampered_tests'):
+            patch = (d / 'patch.diff').read_text() if (d / 'patch.diff').exists() else ''
+            new = grade_log(rec, (d / 'test_output.log').read_text(), runner, patch_files=patch_paths(patch), **old.get('record', {}))[iid]
+            for k in ('cross_check', 'tampered_tests', 'record_problems'):
                 if k not in new: old.pop(k, None)
             write_json(d / 'report.json', {iid: {**old, **new}})
     preds = load_predictions(predictions_path) if predictions_path not in (None, 'gold', 'empty') else \

@@ -8,7 +8,9 @@ from __future__ import annotations
 from fastcore.basics import patch
 
 import io
+import itertools
 import os
+import select
 import re
 import shlex
 import shutil
@@ -36,8 +38,8 @@ from .images import (LABEL, CONDA_SHIM, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETU
 
 # %% auto #0
 __all__ = ['TAG_ENV', 'OFFLINE_NETWORK', 'Limits', 'RunResult', 'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox',
-           'owner_label', 'owner_alive', 'tag_label', 'offline_network', 'DockerSandbox', 'host_python', 'LocalSandbox',
-           'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox']
+           'Follower', 'owner_label', 'owner_alive', 'tag_label', 'offline_network', 'DockerSandbox', 'host_python',
+           'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox']
 
 # %% ../nbs/08c_sandbox.ipynb #sb-sandbox
 @dataclass
@@ -117,6 +119,38 @@ class Sandbox:
         "Run a bash script (written to the scratch folder) under the time limit."
         self.write_file(f'{self.tmp}/{name}', self._script(script))
         return self.run(f'bash {self.tmp}/{name}', timeout=timeout, env=env, log_path=log_path)
+    def follow(self, path: str) -> 'Follower':
+        "Make a FIFO at `path` and read it from the harness's side as it is written (what is read cannot be taken back)."
+        raise NotImplementedError
+
+# %% ../nbs/08c_sandbox.ipynb #sb-follower
+class Follower:
+    "Bytes arriving from a FIFO's reader, collected by a thread (at most `cap`), until a marker the harness writes."
+    def __init__(self, chunks: Iterator[bytes], stop=None, cap: int = 64 * 2**20):
+        self._buf, self._done, self._stop, self._cap = bytearray(), threading.Event(), stop, cap
+        self._t = threading.Thread(target=self._pump, args=(iter(chunks),), daemon=True)
+        self._t.start()
+
+    def _pump(self, chunks):
+        try:
+            for c in chunks:
+                if len(self._buf) < self._cap: self._buf += c
+        except Exception: pass                # the reader went away (killed, or its sandbox removed)
+        finally: self._done.set()
+
+    def until(self, marker: bytes, timeout: float) -> tuple[bytes, bool]:
+        "`(bytes before the marker, True)`, or `(everything read, False)` when the marker did not come in time."
+        deadline = time.monotonic() + timeout
+        while True:
+            i = self._buf.find(marker)
+            if i >= 0: return bytes(self._buf[:i]), True
+            if self._done.is_set() or time.monotonic() > deadline: return bytes(self._buf), False
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            try: self._stop()
+            except Exception: pass
 
 # %% ../nbs/08c_sandbox.ipynb #sb-owner-label
 def _timeout_wrap(cmd: str, timeout: float) -> str:
@@ -341,6 +375,20 @@ def read_file(self: DockerSandbox, path):
     with tarfile.open(fileobj=io.BytesIO(b''.join(bits))) as tf:
         return tf.extractfile(tf.getmembers()[0]).read()
 
+# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-follow
+@patch
+def follow(self: DockerSandbox, path):
+    "A reader started in the container keeps the FIFO open (read and write ends) and streams it to the harness."
+    r = self.run(f'rm -f {shlex.quote(path)} && mkfifo -m 600 {shlex.quote(path)}', timeout=30)
+    if r.exit_code: raise SwebenchLabError(f"cannot make a FIFO at {path}: {r.output[-300:]}")
+    api = self.client.api
+    ex = api.exec_create(self.container.id, ['sh', '-c', 'exec 3<>"$0"; printf R; exec cat <&3', path], stdout=True, stderr=False)
+    stream = api.exec_start(ex['Id'], stream=True)
+    first = next(stream, b'')                   # the reader holds the FIFO before any writer opens it
+    if not first.startswith(b'R'): raise SwebenchLabError(f"the FIFO reader in {self.container.short_id} did not start")
+    rest = first[1:]
+    return Follower(itertools.chain([rest] if rest else [], stream), stop=getattr(stream, 'close', None))
+
 # %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-close
 @patch
 def close(self: DockerSandbox):
@@ -443,6 +491,22 @@ def write_file(self: LocalSandbox, path, text):
 
 @patch
 def read_file(self: LocalSandbox, path): return Path(self._map(path)).read_bytes()
+
+# %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-follow
+@patch
+def follow(self: LocalSandbox, path):
+    "The harness itself holds the FIFO open (read and write ends) and reads it in a thread."
+    p = self._map(path)
+    Path(p).unlink(missing_ok=True); os.mkfifo(p, 0o600)
+    fd, stop = os.open(p, os.O_RDWR | os.O_NONBLOCK), threading.Event()
+    def chunks():
+        try:
+            while not stop.is_set():
+                if select.select([fd], [], [], 0.05)[0]:
+                    b = os.read(fd, 65536)
+                    if b: yield b
+        finally: os.close(fd)
+    return Follower(chunks(), stop=stop.set)
 
 # %% ../nbs/08c_sandbox.ipynb #sb-localsandbox-kill
 @patch

@@ -18,6 +18,7 @@ import yaml
 
 from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.core import write_jsonl_atomic
+from swebench_lab.build_image import exit_code_script
 from swebench_lab.data import load_instances
 from swebench_lab.run_evaluation import evaluate_instance, run_evaluation
 
@@ -32,9 +33,12 @@ def _results(lab_env): pass
 _containers = tagged_containers
 
 
-def demo_record(instance: str, reinstall: bool = False) -> dict:
-    "A demo SWE-bench record; `reinstall` puts the official scripts' reinstall step (`pip install -e .`) before the tests."
+def demo_record(instance: str, reinstall: bool = False, eval_type: str | None = None) -> dict:
+    """A demo SWE-bench record; `reinstall` puts the official scripts' reinstall step (`pip install -e .`) before the tests;
+    `eval_type='exit_code'` makes it a record graded by its eval script's exit code (as transferred datasets are)."""
     rec = next(r for r in load_instances(DEMO_SWE) if r['instance_id'] == instance)
+    if eval_type == 'exit_code':
+        rec = {**rec, 'eval_type': 'exit_code', 'eval_script': exit_code_script(rec, 'python -m pytest -rA -p no:cacheprovider')}
     if reinstall:
         rec = {**rec, 'eval_script': rec['eval_script'].replace(": '>>>>> Start Test Output'",
                                                                 "python -m pip install -e .\n: '>>>>> Start Test Output'", 1)}
@@ -49,7 +53,7 @@ def demo_record(instance: str, reinstall: bool = False) -> dict:
 def test_patch_attack(case_file, backend, tmp_path):
     case = yaml.safe_load(case_file.read_text())
     if backend not in case.get('backends', ['docker']): pytest.skip(f'{case_file.stem} targets {case["backends"]}')
-    rec = demo_record(case['instance'], case.get('reinstall', False))
+    rec = demo_record(case['instance'], case.get('reinstall', False), case.get('eval'))
     rep = evaluate_instance(rec, case_file.with_suffix('.diff').read_text(), backend, timeout=180, out_dir=tmp_path)[rec['instance_id']]
     exp, why = case['expect'], f"{case_file.stem}: {json.dumps({k: v for k, v in rep.items() if k != 'tests_status'})[:1500]}"
     assert rep['resolved'] is exp['resolved'], why

@@ -67,15 +67,34 @@ def _call(nodeid, outcome, raised=None):
 
 def test_a_log_that_lies_about_a_test_is_tampered():
     "The log says both tests passed; the runner saw one fail, and one test report 'passed' although its call raised."
-    from swebench_lab.grading import cross_check, parser_for, runner_passes
+    from swebench_lab.grading import cross_check, parser_for, read_record
     _, fn = parser_for('parse_log_pytest')
     log_map = {'t.py::a': 'PASSED', 't.py::b': 'PASSED', 't.py::c': 'PASSED'}
     rec = _record(*_call('t.py::a', 'passed'), *_call('t.py::b', 'failed'), *_call('t.py::c', 'passed', raised='AssertionError'))
-    assert runner_passes(rec, fn) == {'t.py::a': 'PASSED'}
-    assert cross_check(log_map, rec, fn, ['t.py::a', 't.py::b', 't.py::c']) == ('tampered', ['t.py::b', 't.py::c'])
-    assert cross_check(log_map, rec, fn, ['t.py::a']) == ('agree', [])
-    assert cross_check(log_map, None, fn, ['t.py::a']) == ('unavailable', [])
+    assert read_record(rec, fn)['passes'] == {'t.py::a': 'PASSED'}
+    assert cross_check(log_map, rec, fn, ['t.py::a', 't.py::b', 't.py::c'])[:2] == ('tampered', ['t.py::b', 't.py::c'])
+    assert cross_check(log_map, rec, fn, ['t.py::a']) == ('agree', [], [])
+    assert cross_check(log_map, None, fn, ['t.py::a']) == ('unavailable', [], [])
     assert cross_check(log_map, _record(), fn, ['t.py::a'])[0] == 'tampered'        # a test the runner never ran
+
+
+def test_a_forged_record_cannot_add_a_pass():
+    "Events appended after the session, a second forged session, a cut record or a changed runner: none confirms a pass."
+    from swebench_lab.grading import cross_check, parser_for
+    _, fn = parser_for('parse_log_pytest')
+    log_map = {'t.py::b': 'PASSED'}
+    real = _record(*_call('t.py::b', 'failed'))
+    forged_session = _record(*_call('t.py::b', 'passed'))
+    assert cross_check(log_map, real + forged_session, fn, ['t.py::b'])[:2] == ('tampered', ['t.py::b'])   # any failure sticks
+    tail = json.dumps(_call('t.py::b', 'passed')[1]) + '\n'
+    state, bad, why = cross_check(log_map, real + tail, fn, ['t.py::b'])
+    assert (state, bad) == ('tampered', ['t.py::b']) and 'outside any pytest session' in why[0]
+    ok = _record(*_call('t.py::b', 'passed'))
+    assert cross_check(log_map, ok, fn, ['t.py::b'])[0] == 'agree'
+    assert cross_check(log_map, ok, fn, ['t.py::b'], complete=False)[0] == 'tampered'
+    assert cross_check(log_map, ok, fn, ['t.py::b'], runner_changed=True)[0] == 'tampered'
+    hollow = _record({'nodeid': 't.py::b', 'when': 'origin', 'origin': "the test's code comes from pkg/x.py"}, *_call('t.py::b', 'passed'))
+    assert cross_check(log_map, hollow, fn, ['t.py::b'])[:2] == ('tampered', ['t.py::b'])
 
 
 def test_grade_log_marks_tampering_and_grades_exit_codes():
@@ -87,6 +106,9 @@ def test_grade_log_marks_tampering_and_grades_exit_codes():
     assert (bad['status'], bad['resolved'], bad['tampered_tests']) == ('tampered', False, ['t.py::a'])
     assert grade_log({'instance_id': 'y', 'eval_type': 'exit_code'}, 'x\nOMNIGRIL_EXIT_CODE=12\n')['y']['resolved'] is False
     assert grade_log({'instance_id': 'y', 'eval_type': 'exit_code'}, 'nothing')['y']['status'] == 'no_test_output'
+    # with the status the harness saw, printed lines do not decide, and a killed script is no verdict
+    assert grade_log({'instance_id': 'y', 'eval_type': 'exit_code'}, 'OMNIGRIL_EXIT_CODE=0\n', exit_status=2)['y']['resolved'] is False
+    assert grade_log({'instance_id': 'y', 'eval_type': 'exit_code'}, 'OMNIGRIL_EXIT_CODE=0\n', exit_status=137)['y']['status'] == 'eval_killed'
 
 
 # --- recipes ---------------------------------------------------------------------------------------------------------
