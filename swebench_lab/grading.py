@@ -226,11 +226,11 @@ class _Recorder(object):
         return found
 
     def _origin(self, item):
-        "'ok', 'unknown', or why the code about to run is not the code of a test file."
+        "(verdict, kind, file): 'ok' or 'unknown', else why the code about to run is not a test file's (foreign or altered)."
         obj = getattr(item, "obj", None)
         path = getattr(item, "path", None) or getattr(item, "fspath", None)
         if obj is None or path is None:
-            return "unknown"
+            return "unknown", None, None
         chain, f = [], getattr(obj, "__func__", obj)
         for _ in range(20):
             chain.append(f)
@@ -240,23 +240,25 @@ class _Recorder(object):
             f = getattr(nxt, "__func__", nxt)
         code = getattr(chain[-1], "__code__", None)
         if code is None:
-            return "the test is a %s, not a function of the test file" % type(chain[-1]).__name__
+            return "the test is a %s, not a function of the test file" % type(chain[-1]).__name__, "altered", None
         src = _real(code.co_filename)
         if src != _real(path) and not (self._inside(src) and _TESTLIKE.search(self._relpath(src))):
-            return "the test's code comes from %s" % self._relpath(src)
+            return "the test's code comes from %s" % self._relpath(src), "foreign", self._relpath(src)
         for w in chain[:-1]:
             c = getattr(w, "__code__", None)
             if c is not None and self._inside(_real(c.co_filename)) and not _TESTLIKE.search(self._relpath(_real(c.co_filename))):
-                return "the test is wrapped by code from %s" % self._relpath(_real(c.co_filename))
+                f = self._relpath(_real(c.co_filename))
+                return "the test is wrapped by code from %s" % f, "foreign", f
         known = self._codes_of(src)
         if known is None:
-            return "unknown"
+            return "unknown", None, None
         if code.co_code not in known.get((code.co_name, code.co_firstlineno), ()):
-            return "the test's code is not what %s defines at line %d" % (self._relpath(src), code.co_firstlineno)
-        return "ok"
+            return "the test's code is not what %s defines at line %d" % (self._relpath(src), code.co_firstlineno), "altered", None
+        return "ok", None, None
 
     def pytest_runtest_call(self, item):
-        self._w({"nodeid": item.nodeid, "when": "origin", "origin": self._origin(item)})
+        why, kind, f = self._origin(item)
+        self._w({"nodeid": item.nodeid, "when": "origin", "origin": why, "kind": kind, "file": f})
 
     def pytest_runtest_makereport(self, item, call):
         if call.when == "call":
@@ -361,10 +363,19 @@ def close_record(ch: RecordChannel, wait: float = 15) -> dict:
 def _fail_keys(calls: dict, raised: set, origins: dict, failed: set) -> set:
     return {k for k, nid in calls.items() if k in failed or nid in raised or nid in origins}
 
-def read_record(report_text: str | None, fn) -> dict | None:
+def _counts(ev: dict, patch_files: set) -> bool:
+    """Whether an origin finding voids a test's pass: altered code always; code from another file when the patch wrote
+    that file or it is not test support (a `testutils` decorator of the package's own, say, is fine)."""
+    if ev.get('origin') in ('ok', 'unknown', None): return False
+    f = ev.get('file')
+    return ev.get('kind') != 'foreign' or not f or f in patch_files or 'test' not in f.lower()
+
+def read_record(report_text: str | None, fn, patch_files: Iterable[str] = ()) -> dict | None:
     """What the runner's record says: `{passes, sessions, exitstatus, origins, plugins, problems}`; None with no record.
     A test passes only if every report of its call passed and the call raised nothing (a forged line can add a
-    failure, never a pass); anything outside a start..finish session, or a session that never finished, is a problem."""
+    failure, never a pass), and its code is its test file's; anything outside a start..finish session, or a session
+    that never finished, is a problem."""
+    patch_files = set(patch_files)
     if report_text is None: return None
     calls, failed, raised, origins = {}, set(), set(), {}
     sessions, statuses, plugins, problems, open_ = 0, [], set(), [], False
@@ -381,7 +392,7 @@ def read_record(report_text: str | None, fn) -> dict | None:
         elif kind == 'finish':
             open_ = False; statuses.append(ev.get('exitstatus')); plugins.update(ev.get('plugins') or [])
         elif when == 'origin':
-            if ev.get('origin') not in ('ok', 'unknown'): origins[nid] = ev.get('origin')
+            if _counts(ev, patch_files): origins[nid] = ev.get('origin')
         elif when == 'raw-call':
             if ev.get('raised') is not None: raised.add(nid)
         elif when == 'call' or (when == 'setup' and ev.get('xfail')):
@@ -404,7 +415,7 @@ def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: 
     When the record itself cannot be trusted (cut off, events outside a session, the runner's files changed, a pytest
     plugin the patch wrote), no pass the log claims is confirmed."""
     from swebench.harness.grading import test_passed
-    rec = read_record(report_text, fn)
+    rec = read_record(report_text, fn, patch_files)
     if rec is None: return 'unavailable', [], []
     reasons = list(rec['problems'])
     if not complete: reasons.append("the record stops before the harness's end marker (its reader was stopped or the sandbox died)")
@@ -475,7 +486,7 @@ def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None,
     if source == 'process' and codes and codes[-1] != code: out['printed_exit_code'] = codes[-1]
     if runner_report is not None and code == 0:     # pytest's own session status must agree with the process's
         fn = parser_for(rec.get('log_parser'), rec.get('repo'))[1]
-        rec_ = read_record(runner_report, fn)
+        rec_ = read_record(runner_report, fn, evidence['patch_files'])
         _, _, reasons = cross_check({}, runner_report, fn, [], **evidence)
         reasons += [f'pytest recorded exit status {s}, the process ended with 0' for s in rec_['exitstatus'] if s != 0]
         reasons += [f'{n}: {why}' for n, why in rec_['origins'].items() if f'{n}: {why}' not in reasons]

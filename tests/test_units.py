@@ -93,7 +93,7 @@ def test_a_forged_record_cannot_add_a_pass():
     assert cross_check(log_map, ok, fn, ['t.py::b'])[0] == 'agree'
     assert cross_check(log_map, ok, fn, ['t.py::b'], complete=False)[0] == 'tampered'
     assert cross_check(log_map, ok, fn, ['t.py::b'], runner_changed=True)[0] == 'tampered'
-    hollow = _record({'nodeid': 't.py::b', 'when': 'origin', 'origin': "the test's code comes from pkg/x.py"}, *_call('t.py::b', 'passed'))
+    hollow = _record({'nodeid': 't.py::b', 'when': 'origin', 'origin': "the test's code comes from pkg/x.py", 'kind': 'foreign', 'file': 'pkg/x.py'}, *_call('t.py::b', 'passed'))
     assert cross_check(log_map, hollow, fn, ['t.py::b'])[:2] == ('tampered', ['t.py::b'])
 
 
