@@ -23,15 +23,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.requests import Request   # resolved by FastAPI from this module's globals (annotations are strings here)
 
 from .core import SwebenchLabError, cli_entry, logger, setup_logging, one_line
 
 # %% auto #0
-__all__ = ['SEED_RANGE', 'VLLM_LORA_RANKS', 'main', 'ChatMessage', 'ChatCompletionRequest', 'OpenAIError', 'check_quantization',
-           'parse_lora_modules', 'ModelServer', 'create_app', 'adapter_rank', 'vllm_command', 'free_port',
-           'ServerHandle', 'serve_in_background', 'bad_request_mix', 'run_server']
+__all__ = ['SEED_RANGE', 'UNSUPPORTED', 'CHARS_PER_TOKEN_BOUND', 'VLLM_LORA_RANKS', 'main', 'ChatMessage',
+           'ChatCompletionRequest', 'OpenAIError', 'check_quantization', 'parse_lora_modules', 'ModelServer',
+           'max_body_bytes', 'BodyLimit', 'create_app', 'adapter_rank', 'vllm_command', 'free_port', 'ServerHandle',
+           'serve_in_background', 'bad_request_mix', 'run_server']
 
 # %% ../nbs/07_serving.ipynb #srv-req
 class ChatMessage(BaseModel):
@@ -47,12 +48,26 @@ class ChatMessage(BaseModel):
                 if not isinstance(p.get('text'), str): raise ValueError(f"part {i}: text must be a string")
         return v
 
+    @field_validator('content')
+    @classmethod
+    def _encodable(cls, v):
+        for t in ([p.get('text', '') for p in v] if isinstance(v, list) else [v or '']):
+            try: t.encode('utf-8')
+            except UnicodeEncodeError as e: raise ValueError(f'text cannot be encoded as UTF-8 ({e.reason} at {e.start})') from None
+        return v
+
     def text(self) -> str:
         if isinstance(self.content, list): return ''.join(p['text'] for p in self.content)
         return self.content or ''
 
 # %% ../nbs/07_serving.ipynb #srv-chatcompletionrequest
 SEED_RANGE = (-2**63, 2**64 - 1)   # what torch.manual_seed takes
+
+# OpenAI parameters not implemented here, each with the values that ask for nothing (those pass)
+UNSUPPORTED = {'logprobs': lambda v: not v, 'top_logprobs': lambda v: v is None, 'tools': lambda v: not v,
+               'tool_choice': lambda v: v in (None, 'none'), 'functions': lambda v: not v, 'function_call': lambda v: v in (None, 'none'),
+               'logit_bias': lambda v: not v, 'presence_penalty': lambda v: not v, 'frequency_penalty': lambda v: not v,
+               'response_format': lambda v: v is None or (isinstance(v, dict) and v.get('type') == 'text')}
 
 class ChatCompletionRequest(BaseModel):
     model_config = {'extra': 'allow'}
@@ -73,6 +88,13 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(v, list) and len(v) > 4: raise ValueError('at most 4 stop sequences')
         if v == '' or (isinstance(v, list) and '' in v): raise ValueError('stop sequences must not be empty')
         return v
+
+    @model_validator(mode='after')
+    def _supported(self):
+        "OpenAI parameters this server does not implement are refused by name, not silently ignored."
+        asked = [k for k, v in (self.model_extra or {}).items() if k in UNSUPPORTED and not UNSUPPORTED[k](v)]
+        if asked: raise ValueError(f"not supported by this server: {', '.join(sorted(asked))}")
+        return self
 
 # %% ../nbs/07_serving.ipynb #srv-openaierror
 class OpenAIError(Exception):
@@ -169,12 +191,19 @@ def cards(self: ModelServer) -> list[dict]:
 
 # %% ../nbs/07_serving.ipynb #srv-modelserver-prepare
 # --- generation ------------------------------------------------------------
+CHARS_PER_TOKEN_BOUND = 64   # no tokenizer packs more characters than this into one token of a real prompt
+
 @patch
 def _prepare(self: ModelServer, req: ChatCompletionRequest):
     if req.model not in self.model_names():
         raise OpenAIError(404, f"The model `{req.model}` does not exist. Available: {', '.join(self.model_names())}",
                           'invalid_request_error', 'model_not_found', 'model')
     msgs = [{'role': m.role if m.role != 'developer' else 'system', 'content': m.text()} for m in req.messages]
+    chars = sum(len(m['content']) for m in msgs)
+    if chars > self.max_model_len * CHARS_PER_TOKEN_BOUND:     # refused before tokenising megabytes
+        raise OpenAIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, your messages have "
+                          f"{chars} characters, more than any {self.max_model_len} tokens can hold. Please reduce the length of the messages.",
+                          'invalid_request_error', 'context_length_exceeded', 'messages')
     enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = list(enc['input_ids'])
     p = len(ids)
@@ -313,6 +342,33 @@ class _Cancelled:
         stop = self.shutdown.is_set() or (self.cancel is not None and self.cancel.is_set())
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
+# %% ../nbs/07_serving.ipynb #srv-body-limit
+def max_body_bytes() -> int:
+    "The largest request body the server reads: `SWEBENCH_LAB_MAX_BODY_MB` (default 16)."
+    return int(float(os.environ.get('SWEBENCH_LAB_MAX_BODY_MB', '16')) * 2**20)
+
+class BodyLimit:
+    "ASGI middleware: a body over `limit` bytes is a 413, from its Content-Length before reading, or as soon as the chunks pass it."
+    def __init__(self, app, limit: int): self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        from starlette.exceptions import HTTPException
+        from starlette.responses import JSONResponse
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        msg = f'request body larger than {self.limit} bytes'
+        cl = dict(scope.get('headers') or []).get(b'content-length')
+        if cl is not None and cl.isdigit() and int(cl) > self.limit:
+            return await JSONResponse(OpenAIError(413, msg, code='request_too_large').body(), status_code=413)(scope, receive, send)
+        seen = 0
+        async def limited():
+            nonlocal seen
+            m = await receive()
+            if m['type'] == 'http.request':
+                seen += len(m.get('body', b''))
+                if seen > self.limit: raise HTTPException(413, msg)      # FastAPI re-raises HTTP errors met while reading
+            return m
+        await self.app(scope, limited, send)
+
 # %% ../nbs/07_serving.ipynb #srv-app
 def create_app(server: ModelServer, api_key: str | None = None):
     "The FastAPI app serving `server`."
@@ -323,6 +379,7 @@ def create_app(server: ModelServer, api_key: str | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title='swebench_lab model server')
+    app.add_middleware(BodyLimit, limit=max_body_bytes())
 
     @app.exception_handler(OpenAIError)
     async def _oe(request, exc: OpenAIError): return JSONResponse(exc.body(), status_code=exc.status)
