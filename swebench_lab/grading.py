@@ -22,9 +22,9 @@ from .recipes import InstanceSpec
 __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
            'SIMILARITY_CAP', 'TOKEN_CAP', 'KILLED', 'make_eval_script', 'eval_script_for', 'with_exit_status',
            'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade', 'install_report_plugin',
-           'RecordChannel', 'runner_fingerprint', 'open_record', 'close_record', 'read_record', 'cross_check',
-           'edit_similarity', 'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests', 'grade_log',
-           'swebench_report', 'swebench_agreement']
+           'RecordChannel', 'runner_fingerprint', 'open_record', 'close_record', 'read_record', 'record_problems',
+           'cross_check', 'edit_similarity', 'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests',
+           'grade_log', 'swebench_report', 'swebench_agreement']
 
 # %% ../nbs/09a_grading.ipynb #gr-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -289,17 +289,17 @@ PLUGIN_FILES = {f'{PLUGIN_MODULE}.py': PLUGIN_SRC,
                 f'{_DIST}/entry_points.txt': f'[pytest11]\nswebench_lab_report = {PLUGIN_MODULE}\n',
                 f'{_DIST}/RECORD': ''}
 
-_PURELIB = ('source /opt/miniconda3/bin/activate >/dev/null 2>&1; conda activate testbed >/dev/null 2>&1; '
-            'python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"')
+_ACTIVATE = 'source /opt/miniconda3/bin/activate >/dev/null 2>&1; conda activate testbed >/dev/null 2>&1; '
+
+_PURELIB = _ACTIVATE + 'python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"'
 
 def install_report_plugin(box) -> str | None:
-    "Put the recorder into the site-packages of the environment the eval script activates; the record's path, or None."
+    "Put the recorder into the site-packages of the environment the eval script activates; that folder, or None."
     r = box.run(_PURELIB, timeout=60)
     lines = r.output.strip().splitlines()
     if r.exit_code or not lines or not lines[-1].startswith('/'): return None
     box.write_files(lines[-1], PLUGIN_FILES)
-    box.purelib = lines[-1]
-    return f'{box.tmp}/pytest-report-{uuid.uuid4().hex[:12]}.jsonl'
+    return lines[-1]
 
 # %% ../nbs/09a_grading.ipynb #gr-record-channel
 _RUNNER_TOPS = ('_pytest', 'pytest', 'pluggy', 'py', PLUGIN_MODULE)
@@ -326,7 +326,7 @@ class RecordChannel:
 
 def runner_fingerprint(box, purelib: str) -> str | None:
     "SHA-256 over the files of pytest, pluggy and the recorder in `purelib` (None when it cannot be taken)."
-    cmd = _PURELIB.rsplit('python -c', 1)[0] + f"python -c {shlex.quote(_FINGERPRINT)} {shlex.quote(purelib)} {','.join(_RUNNER_TOPS)}"
+    cmd = _ACTIVATE + f"python -c {shlex.quote(_FINGERPRINT)} {shlex.quote(purelib)} {','.join(_RUNNER_TOPS)}"
     try: r = box.run(cmd, timeout=60)
     except Exception: return None
     out = r.output.strip().splitlines()
@@ -334,11 +334,12 @@ def runner_fingerprint(box, purelib: str) -> str | None:
 
 def open_record(box) -> RecordChannel | None:
     "Install the recorder, make its FIFO and start reading it, and fingerprint the runner; None where no recorder fits."
-    path = install_report_plugin(box)
-    if path is None: return None
+    purelib = install_report_plugin(box)
+    if purelib is None: return None
+    path = f'{box.tmp}/pytest-report-{uuid.uuid4().hex[:12]}.jsonl'
     try: follower = box.follow(path)
     except NotImplementedError: follower = None       # a sandbox without FIFOs: the record is a file read afterwards
-    return RecordChannel(box, path, box.purelib, follower, runner_fingerprint(box, box.purelib))
+    return RecordChannel(box, path, purelib, follower, runner_fingerprint(box, purelib))
 
 _EOF_CMD = 'printf "%s\\n" "$1" > "$0"'   # the harness's end marker, written into the FIFO after the eval script ended
 
@@ -360,9 +361,6 @@ def close_record(ch: RecordChannel, wait: float = 15) -> dict:
     return {'text': text, 'complete': complete, 'runner_changed': bool(ch.fingerprint and after != ch.fingerprint)}
 
 # %% ../nbs/09a_grading.ipynb #gr-runner-passes
-def _fail_keys(calls: dict, raised: set, origins: dict, failed: set) -> set:
-    return {k for k, nid in calls.items() if k in failed or nid in raised or nid in origins}
-
 def _counts(ev: dict, patch_files: set) -> bool:
     """Whether an origin finding voids a test's pass: altered code always; code from another file when the patch wrote
     that file or it is not test support (a `testutils` decorator of the package's own, say, is fine)."""
@@ -402,13 +400,19 @@ def read_record(report_text: str | None, fn, patch_files: Iterable[str] = ()) ->
                 calls[k] = nid
                 if st is None: failed.add(k)
     if open_: problems.append('a pytest session did not finish (killed, or its record cut)')
-    bad = _fail_keys(calls, raised, origins, failed)
-    ok = [k for k in calls if k not in bad]
+    ok = [k for k, nid in calls.items() if k not in failed and nid not in raised and nid not in origins]
     passes = fn('\n'.join(f'PASSED {k}' for k in ok), None) if ok else {}
     return {'passes': passes, 'sessions': sessions, 'exitstatus': statuses, 'origins': origins, 'plugins': sorted(plugins),
             'problems': problems}
 
 # %% ../nbs/09a_grading.ipynb #gr-cross-check
+def record_problems(rec: dict, complete: bool = True, runner_changed: bool = False, patch_files: Iterable[str] = ()) -> list[str]:
+    "Why a record read by `read_record` cannot be trusted as a whole (empty when it can)."
+    reasons = list(rec['problems'])
+    if not complete: reasons.append("the record stops before the harness's end marker (its reader was stopped or the sandbox died)")
+    if runner_changed: reasons.append("pytest's or the recorder's files changed while the tests ran")
+    return reasons + [f'pytest loaded the plugin {p}, which the patch wrote' for p in rec['plugins'] if p in set(patch_files)]
+
 def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: Iterable[str], complete: bool = True,
                 runner_changed: bool = False, patch_files: Iterable[str] = ()) -> tuple[str, list[str], list[str]]:
     """`('agree'|'tampered'|'unavailable', tests the log calls passed that the record does not confirm, reasons)`.
@@ -417,10 +421,7 @@ def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: 
     from swebench.harness.grading import test_passed
     rec = read_record(report_text, fn, patch_files)
     if rec is None: return 'unavailable', [], []
-    reasons = list(rec['problems'])
-    if not complete: reasons.append("the record stops before the harness's end marker (its reader was stopped or the sandbox died)")
-    if runner_changed: reasons.append("pytest's or the recorder's files changed while the tests ran")
-    reasons += [f'pytest loaded the plugin {p}, which the patch wrote' for p in rec['plugins'] if p in set(patch_files)]
+    reasons = record_problems(rec, complete, runner_changed, patch_files)
     claimed = [t for t in tests if test_passed(t, status_map)]
     if claimed and not rec['sessions']: reasons.append('the log shows tests, but no pytest session was recorded')
     bad = claimed if reasons else [t for t in claimed if not test_passed(t, rec['passes'])]
@@ -487,9 +488,9 @@ def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None,
     if runner_report is not None and code == 0:     # pytest's own session status must agree with the process's
         fn = parser_for(rec.get('log_parser'), rec.get('repo'))[1]
         rec_ = read_record(runner_report, fn, evidence['patch_files'])
-        _, _, reasons = cross_check({}, runner_report, fn, [], **evidence)
+        reasons = record_problems(rec_, **evidence)
         reasons += [f'pytest recorded exit status {s}, the process ended with 0' for s in rec_['exitstatus'] if s != 0]
-        reasons += [f'{n}: {why}' for n, why in rec_['origins'].items() if f'{n}: {why}' not in reasons]
+        reasons += [f'{n}: {why}' for n, why in rec_['origins'].items()]
         out['cross_check'] = 'tampered' if reasons else 'agree'
         if reasons: out.update(status='tampered', resolved=False, record_problems=reasons[:20])
     return out
