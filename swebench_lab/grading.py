@@ -17,6 +17,7 @@ from .core import SwebenchLabError
 from .repos import files_touched
 from .retrieval import tokenize
 from .recipes import InstanceSpec
+from .patching import RUNNER_REPOS
 
 # %% auto #0
 __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
@@ -307,7 +308,7 @@ _RUNNER_TOPS = ('_pytest', 'pytest', 'pluggy', 'py', PLUGIN_MODULE)
 _FINGERPRINT = r'''import hashlib, os, sys
 root, h = sys.argv[1], hashlib.sha256()
 for top in sorted(os.listdir(root)):
-    if os.path.splitext(top.split('-')[0])[0] not in sys.argv[2].split(','): continue
+    if top.endswith(('.dist-info', '.egg-info')) or os.path.splitext(top)[0] not in sys.argv[2].split(','): continue
     p = os.path.join(root, top)
     files = [p] if os.path.isfile(p) else sorted(os.path.join(d, f) for d, ds, fs in os.walk(p) for f in fs if '__pycache__' not in d)
     for f in files:
@@ -325,7 +326,7 @@ class RecordChannel:
     fingerprint: str | None = None
 
 def runner_fingerprint(box, purelib: str) -> str | None:
-    "SHA-256 over the files of pytest, pluggy and the recorder in `purelib` (None when it cannot be taken)."
+    "SHA-256 over the code of pytest, pluggy and the recorder in `purelib`, not their metadata (None when it cannot be taken)."
     cmd = _ACTIVATE + f"python -c {shlex.quote(_FINGERPRINT)} {shlex.quote(purelib)} {','.join(_RUNNER_TOPS)}"
     try: r = box.run(cmd, timeout=60)
     except Exception: return None
@@ -503,7 +504,9 @@ def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_sta
     iid = rec['instance_id']
     base = empty_report(iid, 'x', patch_successfully_applied=True)[iid]
     f2p, p2p = record_tests(rec)
-    evidence = dict(complete=complete, runner_changed=runner_changed, patch_files=tuple(patch_files))
+    # in pytest's (or pluggy's) own repository the runner is the code under test: the patch writes its plugins
+    evidence = dict(complete=complete, runner_changed=runner_changed,
+                    patch_files=() if rec.get('repo') in RUNNER_REPOS else tuple(patch_files))
     if rec.get('eval_type') == 'exit_code' or (not f2p and EXIT_CODE_RE.search(log)):
         return {iid: _grade_exit_code(rec, log, base, runner_report, exit_status, evidence)}
     name, fn = parser_for(rec.get('log_parser'), rec.get('repo'))

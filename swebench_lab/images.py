@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -315,7 +316,7 @@ def instance_context(env_tag: str, r: Recipe, instance_id: str) -> dict[str, str
     return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}
 
 # %% ../nbs/08b_images.ipynb #img-layers-7
-IMAGE_LAYOUT = 2   # bump when what goes into an image changes in a way its Dockerfile does not show
+IMAGE_LAYOUT = 3   # bump when what goes into an image changes in a way its Dockerfile does not show
 
 def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> str:
     ctx = env_context(base_tag, spec, store)
@@ -397,16 +398,24 @@ def resolve_image(spec: InstanceSpec, store: RepoStore | None = None) -> str:
     return instance_tag(env_tag(base_tag_for(spec.recipe), spec, store), spec)
 
 # %% ../nbs/08b_images.ipynb #img-clone-at
+_VERSION_TAG = re.compile(r'\d+\.\d+')   # release tags only: a bookmark tag nearer the commit would be the version read
+
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
-    "A fresh repository at `dest` holding `commit` and its past only (no branches, tags, remotes or later commits), checked out detached."
-    dest = Path(dest)
+    """A fresh repository at `dest` holding `commit` and its past only (no branches, remotes or later commits), checked
+    out detached. The release tags of that past come along (they point at nothing later): setuptools_scm and versioneer read
+    the package's version from them, and without them pytest's own repository says it is 0.1.dev and fails its
+    `minversion`, as SWE-bench's images (full clones) do not."""
+    dest, src = Path(dest), str(Path(repo_path).resolve())
     def git(*a, cwd=dest):
         r = subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True)
         if r.returncode: raise SwebenchLabError(f"git {' '.join(a[:2])} failed: {one_line(r.stderr)[:400]}")
+        return r.stdout
     dest.mkdir(parents=True, exist_ok=True)
     git('init', '--quiet')
-    git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', str(Path(repo_path).resolve()), commit)
+    git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
     git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', '--detach', 'FETCH_HEAD')
+    past = [t for t in git('tag', '--merged', commit, cwd=src).split() if _VERSION_TAG.search(t)]
+    if past: git('fetch', '--quiet', '--no-tags', src, *[f'refs/tags/{t}:refs/tags/{t}' for t in past])
     for ref in ('FETCH_HEAD', 'ORIG_HEAD'): (dest / '.git' / ref).unlink(missing_ok=True)
     return dest
 

@@ -14,7 +14,7 @@ from .core import SwebenchLabError
 from .repos import normalize_patch, split_diff
 
 # %% auto #0
-__all__ = ['APPLY_CHAIN', 'RESET', 'pytest_config', 'patch_paths', 'reset_test_infrastructure', 'unsafe_patch',
+__all__ = ['RUNNER_REPOS', 'APPLY_CHAIN', 'RESET', 'pytest_config', 'patch_paths', 'reset_test_infrastructure', 'unsafe_patch',
            'suspicious_lines', 'apply_patch']
 
 # %% ../nbs/09b_patching.ipynb #pa-infra
@@ -142,12 +142,12 @@ def _joined(line: str) -> str:
     "The line with adjacent and concatenated string pieces joined ('set' + 'pro' 'file' -> 'setprofile')."
     return re.sub(r'''["']\s*(?:\+|,)?\s*["']''', '', line)
 
-_RUNNER_REPOS = {'pytest-dev/pytest', 'pytest-dev/pluggy'}
+RUNNER_REPOS = {'pytest-dev/pytest', 'pytest-dev/pluggy'}
 
 def suspicious_lines(patch: str, repo: str | None = None) -> list[str]:
     """Added lines of non-test source that reach into the test runner or into the running process (`file: line`),
     names assembled from string pieces included; empty for the runners' own repositories."""
-    if repo in _RUNNER_REPOS or not patch: return []
+    if repo in RUNNER_REPOS or not patch: return []
     out = []
     try: fps = split_diff(patch)
     except SwebenchLabError: return []

@@ -83,3 +83,21 @@ def test_validate_one_real_instance_per_repository(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((tmp_path / 'results' / 'evaluations' / 'validate' / 'swebench-real-rows' / 'validation.json').read_text())
     assert (s['valid'], s['agree_with_swebench']) == (3, 3), s
+
+
+def test_validate_pytest_rows_of_verified(tmp_path):
+    """A fourth repository, pytest itself: the runner is the code under test, and its version comes from its release
+    tags (without them it calls itself 0.1.dev and fails its own minversion). Two SWE-bench Verified rows, 5.4 and 7.2."""
+    repos = shared_repos()
+    verified = repos.parent / 'swebench' / 'SWE-bench_Verified-test.parquet' if repos else None
+    if repos is None or not (repos / 'pytest-dev__pytest.bundle').exists() or not verified.exists():
+        pytest.skip("pytest's git bundle or SWE-bench Verified is not here (../shared/data)")
+    crawled = tmp_path / 'crawled'
+    (crawled / 'repos').mkdir(parents=True)
+    (crawled / 'repos' / 'pytest-dev__pytest.bundle').symlink_to(repos / 'pytest-dev__pytest.bundle')
+    r = run_cli(sys.executable, '-m', 'swebench_lab.run_evaluation', 'validate', '--dataset_name', str(verified),
+                '--instance_ids', 'pytest-dev__pytest-7432', 'pytest-dev__pytest-10081', '--max_workers', '2',
+                env={'SWEBENCH_LAB_CRAWLED_DATA': str(crawled), 'SWEBENCH_LAB_RESULTS': str(tmp_path / 'results')}, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / 'results' / 'evaluations' / 'validate' / 'SWE-bench_Verified-test' / 'validation.json').read_text())
+    assert (s['valid'], s['agree_with_swebench']) == (2, 2), s
