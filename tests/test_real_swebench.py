@@ -85,6 +85,7 @@ def test_validate_one_real_instance_per_repository(tmp_path):
     assert (s['valid'], s['agree_with_swebench']) == (3, 3), s
 
 
+@pytest.mark.docker
 def test_validate_pytest_rows_of_verified(tmp_path):
     """A fourth repository, pytest itself: the runner is the code under test, and its version comes from its release
     tags (without them it calls itself 0.1.dev and fails its own minversion). Two SWE-bench Verified rows, 5.4 and 7.2."""
