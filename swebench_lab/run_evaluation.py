@@ -34,7 +34,7 @@ __all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled
            'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-hash
-GRADER_VERSION = 2     # part of every inputs_hash: bump when grading would change a saved verdict
+GRADER_VERSION = 3     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status)
 _HASHED = ('instance_id', 'repo', 'base_commit', 'version', 'eval_script', 'test_patch', 'FAIL_TO_PASS', 'PASS_TO_PASS',
            'fail_to_pass', 'pass_to_pass', 'log_parser', 'eval_type', 'pre_edits')
 
