@@ -29,7 +29,7 @@ from starlette.requests import Request   # resolved by FastAPI from this module'
 from .core import SwebenchLabError, cli_entry, logger, setup_logging, one_line
 
 # %% auto #0
-__all__ = ['SEED_RANGE', 'UNSUPPORTED', 'CHARS_PER_TOKEN_BOUND', 'VLLM_LORA_RANKS', 'main', 'ChatMessage',
+__all__ = ['SEED_RANGE', 'UNSUPPORTED', 'CHARS_PER_TOKEN_BOUND', 'VLLM_LORA_RANKS', 'main', 'ChatMessage', 'ToolFunction', 'Tool',
            'ChatCompletionRequest', 'OpenAIError', 'check_quantization', 'parse_lora_modules', 'ModelServer',
            'max_body_bytes', 'BodyLimit', 'create_app', 'adapter_rank', 'vllm_command', 'free_port', 'ServerHandle',
            'serve_in_background', 'bad_request_mix', 'run_server']
@@ -64,10 +64,19 @@ class ChatMessage(BaseModel):
 SEED_RANGE = (-2**63, 2**64 - 1)   # what torch.manual_seed takes
 
 # OpenAI parameters not implemented here, each with the values that ask for nothing (those pass)
-UNSUPPORTED = {'logprobs': lambda v: not v, 'top_logprobs': lambda v: v is None, 'tools': lambda v: not v,
-               'tool_choice': lambda v: v in (None, 'none'), 'functions': lambda v: not v, 'function_call': lambda v: v in (None, 'none'),
+UNSUPPORTED = {'logprobs': lambda v: not v, 'top_logprobs': lambda v: v is None,
+               'functions': lambda v: not v, 'function_call': lambda v: v in (None, 'none'),
                'logit_bias': lambda v: not v, 'presence_penalty': lambda v: not v, 'frequency_penalty': lambda v: not v,
                'response_format': lambda v: v is None or (isinstance(v, dict) and v.get('type') == 'text')}
+
+class ToolFunction(BaseModel):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+class Tool(BaseModel):
+    type: Literal['function']
+    function: ToolFunction
 
 class ChatCompletionRequest(BaseModel):
     model_config = {'extra': 'allow'}
@@ -81,6 +90,8 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
+    tools: list[Tool] | None = None          # given to the model through its chat template; replies stay text
+    tool_choice: Literal['auto', 'none'] | None = None   # forcing a call ('required', a named function) is not supported
 
     @field_validator('stop')
     @classmethod
@@ -204,7 +215,8 @@ def _prepare(self: ModelServer, req: ChatCompletionRequest):
         raise OpenAIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, your messages have "
                           f"{chars} characters, more than any {self.max_model_len} tokens can hold. Please reduce the length of the messages.",
                           'invalid_request_error', 'context_length_exceeded', 'messages')
-    enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and req.tool_choice != 'none' else None
+    enc = self.tokenizer.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = list(enc['input_ids'])
     p = len(ids)
     want = req.max_completion_tokens or req.max_tokens

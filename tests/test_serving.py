@@ -91,8 +91,9 @@ def test_errors_are_openai_shaped(server, client):
 
 
 def test_hostile_bodies_are_refused_fast(server):
-    """A 50 MB body is a 413 (announced or chunked), a lone surrogate a 400, unsupported parameters a 400 that names them,
-    and a prompt far past the context a 400 before it is tokenised; the server answers normally afterwards."""
+    """A 50 MB body is a 413 (announced or chunked), a lone surrogate a 400, unsupported parameters and malformed tools a
+    400 that names them, and a prompt far past the context a 400 before it is tokenised; the server answers normally
+    afterwards, well-formed tools included (given to the model through its chat template)."""
     url = server.base_url + '/chat/completions'
     t0 = time.perf_counter()
     big = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b'x' * (50 * 2**20) + b'"}]}'
@@ -106,13 +107,14 @@ def test_hostile_bodies_are_refused_fast(server):
                    headers={'content-type': 'application/json'}, timeout=60)
     assert r.status_code == 400 and 'cannot be encoded' in r.json()['error']['message'], r.text
     for extra, name in (({'logprobs': True, 'top_logprobs': 3}, 'logprobs, top_logprobs'), ({'tools': 'not a list'}, 'tools'),
-                        ({'tools': [{'type': 'function', 'function': {'name': 'f'}}]}, 'tools')):
+                        ({'tools': [{'type': 'function'}]}, 'tools.0.function'), ({'tool_choice': 'required'}, 'tool_choice')):
         r = httpx.post(url, json={'model': 'tiny', 'messages': MSG, **extra}, timeout=60)
         assert r.status_code == 400 and name in r.json()['error']['message'], (extra, r.text)
     r = httpx.post(url, json={'model': 'tiny', 'messages': [{'role': 'user', 'content': 'x' * (8 * 2**20)}]}, timeout=60)
     assert r.status_code == 400 and r.json()['error']['code'] == 'context_length_exceeded', r.text
     assert time.perf_counter() - t0 < 60
-    r = httpx.post(url, json={'model': 'tiny', 'messages': MSG, 'max_tokens': 4, 'logprobs': False}, timeout=60)
+    tools = [{'type': 'function', 'function': {'name': 'bash', 'parameters': {'type': 'object', 'properties': {}}}}]
+    r = httpx.post(url, json={'model': 'tiny', 'messages': MSG, 'max_tokens': 4, 'logprobs': False, 'tools': tools}, timeout=60)
     assert r.status_code == 200 and r.json()['choices'][0]['message']['content'] is not None
 
 
