@@ -12,7 +12,7 @@ from conftest import DATA, DEMO_SWE, ROOT, run_cli, tagged_containers
 from swebench_lab.scripted_policy import ScriptedPolicy
 from swebench_lab.build_image import build_images, export_instances, repair_model
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group('build_image')]   # one worker: the images they build share content-addressed tags
 
 
 @pytest.fixture(autouse=True)
