@@ -212,11 +212,16 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentConfig, out_di
         except Cancelled: raise
         except Exception as e: error = e
         if cancel is not None and cancel.is_set(): raise Cancelled(iid)
-        patch = git_patch(box)
-    reason, agent_s = exit_reason(agent, error), time.perf_counter() - t0
+        # What the agent left may not yield a patch (no .git, a dead container): the instance still ends, with reward 0.
+        try: patch, lost = git_patch(box), ''
+        except SwebenchLabError as e: patch, lost = '', one_line(str(e))[:300]
+    reason, agent_s = (f'patch_unavailable: {lost}' if lost else exit_reason(agent, error)), time.perf_counter() - t0
     alog.info('exit: %s after %d steps (%.1fs); patch %d bytes', reason, agent.n_calls, agent_s, len(patch))
     atomic_write_text(d / 'output_patch.diff', patch)
-    rep, reward_s = _reward(rec, patch, params, d, labels, prebuilt, cancel)
+    if lost:
+        rep, reward_s = {'status': 'no_patch', 'resolved': False, 'error': lost}, 0.0
+        write_json(d / 'report.json', {iid: rep})
+    else: rep, reward_s = _reward(rec, patch, params, d, labels, prebuilt, cancel)
     reward = int(bool(rep.get('resolved')))
     usage = {'input': model.usage['input'], 'output': model.usage['output'], 'total': model.usage['input'] + model.usage['output']}
     meta = {'instance_id': iid, 'docker_image': rep.get('image') or spec.image, 'repo': rec.get('repo'), 'reward': reward,

@@ -126,7 +126,7 @@ def try_environment(entry: dict, dockerfile: str, eval_script: str, out: Path, t
         if dirty: return Check(False, 'testbed', 'the repository at /testbed is not clean (untracked or changed files; '
                                'keep build artefacts out of git with .git/info/exclude)', r.output, tag, build_s)
         if entry.get('patch'):
-            method, apply_log = apply_patch(b, entry['patch'])
+            method, apply_log, _ = apply_patch(b, entry["patch"])
             if method is None: return Check(False, 'gold_patch', 'the gold patch does not apply to /testbed', apply_log, tag, build_s)
         g = b.run_script(eval_script, timeout=timeout, name='eval.sh')
         atomic_write_text(out / 'test_gold.log', g.output)

@@ -9,13 +9,15 @@ import configparser
 import json
 import re
 import shlex
+from pathlib import Path
+from typing import NamedTuple
 
 from .core import SwebenchLabError
 from .repos import normalize_patch, split_diff
 
 # %% auto #0
-__all__ = ['RUNNER_REPOS', 'APPLY_CHAIN', 'RESET', 'pytest_config', 'patch_paths', 'reset_test_infrastructure', 'unsafe_patch',
-           'suspicious_lines', 'apply_patch']
+__all__ = ['RUNNER_REPOS', 'APPLY_CHAIN', 'RESET', 'APPLY_MODES', 'pytest_config', 'patch_paths', 'reset_test_infrastructure',
+           'unsafe_patch', 'suspicious_lines', 'Applied', 'apply_patch']
 
 # %% ../nbs/09b_patching.ipynb #pa-infra
 _TESTLIKE = re.compile(r'(^|/)(conftest\.py|test_[^/]*\.py|[^/]*_test\.py|tests?/.*|testing/.*)$')
@@ -161,21 +163,43 @@ def suspicious_lines(patch: str, repo: str | None = None) -> list[str]:
     return out[:20]
 
 # %% ../nbs/09b_patching.ipynb #pa-one
-APPLY_CHAIN = [('git apply -v', 'git apply -v {p}'), ('git apply --3way', 'git apply -v --3way {p}'),
-               ('git apply --reject', 'git apply -v --reject {p}'), ('patch --fuzz=5', 'patch --batch --forward --fuzz=5 -p1 -i {p}')]
+# SWE-bench's chain, as its harness runs it (swebench.harness.run_evaluation): the patch file exactly as submitted, each
+# command on a pristine tree, and a patch found already applied by `git apply --check --reverse` counts as applied.
+APPLY_CHAIN = [('git apply -v', 'git apply --verbose {p}'), ('git apply --3way', 'git apply --verbose --3way {p}'),
+               ('git apply --reject', 'git apply --verbose --reject {p}'), ('patch --fuzz=5', 'patch --batch --forward --fuzz=5 -p1 -i {p}')]
 
-RESET = 'git reset -q --hard HEAD && git clean -qfd'
+RESET = 'git checkout -- . ; git clean -fd'
+
+APPLY_MODES = ('workbench', 'swebench')
+
+class Applied(NamedTuple):
+    "How a patch went in: the command that applied it (None: it did not), the log, and the leniency it needed (None: none)."
+    method: str | None
+    log: str
+    leniency: str | None = None
 
 # %% ../nbs/09b_patching.ipynb #pa-one-2
-def apply_patch(box, patch: str) -> tuple[str | None, str]:
-    "Try the fallback chain; `(method that applied or None, log)`. Unsafe patches are refused before anything runs."
-    if why := unsafe_patch(patch): return None, f'refused: {why}'
-    path = f'{box.tmp}/model.patch'
-    box.write_file(path, normalize_patch(patch))
-    log = []
-    for name, cmd in APPLY_CHAIN:
+def _chain(box, path: str, log: list[str]) -> str | None:
+    "SWE-bench's chain on the patch at `path`: the command that applied it, or None (the tree left pristine)."
+    for i, (name, cmd) in enumerate(APPLY_CHAIN):
+        if i: box.run(RESET, timeout=120)
         r = box.run(cmd.format(p=path), timeout=120)
         log.append(f'$ {name}\n{r.output}')
-        if r.exit_code == 0 and not (name == 'git apply --reject' and '.rej' in r.output): return name, '\n'.join(log)
-        box.run(RESET, timeout=120)
-    return None, '\n'.join(log)
+        if r.exit_code == 0: return name
+    if box.run(f'git apply --check --reverse {path}', timeout=120).exit_code == 0: return 'already applied'
+    box.run(RESET, timeout=120)
+    return None
+
+def apply_patch(box, patch: str, mode: str = 'workbench') -> Applied:
+    "Apply `patch` in `box` (see above). Unsafe patches are refused before anything runs, in both modes."
+    if mode not in APPLY_MODES: raise SwebenchLabError(f"apply mode {mode!r}: use one of {', '.join(APPLY_MODES)}")
+    if why := unsafe_patch(patch): return Applied(None, f'refused: {why}')
+    path, log = f'{box.tmp}/model.patch', []
+    box.write_file(path, patch)
+    if method := _chain(box, path, log): return Applied(method, '\n'.join(log))
+    fixed = normalize_patch(patch)
+    if mode == 'swebench' or fixed == patch: return Applied(None, '\n'.join(log))
+    box.write_file(path, fixed)
+    log.append('$ (the patch normalised: it now ends with exactly one newline)')
+    method = _chain(box, path, log)
+    return Applied(method, '\n'.join(log), 'final newline' if method else None)

@@ -22,10 +22,10 @@ from .data import load_instances, filter_instances, gold_patch, input_path
 from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
 from .images import LABEL, resolve_image
-from .sandbox import Limits, open_sandbox
+from .sandbox import Limits, SandboxGone, open_sandbox
 from .grading import (KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
                                   open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
-from .patching import apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
+from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 
 # %% auto #0
@@ -66,8 +66,11 @@ def _apply_pre_edits(box, rec: dict) -> None:
 def _run_tests(box, script: str, timeout: float, out_dir: Path | None):
     "The eval script under the time limit, the runner's recorder streaming to the harness: `(result, record or None)`."
     channel = open_record(box)
-    r = box.run_script(script, timeout=timeout, env={REPORT_ENV: channel.path} if channel else None, name='eval.sh',
-                       log_path=out_dir / 'test_output.partial.log' if out_dir else None)
+    try: r = box.run_script(script, timeout=timeout, env={REPORT_ENV: channel.path} if channel else None, name='eval.sh',
+                            log_path=out_dir / 'test_output.partial.log' if out_dir else None)
+    except BaseException:
+        if channel and channel.follower: channel.follower.close()
+        raise
     return r, (close_record(channel) if channel else None)
 
 def _save_run(out_dir: Path | None, log: str, script: str, runner: dict | None) -> None:
@@ -80,34 +83,41 @@ def _save_run(out_dir: Path | None, log: str, script: str, runner: dict | None) 
 def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', timeout: float = 600,
                       limits: Limits | None = None, store: RepoStore | None = None, out_dir: Path | None = None,
                       labels: dict | None = None, prebuilt: bool = False, cancel: threading.Event | None = None,
-                      run_unpatched: bool = False) -> dict:
-    "Run one instance's tests with `patch` applied (none with `run_unpatched`); returns the per-instance report (official shape, extra keys)."
+                      run_unpatched: bool = False, apply: str = 'workbench') -> dict:
+    """Run one instance's tests with `patch` applied (none with `run_unpatched`); returns the per-instance report (official shape, extra keys).
+    `apply`: `workbench` (SWE-bench's chain, then once more with the patch normalised) or `swebench` (its chain only)."""
     iid, spec = rec['instance_id'], InstanceSpec.from_record(rec, prebuilt=prebuilt)
     script, image = eval_script_for(rec, spec), instance_image(spec, backend, store)
     script, observed = with_exit_status(script)       # exit-code scripts end with their test command's status
     limits = replace(limits or Limits(), lifetime=int(timeout) + 900)
     net = backend == 'docker' and limits.network
-    meta = {'inputs_hash': inputs_hash(rec, patch, backend + ('+network' if net else ''), image), 'backend': backend, 'image': image, 'network': net}
+    if apply not in APPLY_MODES: raise SwebenchLabError(f"apply mode {apply!r}: use one of {', '.join(APPLY_MODES)}")
+    key = backend + ('+network' if net else '') + ('+apply=swebench' if apply == 'swebench' else '')
+    meta = {'inputs_hash': inputs_hash(rec, patch, key, image), 'backend': backend, 'image': image, 'network': net, 'apply_mode': apply}
     out_dir = Path(out_dir) if out_dir else None
     if out_dir: out_dir.mkdir(parents=True, exist_ok=True); atomic_write_text(out_dir / 'patch.diff', patch or '')
     if not run_unpatched and not (patch and patch.strip()): return empty_report(iid, patch, status='empty_patch', **meta)
     suspicious, t0 = suspicious_lines(patch or '', rec.get('repo')), time.perf_counter()
     with open_sandbox(spec, backend, limits, store, labels) as box:
         _apply_pre_edits(box, rec)
-        method, apply_log = ('none (unpatched run)', '') if run_unpatched else apply_patch(box, patch)
+        method, apply_log, leniency = ('none (unpatched run)', '', None) if run_unpatched else apply_patch(box, patch, apply)
         if method is None:
             if cancel is not None and cancel.is_set(): raise Cancelled(iid)
             if out_dir: atomic_write_text(out_dir / 'test_output.log', apply_log)
             return empty_report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3), suspicious=suspicious, **meta)
         infra, t1 = reset_test_infrastructure(box, patch), time.perf_counter()
-        r, runner = _run_tests(box, script, timeout, out_dir)
+        try: r, runner, lost = *_run_tests(box, script, timeout, out_dir), None
+        except SandboxGone as e: r, runner, lost = None, None, one_line(str(e))    # the code under test took the sandbox down
         test_s = time.perf_counter() - t1
     if cancel is not None and cancel.is_set(): raise Cancelled(iid)
+    if lost:
+        return empty_report(iid, patch, patch_successfully_applied=True, status=KILLED, error=lost, apply_method=method, apply_leniency=leniency,
+                            test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3), **meta)
     log = f'{apply_log}\n{r.output}'
     _save_run(out_dir, log, script, runner)
     evidence = dict(exit_status=r.exit_code if observed else None, complete=runner['complete'] if runner else True,
                     runner_changed=bool(runner and runner['runner_changed']), patch_files=patch_paths(patch))
-    extra = dict(meta, apply_method=method, test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3),
+    extra = dict(meta, apply_method=method, apply_leniency=leniency, test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3),
                  test_duration_s=round(test_s, 3), output_bytes=r.output_bytes, output_truncated=r.truncated,
                  record={k: v for k, v in evidence.items() if k != 'patch_files'})
     if r.timed_out: return empty_report(iid, patch, patch_successfully_applied=True, status='timed_out', **extra)
@@ -201,20 +211,22 @@ def run_predictions(predictions_path: str | None, model: str, label: str, recs: 
 # %% ../nbs/09_run_evaluation.ipynb #ev-run
 def _evaluate_job(rec: dict, patch: str | None, backend: str, timeout: float, limits, out_dir: Path | None = None,
                   labels: dict | None = None, prebuilt: bool = False, cancel: threading.Event | None = None,
-                  run_unpatched: bool = False) -> dict:
+                  run_unpatched: bool = False, apply: str = 'workbench') -> dict:
     "One instance as a job of the driver (here or on a cluster node): its report, with the repository named."
     rep = evaluate_instance(rec, patch, backend, timeout, limits, None, out_dir, labels=labels, prebuilt=prebuilt, cancel=cancel,
-                            run_unpatched=run_unpatched)
+                            run_unpatched=run_unpatched, apply=apply)
     if cancel is not None and cancel.is_set(): raise Cancelled(rec['instance_id'])
     rep[rec['instance_id']]['repo'] = rec['repo']
     return rep
 
 def _fan_out(recs: list[dict], patches: dict, out: Path, write, backend: str, timeout: float, limits, prebuilt: bool, errors: dict,
-             executor: str, max_workers: int, desc: str, progress: bool, ray: dict | None = None, run_unpatched: bool = False) -> dict:
+             executor: str, max_workers: int, desc: str, progress: bool, ray: dict | None = None, run_unpatched: bool = False,
+             apply: str = 'workbench') -> dict:
     "Evaluate `recs` through the driver; `write(iid, report)` records each report; errors go to `errors`. Returns the node counts."
     run_label = new_run_label()
     jobs = {r['instance_id']: ((r, patches.get(r['instance_id']), backend, timeout, limits),
-                               {'labels': {f'{LABEL}.run': run_label}, 'prebuilt': prebuilt, 'run_unpatched': run_unpatched}) for r in recs}
+                               {'labels': {f'{LABEL}.run': run_label}, 'prebuilt': prebuilt, 'run_unpatched': run_unpatched,
+                                                                           'apply': apply}) for r in recs}
     counts = {'done': 0, 'resolved': 0}
     def on_value(iid, rep):
         write(iid, rep[iid]); counts['done'] += 1; counts['resolved'] += bool(rep[iid].get('resolved'))
@@ -230,15 +242,20 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
                    backend: str = 'docker', max_workers: int = 4, timeout: float = 600, rerun: bool = False,
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
                    prebuilt: bool = False, network: bool = False, output_dir: str | Path | None = None,
-                   executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None) -> dict:
+                   executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None,
+                   apply: str = 'workbench') -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
     `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them.
     `network`: give Docker sandboxes the default network, as SWE-bench's harness does (a patch that adds a dependency can
     then install it; the code under test can reach the network too).
     `output_dir`: where the reports go (default `experiment_results/evaluations/<run_id or dataset>/<model>/`).
-    `executor`: `local` threads, or `ray` tasks on a cluster (see `executors`); the reports are the same."""
+    `executor`: `local` threads, or `ray` tasks on a cluster (see `executors`); the reports are the same.
+    `apply`: `workbench` (default: SWE-bench's apply chain, then once more with the patch normalised; the summary counts
+    the instances that needed it) or `swebench` (SWE-bench's chain only, for a number comparable with the official one)."""
+    if apply not in APPLY_MODES: raise SwebenchLabError(f"apply mode {apply!r}: use one of {', '.join(APPLY_MODES)}")
     limits = replace(limits or Limits(), network=True) if network else limits
     net_key = '+network' if backend == 'docker' and (limits or Limits()).network else ''
+    net_key += '+apply=swebench' if apply == 'swebench' else ''
     if model is None:
         if predictions_path not in ('gold', 'empty'): raise SwebenchLabError("--model is required unless --predictions_path is gold or empty")
         model = predictions_path
@@ -254,9 +271,10 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     todo = [r for r in recs if r['instance_id'] in keys and (rerun or (_saved(out, r['instance_id']) or {}).get('inputs_hash') != keys[r['instance_id']])]
     write = lambda iid, rep: write_json(out / iid / 'report.json', {iid: rep})
     nodes = _fan_out(todo, preds, out, write, backend, timeout, limits, prebuilt, errors, executor, max_workers,
-                     f'eval {model} {run_id or label}', progress, dict(ray_address=ray_address, num_cpus=ray_cpus, memory_mb=ray_memory_mb))
+                     f'eval {model} {run_id or label}', progress, dict(ray_address=ray_address, num_cpus=ray_cpus, memory_mb=ray_memory_mb),
+                     apply=apply)
     summary = summarize(recs, preds, out, errors, keys, notes)
-    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'network': bool(net_key),
+    summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'network': '+network' in net_key, 'apply': apply,
                     'predictions': str(path), 'executor': executor, **({'nodes': nodes} if executor != 'local' else {})})
     write_json(out / 'summary.json', summary)
     return summary
@@ -294,6 +312,8 @@ def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = No
             'empty_patch_instances': len(empty), 'error_instances': len(errors),
             'timed_out_instances': len(by('timed_out')), 'not_applied_instances': len(by('patch_not_applied')),
             'tampered_instances': len(by('tampered')),
+            'lenient_apply_instances': sum(bool(reps[i].get('apply_leniency')) for i in reps),
+            'lenient_apply_ids': [i for i in ids if i in reps and reps[i].get('apply_leniency')],
             'suspicious_instances': sum(bool(reps[i].get('suspicious')) for i in reps),
             'infrastructure_reset_instances': sum(bool(reps[i].get('test_infrastructure_reset')) for i in reps),
             'no_test_output_instances': sum(reps[i].get('status') == NO_TEST_OUTPUT for i in reps),
@@ -426,11 +446,11 @@ def _print_validation(s: dict):
 def _print_summary(s: dict):
     keys = ['total_instances', 'submitted_instances', 'completed_instances', 'resolved_instances', 'unresolved_instances',
             'empty_patch_instances', 'not_applied_instances', 'timed_out_instances', 'tampered_instances', 'error_instances',
-            'no_test_output_instances', 'suspicious_instances', 'infrastructure_reset_instances',
+            'no_test_output_instances', 'suspicious_instances', 'infrastructure_reset_instances', 'lenient_apply_instances',
             'pct_applied', 'pct_resolved', 'edit_similarity', 'token_jaccard', 'file_hit_rate']
     w = max(map(len, keys))
     print('\n'.join(f'{k.ljust(w)}  {s.get(k)}' for k in keys))
-    for k in ('unknown_prediction_ids', 'missing_prediction_ids', 'duplicate_prediction_ids', 'tampered_ids', 'suspicious_ids'):
+    for k in ('unknown_prediction_ids', 'missing_prediction_ids', 'duplicate_prediction_ids', 'tampered_ids', 'suspicious_ids', 'lenient_apply_ids'):
         if s.get(k): print(f"{k.ljust(w)}  {len(s[k])}: {', '.join(s[k][:8])}{' …' if len(s[k]) > 8 else ''}")
     for iid, e in list((s.get('errors') or {}).items())[:10]: print(f"error  {iid}: {e[:200]}")
     if s.get('nodes'): print(f"{'nodes'.ljust(w)}  " + ', '.join(f'{n}: {c}' for n, c in sorted(s['nodes'].items())))
@@ -453,6 +473,9 @@ def _main(argv=None):
             p.add_argument('--instance_ids', '--instance-ids', nargs='*')
             p.add_argument('--prebuilt', action='store_true', help="use each record's prebuilt `image` as is (needs a registry)")
             p.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
+            p.add_argument('--apply', choices=APPLY_MODES, default='workbench',
+                           help="workbench: SWE-bench's apply chain, then once more with the patch normalised (counted in the "
+                                "summary); swebench: SWE-bench's chain only, comparable with the official harness")
             add_executor_args(p)
     v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
     v.add_argument('--dataset_name', '--dataset-name', required=True)
@@ -472,7 +495,7 @@ def _main(argv=None):
         if a.cmd == 'run':
             s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
                                a.rerun, a.instance_ids, prebuilt=a.prebuilt, network=a.network, executor=a.executor,
-                               ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb)
+                               ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb, apply=a.apply)
             a.model = s['model']
         elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
         else:

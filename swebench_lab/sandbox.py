@@ -9,6 +9,7 @@ from fastcore.basics import patch
 
 import io
 import itertools
+import json
 import os
 import select
 import re
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import hashlib
 import subprocess
 import tarfile
@@ -37,9 +39,10 @@ from .images import (LABEL, CONDA_SHIM, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETU
                                  clone_at, content_hash, docker_client, env_dir)
 
 # %% auto #0
-__all__ = ['TAG_ENV', 'OFFLINE_NETWORK', 'Limits', 'RunResult', 'SandboxGone', 'output_cap', 'OutputCapture', 'Sandbox',
-           'Follower', 'owner_label', 'owner_alive', 'tag_label', 'offline_network', 'DockerSandbox', 'host_python',
-           'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv', 'open_sandbox']
+__all__ = ['TAG_ENV', 'OFFLINE_NETWORK', 'CONTROLLER_NAME', 'CONTROLLER_SRC', 'Limits', 'RunResult', 'SandboxGone', 'output_cap',
+           'OutputCapture', 'Sandbox', 'Follower', 'owner_label', 'owner_alive', 'tag_label', 'offline_network',
+           'DockerSandbox', 'host_python', 'LocalSandbox', 'kill_local_sandboxes', 'local_env_template', 'copy_venv',
+           'open_sandbox']
 
 # %% ../nbs/08c_sandbox.ipynb #sb-sandbox
 @dataclass
@@ -204,84 +207,151 @@ def offline_network(client=None) -> str:
                 if 'already exists' not in str(e): raise
     return OFFLINE_NETWORK
 
-# %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox
+# %% ../nbs/08c_sandbox.ipynb #sb-controller
 # Offline: no name resolves (at once, not after DNS timeouts), and pip never waits on an index it cannot reach.
 _OFFLINE_SETUP = "printf 'nameserver 127.0.0.1\\noptions timeout:1 attempts:1\\n' > /etc/resolv.conf"
 
-class _Shell:
-    """One bash process kept open in a container (`docker exec -i`); every command runs in a fresh subshell of it, with
-    stdin from /dev/null, so nothing carries over between commands, as with one `docker exec` each. It saves the
-    cost of creating an exec per command (three API round trips); a shell that died is replaced on the next command."""
-    MARK = b'\n__swebench_lab_done__'
+CONTROLLER_NAME = 'sandbox-ctl'
 
-    def __init__(self, client, container_id: str, env: dict | None = None):
-        import socket as _socket
+# The one process in the container that speaks for the harness. It reads one JSON request per line, runs the command as a
+# child (stdin /dev/null, stdout and stderr on a fresh pipe), and answers in length-prefixed frames: H (hello), O (output),
+# X (the exit status waitpid gave it). A command's bytes only ever travel inside O frames, so no output can forge an end or
+# an exit status. The controller makes itself non-dumpable: /proc/<pid>/mem, maps and fd/ of a non-dumpable process need
+# CAP_SYS_PTRACE, which a container's root lacks, so a command can neither read its memory nor write to its stdin. Output of
+# background processes that outlive their command is read and dropped (they keep running; nothing reaches the next
+# command). Python 3.5+, standard library only, started with -I -S so nothing in the image's site-packages runs.
+CONTROLLER_SRC = r'''
+import json, os, select, signal, struct, subprocess, sys
+def main():
+    dumpable = 1
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, b"sandbox-ctl", 0, 0, 0)
+        if libc.prctl(4, 0, 0, 0, 0) == 0: dumpable = 0
+    except Exception: pass
+    def send(kind, data):
+        buf = kind + struct.pack(">I", len(data)) + data
+        while buf: buf = buf[os.write(1, buf):]
+    sig_r, sig_w = os.pipe()
+    for fd in (sig_r, sig_w): os.set_blocking(fd, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    send(b"H", json.dumps({"pid": os.getpid(), "dumpable": dumpable}).encode())
+    stale, inp = [], os.fdopen(0, "rb", 0)
+    while True:
+        line = inp.readline()
+        if not line: return
+        req = json.loads(line.decode())
+        r, w = os.pipe()
+        p = subprocess.Popen(["bash", "--noprofile", "--norc", "-c", req["cmd"]], stdin=subprocess.DEVNULL, stdout=w, stderr=w, cwd="/")
+        os.close(w)
+        eof = False
+        while not eof:
+            for fd in select.select([r, sig_r] + stale, [], [], 1.0)[0]:
+                if fd == sig_r:
+                    try: os.read(sig_r, 4096)
+                    except OSError: pass
+                    continue
+                data = os.read(fd, 65536)
+                if fd == r:
+                    if data: send(b"O", data)
+                    else: eof = True
+                elif not data: stale.remove(fd); os.close(fd)
+            if not eof and p.poll() is not None:
+                while select.select([r], [], [], 0)[0]:
+                    data = os.read(r, 65536)
+                    if not data: eof = True; break
+                    send(b"O", data)
+                break
+        code = p.wait()
+        if eof: os.close(r)
+        else: stale.append(r)
+        send(b"X", struct.pack(">i", code if code >= 0 else 128 - code))
+main()
+'''
+# bash's `exec -a` names the process sandbox-ctl in ps and /proc/<pid>/cmdline: `pkill -f python` does not find it.
+_START_CONTROLLER = ('for p in /usr/bin/python3 /usr/local/bin/python3 python3; do command -v "$p" >/dev/null 2>&1 && '
+                     f'exec -a {CONTROLLER_NAME} "$p" -I -S -c "$0"; done; echo "no python3 in the image" >&2; exit 127')
+
+class _Controller:
+    """The harness's end of the sandbox's controller: one `docker exec -i` kept open for the sandbox's life (it saves the
+    cost of creating an exec per command, three API round trips). A controller that died is never replaced: only a
+    command can have killed it, and a new one would start from whatever that command left in the image."""
+    def __init__(self, client, container_id: str):
         self.api = client.api
-        self.eid = self.api.exec_create(container_id, ['bash', '--noprofile', '--norc'], stdin=True, tty=False,
-                                        environment={k: str(v) for k, v in (env or {}).items()} or None)['Id']
+        self.eid = self.api.exec_create(container_id, ['bash', '--noprofile', '--norc', '-c', _START_CONTROLLER, CONTROLLER_SRC],
+                                        stdin=True, tty=False)['Id']
         self.sock = self.api.exec_start(self.eid, socket=True)
         self.raw = getattr(self.sock, '_sock', self.sock)
-        self.raw.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-        self.frame_left, self.alive = 0, True
+        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.frame_left, self.frame_stream, self.buf, self.stderr, self.alive = 0, 1, b'', b'', True
+        hello = self._frame(time.monotonic() + 60)
+        if hello is None or hello[0] != b'H':
+            self.close()
+            raise SwebenchLabError("the sandbox's command controller did not start (it needs python3 >= 3.5 in the image): "
+                                   + one_line(self.stderr.decode(errors='replace'))[-300:])
+        self.info = json.loads(hello[1])
 
-# %% ../nbs/08c_sandbox.ipynb #sb-_shell-read
+# %% ../nbs/08c_sandbox.ipynb #sb-controller-read
 @patch
-def _read(self: _Shell, deadline: float) -> bytes | None:
-    "The next payload bytes of stdout or stderr (frames demultiplexed); b'' at EOF; None at the deadline."
-    import select as _select
+def _read(self: _Controller, deadline: float) -> bytes | None:
+    "The next stdout payload bytes of the exec stream (docker's 8-byte headers removed; stderr kept aside); b'' at EOF; None at the deadline."
     while True:
         if self.frame_left == 0:
             hdr = self._recv_exactly(8, deadline)
             if hdr is None or hdr == b'': return hdr
-            self.frame_left = int.from_bytes(hdr[4:8], 'big')
+            self.frame_stream, self.frame_left = hdr[0], int.from_bytes(hdr[4:8], 'big')
             continue
         left = deadline - time.monotonic()
-        if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+        if left <= 0 or not select.select([self.raw], [], [], left)[0]: return None
         data = self.raw.recv(min(self.frame_left, 1 << 16))
         if not data: return b''
         self.frame_left -= len(data)
-        return data
+        if self.frame_stream == 1: return data
+        self.stderr = (self.stderr + data)[-4000:]
 
 @patch
-def _recv_exactly(self: _Shell, n: int, deadline: float) -> bytes | None:
-    import select as _select
+def _recv_exactly(self: _Controller, n: int, deadline: float) -> bytes | None:
     buf = b''
     while len(buf) < n:
         left = deadline - time.monotonic()
-        if left <= 0 or not _select.select([self.raw], [], [], left)[0]: return None
+        if left <= 0 or not select.select([self.raw], [], [], left)[0]: return None
         data = self.raw.recv(n - len(buf))
         if not data: return b''
         buf += data
     return buf
 
-# %% ../nbs/08c_sandbox.ipynb #sb-_shell-run
 @patch
-def run(self: _Shell, cmd: str, timeout: float, workdir: str, env: dict | None, cap: 'OutputCapture') -> int | None:
-    "Run `cmd`; its output goes to `cap`. The exit code, or None when the shell died or stopped answering (it is then closed)."
-    nonce = uuid.uuid4().hex.encode()
-    exports = ''.join(f'export {k}={shlex.quote(str(v))}; ' for k, v in (env or {}).items())
-    line = (f"( cd {shlex.quote(workdir)} && {exports}{_timeout_wrap(cmd, timeout)} ) < /dev/null 2>&1; "
-            f"printf '\\n__swebench_lab_done__%s %d\\n' {nonce.decode()} $?\n")
-    self.raw.sendall(line.encode())
-    mark = self.MARK + nonce + b' '
-    deadline, pending = time.monotonic() + timeout + 30, b''
+def _frame(self: _Controller, deadline: float) -> tuple[bytes, bytes] | None:
+    "The controller's next frame `(kind, payload)`; None when the stream ended or the deadline passed."
     while True:
+        if len(self.buf) >= 5:
+            n = int.from_bytes(self.buf[1:5], 'big')
+            if len(self.buf) >= 5 + n:
+                kind, data, self.buf = self.buf[:1], self.buf[5:5 + n], self.buf[5 + n:]
+                return kind, data
         data = self._read(deadline)
-        if not data: self.close(); cap.feed(pending); return None
-        pending += data
-        i = pending.find(mark)
-        if i >= 0:
-            j = pending.find(b'\n', i + len(mark))
-            if j >= 0:
-                cap.feed(pending[:i])
-                return int(pending[i + len(mark):j])
-            continue
-        keep = len(mark) + 8            # a mark cut in two by a frame boundary stays whole in `pending`
-        if len(pending) > keep: cap.feed(pending[:-keep]); pending = pending[-keep:]
+        if not data: return None
+        self.buf += data
 
-# %% ../nbs/08c_sandbox.ipynb #sb-_shell-close
+# %% ../nbs/08c_sandbox.ipynb #sb-controller-run
 @patch
-def close(self: _Shell):
+def run(self: _Controller, cmd: str, timeout: float, workdir: str, env: dict | None, cap: 'OutputCapture') -> int | None:
+    "Run `cmd`; its output goes to `cap`. The exit status, or None when the controller died or stopped answering (it is then closed)."
+    exports = ''.join(f'export {k}={shlex.quote(str(v))}; ' for k, v in (env or {}).items())
+    line = f"cd {shlex.quote(workdir)} && {exports}{_timeout_wrap(cmd, timeout)}"
+    self.raw.sendall((json.dumps({'cmd': line}) + '\n').encode())
+    deadline = time.monotonic() + timeout + 30
+    while True:
+        f = self._frame(deadline)
+        if f is None: self.close(); return None
+        if f[0] == b'O': cap.feed(f[1])
+        elif f[0] == b'X': return struct.unpack('>i', f[1])[0]
+
+# %% ../nbs/08c_sandbox.ipynb #sb-controller-close
+@patch
+def close(self: _Controller):
     self.alive = False
     try: self.sock.close()
     except Exception: pass
@@ -292,7 +362,7 @@ class DockerSandbox(Sandbox):
     def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None,
                  hosts: dict[str, str] | None = None, services: list[dict] | None = None):
         self.client, self.limits = client or docker_client(), limits or Limits()
-        self.container, self._shell, self._lock = None, None, threading.Lock()
+        self.container, self._ctl, self._lock, self._lost = None, None, threading.Lock(), ''
         offline = not self.limits.network
         self.container = self.client.containers.run(
             image, command=['sleep', str(int(self.limits.lifetime))], detach=True, working_dir='/testbed', init=True, auto_remove=True,
@@ -323,22 +393,24 @@ def run(self: DockerSandbox, cmd, timeout=600, workdir=None, env=None, log_path=
     t0 = time.perf_counter()
     cap = OutputCapture(path=log_path)
     with self._lock:
+        if self._lost: cap.finish(); raise SandboxGone(self._lost)
         try:
-            if self._shell is None or not self._shell.alive: self._shell = _Shell(self.client, self.container.id)
-            code = self._shell.run(cmd, timeout, workdir or self.testbed, env, cap)
+            if self._ctl is None: self._ctl = _Controller(self.client, self.container.id)
+            code = self._ctl.run(cmd, timeout, workdir or self.testbed, env, cap)
         except (docker.errors.NotFound, docker.errors.APIError, OSError) as e:
             cap.finish()
             raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}: {one_line(str(e))[:200]}") from None
-    if code is None:                       # the shell died (or hung past the time limit): is the container still there?
+    if code is None:                       # the controller died or stopped answering: is the container still there?
         try: self.container.reload(); gone = self.container.status != 'running'
         except docker.errors.NotFound: gone = True
         if gone:
             cap.finish()
             raise SandboxGone(f"container {self.container.short_id} went away during {cmd[:80]!r}")
-        code = 137
+        # A command killed or stopped the controller: this command counts as killed, and the sandbox takes no more.
+        self._lost, code = f"the sandbox's controller was killed or stopped during {cmd[:80]!r}; the sandbox takes no more commands", 137
     dur = time.perf_counter() - t0
     out, trunc = cap.finish()
-    return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5, dur, cap.total, trunc)
+    return RunResult(code, out, code in (124, 137) and dur >= timeout - 0.5 and not self._lost, dur, cap.total, trunc)
 
 # %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-write-file
 @patch
@@ -392,7 +464,7 @@ def follow(self: DockerSandbox, path):
 # %% ../nbs/08c_sandbox.ipynb #sb-dockersandbox-dockersandbox-close
 @patch
 def close(self: DockerSandbox):
-    if self._shell is not None: self._shell.close()
+    if self._ctl is not None: self._ctl.close()
     if self.container is not None:
         import docker
         try: self.container.remove(force=True)

@@ -79,6 +79,33 @@ def test_wrong_edit_no_submission_and_malformed_replies(tmp_path):
     assert s['reward_1'] == 0 and json.loads((tmp_path / 'run' / 'reward_summary.json').read_text())['reward_0']['count'] == 2
 
 
+def _cmd(c: str) -> str: return f"THOUGHT: step.\n\n```mswea_bash_command\n{c}\n```"
+
+
+@pytest.mark.docker
+def test_a_hostile_agent_cannot_forge_a_step_or_take_its_instance_down(tmp_path):
+    """Commands that read the sandbox controller's memory, write to its stdin or print its frames change nothing; removing
+    .git or killing every process ends the instance with a named exit reason and reward 0, and the batch goes on."""
+    recs = load_instances(DEMO_SWE)[:2]
+    probe = ('pid=$(pgrep -x sandbox-ctl); head -c 64 /proc/$pid/mem; echo "echo injected > /tmp/pwned" > /proc/$pid/fd/0; '
+             r'printf "X\0\0\0\4\0\0\0\0"; exit 3')
+    scripts = {task_text(recs[0]).strip(): [_cmd(probe), _cmd('ls /tmp/pwned; rm -rf /testbed/.git'), _cmd('echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT')],
+               task_text(recs[1]).strip(): [_cmd('kill -9 -1'), _cmd('echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT')]}
+    with ScriptedPolicy(scripts) as p:
+        s = runagent_multiple(str(DEMO_SWE), tmp_path / 'run', 'x', 'openai/scripted-policy', 'mini_swe_agent', k=2, max_workers=2,
+                              base_url=p.base_url, progress=False)
+    assert (s['finished'], s['errors'], s['reward_1']) == (2, {}, 0), s
+    m0, m1 = (json.loads((tmp_path / 'run' / r['instance_id'] / 'metadata.json').read_text()) for r in recs)
+    assert m0['exit_reason'].startswith('patch_unavailable: could not take the patch') and (m0['reward'], m0['eval_status']) == (0, 'no_patch'), m0
+    assert m1['exit_reason'].startswith('patch_unavailable:') and m1['reward'] == 0, m1
+    assert 'went away' in m1['exit_reason'] or 'controller was killed' in m1['exit_reason'], m1
+    traj = json.loads((tmp_path / 'run' / recs[0]['instance_id'] / f"{recs[0]['instance_id']}.traj.json").read_text())
+    obs = [m['content'] for m in traj['messages'] if m['role'] == 'user'][1:3]
+    assert obs[0].count('Permission denied') == 2 and '<returncode>3</returncode>' in obs[0], obs[0]
+    assert 'No such file' in obs[1], obs[1]              # the injected command never ran
+    assert not tagged_containers()
+
+
 @pytest.mark.docker
 def test_limits_and_api_faults_each_have_an_exit_reason(tmp_path, monkeypatch):
     "A rate limit is waited out (Retry-After); a context overflow, the cost limit and the time limit each end a run by name."
