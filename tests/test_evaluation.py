@@ -103,6 +103,23 @@ def test_reports_are_reused_only_for_the_same_inputs(tmp_path):
     assert rep['demo__textkit-1']['status'] == 'empty_patch'
 
 
+def test_apply_leniency_is_counted_and_apply_swebench_refuses_it(tmp_path):
+    """Gold patches without their final newline: the workbench applies them once normalised and counts each in the summary;
+    `--apply swebench` (SWE-bench's chain only) does not apply them, as SWE-bench's harness would not."""
+    recs = load_instances(DEMO_SWE)[:2]
+    preds = [{'instance_id': r['instance_id'], 'model_name_or_path': 'cut', 'model_patch': r['patch'].rstrip('\n') if i == 0 else r['patch']}
+             for i, r in enumerate(recs)]
+    write_jsonl_atomic(tmp_path / 'two.jsonl', recs); write_jsonl_atomic(tmp_path / 'preds.jsonl', preds)
+    ours = run_evaluation(str(tmp_path / 'two.jsonl'), 'cut', 'len', str(tmp_path / 'preds.jsonl'), backend='local', progress=False)
+    assert (ours['resolved_instances'], ours['lenient_apply_instances'], ours['lenient_apply_ids']) == (2, 1, [recs[0]['instance_id']]), ours
+    r = run_cli(sys.executable, '-m', 'swebench_lab.run_evaluation', 'run', '--dataset_name', str(tmp_path / 'two.jsonl'), '--model', 'cut',
+                '--run_id', 'len', '--predictions_path', str(tmp_path / 'preds.jsonl'), '--backend', 'local', '--apply', 'swebench')
+    theirs = json.loads((tmp_path / 'results' / 'evaluations' / 'len' / 'cut' / 'summary.json').read_text())
+    assert (theirs['apply'], theirs['resolved_ids'], theirs['not_applied_instances']) == ('swebench', [recs[1]['instance_id']], 1), r.stdout + r.stderr
+    rep = json.loads((tmp_path / 'results' / 'evaluations' / 'len' / 'cut' / recs[1]['instance_id'] / 'report.json').read_text())
+    assert (rep[recs[1]['instance_id']]['apply_mode'], rep[recs[1]['instance_id']]['apply_leniency']) == ('swebench', None)
+
+
 @pytest.mark.docker
 def test_changing_the_backend_regrades(tmp_path):
     "A report from the local backend is not reused by a Docker run of the same predictions (the demo's old false reuse)."
