@@ -83,7 +83,12 @@ def remove_resources(containers: bool = True, images: tuple[str, ...] = (), clie
             for i in client.images.list(filters={'label': f'{LABEL}={layer}'}):
                 try: client.images.remove(i.id, force=True); n_i += 1
                 except Exception as e: logger.warning('could not remove %s: %s', i.tags, e)
-    return {'containers': n_c, 'images': n_i}
+    n_v = 0
+    if images:                              # the read-only runner volumes of grading sandboxes go with the images
+        for v in client.volumes.list(filters={'label': LABEL}):
+            try: v.remove(); n_v += 1
+            except Exception: pass          # in use by a live sandbox
+    return {'containers': n_c, 'images': n_i, 'volumes': n_v}
 
 # %% ../nbs/08_environments.ipynb #env-cli
 def _main(argv=None):

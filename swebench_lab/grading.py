@@ -21,11 +21,11 @@ from .patching import RUNNER_REPOS
 
 # %% auto #0
 __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUGIN_MODULE', 'PLUGIN_SRC', 'PLUGIN_FILES',
-           'SIMILARITY_CAP', 'TOKEN_CAP', 'KILLED', 'make_eval_script', 'eval_script_for', 'with_exit_status',
-           'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade', 'install_report_plugin',
-           'RecordChannel', 'runner_fingerprint', 'open_record', 'close_record', 'read_record', 'record_problems',
-           'cross_check', 'edit_similarity', 'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests',
-           'grade_log', 'swebench_report', 'swebench_agreement']
+           'RUNNER_DIRS', 'SIMILARITY_CAP', 'TOKEN_CAP', 'KILLED', 'make_eval_script', 'eval_script_for',
+           'with_exit_status', 'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade',
+           'install_report_plugin', 'runner_mounts', 'RecordChannel', 'runner_fingerprint', 'open_record',
+           'close_record', 'read_record', 'record_problems', 'cross_check', 'edit_similarity', 'token_jaccard',
+           'file_hit_rate', 'empty_report', 'record_tests', 'grade_log', 'swebench_report', 'swebench_agreement']
 
 # %% ../nbs/09a_grading.ipynb #gr-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -295,12 +295,65 @@ _ACTIVATE = 'source /opt/miniconda3/bin/activate >/dev/null 2>&1; conda activate
 _PURELIB = _ACTIVATE + 'python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"'
 
 def install_report_plugin(box) -> str | None:
-    "Put the recorder into the site-packages of the environment the eval script activates; that folder, or None."
+    """Put the recorder into the site-packages of the environment the eval script activates; that folder, or None. Where
+    the sandbox already has the recorder's package on a read-only mount (`runner_mounts`), only its entry point is written."""
     r = box.run(_PURELIB, timeout=60)
     lines = r.output.strip().splitlines()
     if r.exit_code or not lines or not lines[-1].startswith('/'): return None
-    box.write_files(lines[-1], PLUGIN_FILES)
+    mounted = f'{lines[-1]}/{PLUGIN_MODULE}' in getattr(box, 'readonly_paths', ())
+    box.write_files(lines[-1], {k: v for k, v in PLUGIN_FILES.items() if not (mounted and k == f'{PLUGIN_MODULE}.py')})
     return lines[-1]
+
+# %% ../nbs/09a_grading.ipynb #gr-runner-mounts
+RUNNER_DIRS = ('_pytest', 'pytest', 'pluggy', 'py')
+
+_PROBE = (_ACTIVATE + 'P=$(python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])") && echo "$P" && '
+          f'for d in {" ".join(RUNNER_DIRS)}; do [ -d "$P/$d" ] && echo "$d"; done; true')
+
+def _recorder_volume(client, image: str) -> str:
+    "The named volume holding the recorder as a package (`__init__.py`), filled once per recorder text."
+    import docker, hashlib, io, tarfile, tempfile
+    from docker.types import Mount
+    from swebench_lab.images import LABEL
+    from swebench_lab.sandbox import _file_lock
+    name = f"swebench-lab-recorder-{hashlib.sha256(PLUGIN_SRC.encode()).hexdigest()[:12]}"
+    with _file_lock(Path(tempfile.gettempdir()) / f'{name}.lock'):
+        try:
+            client.volumes.get(name); return name
+        except docker.errors.NotFound: pass
+        buf, data = io.BytesIO(), PLUGIN_SRC.encode()
+        with tarfile.open(fileobj=buf, mode='w') as tf:
+            info = tarfile.TarInfo('__init__.py'); info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data))
+        tmp = f'{name}-filling-{uuid.uuid4().hex[:6]}'
+        client.volumes.create(tmp, labels={LABEL: 'recorder'})
+        helper = client.containers.create(image, ['true'], mounts=[Mount('/x', tmp, type='volume')], labels={LABEL: 'helper'})
+        try: helper.put_archive('/x', buf.getvalue())
+        finally: helper.remove(force=True)
+        # a volume cannot be renamed: copy the filled one into the final name, which then never exists half-filled
+        client.containers.run(image, ['cp', '-a', '/x/.', '/y/'], remove=True, network_disabled=True, labels={LABEL: 'helper'},
+                              mounts=[Mount('/x', tmp, type='volume', read_only=True), Mount('/y', name, type='volume')])
+        client.volumes.get(tmp).remove(force=True)
+    return name
+
+def runner_mounts(image: str, client=None) -> tuple[str | None, list]:
+    "`(site-packages, read-only mounts)` that put the image's test runner and the recorder out of reach; `(None, [])` without one."
+    from docker.types import Mount
+    from swebench_lab.images import LABEL, docker_client
+    client = client or docker_client()
+    iid = client.images.get(image).id.split(':')[-1][:12]
+    vols = client.volumes.list(filters={'label': f'{LABEL}.runner-of={iid}'})
+    if vols: purelib, dirs = vols[0].attrs['Labels'][f'{LABEL}.purelib'], sorted(v.attrs['Labels'][f'{LABEL}.dir'] for v in vols)
+    else:
+        lines = client.containers.run(image, ['bash', '-c', _PROBE], remove=True, network_disabled=True,
+                                      labels={LABEL: 'helper'}).decode().strip().splitlines()
+        if not lines or not lines[0].startswith('/'): return None, []
+        purelib, dirs = lines[0], [d for d in lines[1:] if d in RUNNER_DIRS]
+        for d in dirs:
+            client.volumes.create(f'swebench-lab-runner-{iid}-{d}', labels={LABEL: 'runner', f'{LABEL}.runner-of': iid,
+                                                                           f'{LABEL}.purelib': purelib, f'{LABEL}.dir': d})
+    mounts = [Mount(f'{purelib}/{d}', f'swebench-lab-runner-{iid}-{d}', type='volume', read_only=True) for d in dirs]
+    return purelib, mounts + [Mount(f'{purelib}/{PLUGIN_MODULE}', _recorder_volume(client, image), type='volume', read_only=True)]
 
 # %% ../nbs/09a_grading.ipynb #gr-record-channel
 _RUNNER_TOPS = ('_pytest', 'pytest', 'pluggy', 'py', PLUGIN_MODULE)

@@ -23,7 +23,7 @@ from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
 from .images import LABEL, resolve_image
 from .sandbox import Limits, SandboxGone, open_sandbox
-from .grading import (KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
+from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
                                   open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
@@ -98,7 +98,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     if out_dir: out_dir.mkdir(parents=True, exist_ok=True); atomic_write_text(out_dir / 'patch.diff', patch or '')
     if not run_unpatched and not (patch and patch.strip()): return empty_report(iid, patch, status='empty_patch', **meta)
     suspicious, t0 = suspicious_lines(patch or '', rec.get('repo')), time.perf_counter()
-    with open_sandbox(spec, backend, limits, store, labels) as box:
+    with open_sandbox(spec, backend, limits, store, labels, mounts=lambda image: runner_mounts(image)[1]) as box:
         _apply_pre_edits(box, rec)
         method, apply_log, leniency = ('none (unpatched run)', '', None) if run_unpatched else apply_patch(box, patch, apply)
         if method is None:

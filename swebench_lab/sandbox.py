@@ -360,15 +360,17 @@ def close(self: _Controller):
 class DockerSandbox(Sandbox):
     "A container from the instance image: no internet, bounded memory/CPU/processes, a lifetime; removed on close."
     def __init__(self, image: str, limits: Limits | None = None, client=None, labels: dict | None = None,
-                 hosts: dict[str, str] | None = None, services: list[dict] | None = None):
+                 hosts: dict[str, str] | None = None, services: list[dict] | None = None, mounts: list | None = None):
+        "`mounts`: docker `Mount`s (read-only ones are listed in `readonly_paths`)."
         self.client, self.limits = client or docker_client(), limits or Limits()
+        self.readonly_paths = tuple(m['Target'] for m in mounts or () if m.get('ReadOnly'))
         self.container, self._ctl, self._lock, self._lost = None, None, threading.Lock(), ''
         offline = not self.limits.network
         self.container = self.client.containers.run(
             image, command=['sleep', str(int(self.limits.lifetime))], detach=True, working_dir='/testbed', init=True, auto_remove=True,
             network=offline_network(self.client) if offline else None, mem_limit=self.limits.memory,
             nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids, extra_hosts=hosts or None,
-            environment={'PIP_NO_INDEX': '1'} if offline else None,
+            environment={'PIP_NO_INDEX': '1'} if offline else None, mounts=list(mounts or []) or None,
             labels={LABEL: '1', f'{LABEL}.owner': owner_label(), **tag_label(), **(labels or {})})
         r = self.run(f'mkdir -p {self.tmp}' + (f' && {_OFFLINE_SETUP}' if offline else ''), timeout=30)
         if r.exit_code: raise SwebenchLabError(f"sandbox setup failed: {r.output[-300:]}")
@@ -676,12 +678,13 @@ def copy_venv(template: Path, dest: Path) -> Path:
 # %% ../nbs/08c_sandbox.ipynb #sb-open-sandbox
 @contextmanager
 def open_sandbox(spec: InstanceSpec, backend: str = 'docker', limits: Limits | None = None,
-                 store: RepoStore | None = None, labels: dict | None = None) -> Iterator[Sandbox]:
-    "A sandbox for one instance; removed when the block ends (errors and Ctrl-C included)."
+                 store: RepoStore | None = None, labels: dict | None = None, mounts=None) -> Iterator[Sandbox]:
+    """A sandbox for one instance; removed when the block ends (errors and Ctrl-C included). `mounts(image)`: the docker
+    mounts a container of that image gets (grading mounts the test runner read-only: `grading.runner_mounts`)."""
     if backend == 'docker':
         image = build_instance_image(spec, store)
         box = DockerSandbox(image, limits, labels={f'{LABEL}.instance': spec.instance_id, **(labels or {})},
-                            hosts=spec.recipe.hosts, services=spec.recipe.services)
+                            hosts=spec.recipe.hosts, services=spec.recipe.services, mounts=mounts(image) if mounts else None)
     elif backend == 'local':
         box = LocalSandbox(spec, store)
     else: raise SwebenchLabError(f"unknown backend {backend!r}: use docker or local")

@@ -18,8 +18,8 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'bench_inference': {'latency_s': 0.01, 'n_requests': 16, 'workers': [1, 4], 'repeats': 1, 'resume_lines': 500},
         'evaluate': {'backend': 'local', 'max_workers': 2},
         'bench_evaluation': {'n_instances': 2, 'workers': [1, 2], 'repeats': 1, 'n_build': 1},
-        'bench_adversarial': {'cases': ['runner_shadow_pytest_py', 'atexit_fake_lines'], 'flood_mib': 64, 'failing_streams': 4,
-                              'abandoned_streams': 1, 'normal_requests': 4},
+        'bench_adversarial': {'cases': ['runner_shadow_pytest_py', 'exit_os_exit'], 'flood_mib': 64, 'failing_streams': 4,
+                              'abandoned_streams': 1, 'normal_requests': 4, 'overhead_repeats': 1},
         'agents': {'k': 2, 'max_workers': 2, 'backend': 'local'},
         'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
         'bench_serving': {'clients': [1, 4], 'n_requests': 4, 'max_tokens': 4, 'repeats': 1},
@@ -131,6 +131,7 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
     if name == 'bench_adversarial':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_adversarial.json').read_text())
         assert [r['as_expected'] for r in summary['attacks']] == [True, True] and summary['flood']['truncated']
+        assert [r['repeats'] for r in summary['overhead']] == [1] and summary['overhead'][0]['bare_s'] > 0
         assert summary['server']['failing_streams_ended_with_error'] == 4
     if name == 'bench_serving':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_serving.json').read_text())
