@@ -215,8 +215,8 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentConfig, out_di
         # What the agent left may not yield a patch (no .git, a dead container): the instance still ends, with reward 0.
         try: patch, lost = git_patch(box), ''
         except SwebenchLabError as e: patch, lost = '', one_line(str(e))[:300]
-    reason, agent_s = (f'patch_unavailable: {lost}' if lost else exit_reason(agent, error)), time.perf_counter() - t0
-    alog.info('exit: %s after %d steps (%.1fs); patch %d bytes', reason, agent.n_calls, agent_s, len(patch))
+    reason, agent_s = ('patch_unavailable' if lost else exit_reason(agent, error)), time.perf_counter() - t0
+    alog.info('exit: %s%s after %d steps (%.1fs); patch %d bytes', reason, f' ({lost})' if lost else '', agent.n_calls, agent_s, len(patch))
     atomic_write_text(d / 'output_patch.diff', patch)
     if lost:
         rep, reward_s = {'status': 'no_patch', 'resolved': False, 'error': lost}, 0.0
@@ -228,7 +228,7 @@ def run_one(rec: dict, cfg: dict, access: LLMAccess, params: AgentConfig, out_di
             'reward_calc_time': round(reward_s, 2), 'exit_reason': reason, 'exp_name': params.exp_name,
             'test_timeout': params.max_reward_calc_time, 'token_usage': usage, 'steps': agent.n_calls, 'cost': round(agent.cost, 6),
             'agent_time': round(agent_s, 2), 'scaffold': cfg['scaffold'], 'mode': cfg['mode'], 'llm_name': access.litellm_name,
-            'eval_status': rep.get('status')}
+            'eval_status': rep.get('status'), **({'exit_detail': lost} if lost else {})}
     write_json(d / 'metadata.json', meta)
     alog.info('reward %d (%s) in %.1fs', reward, rep.get('status'), reward_s)
     for h in list(alog.handlers): h.close(); alog.removeHandler(h)

@@ -96,9 +96,10 @@ def test_a_hostile_agent_cannot_forge_a_step_or_take_its_instance_down(tmp_path)
                               base_url=p.base_url, progress=False)
     assert (s['finished'], s['errors'], s['reward_1']) == (2, {}, 0), s
     m0, m1 = (json.loads((tmp_path / 'run' / r['instance_id'] / 'metadata.json').read_text()) for r in recs)
-    assert m0['exit_reason'].startswith('patch_unavailable: could not take the patch') and (m0['reward'], m0['eval_status']) == (0, 'no_patch'), m0
-    assert m1['exit_reason'].startswith('patch_unavailable:') and m1['reward'] == 0, m1
-    assert 'went away' in m1['exit_reason'] or 'controller was killed' in m1['exit_reason'], m1
+    assert (m0['exit_reason'], m0['reward'], m0['eval_status']) == ('patch_unavailable', 0, 'no_patch') and 'could not take the patch' in m0['exit_detail'], m0
+    assert (m1['exit_reason'], m1['reward']) == ('patch_unavailable', 0), m1
+    assert 'went away' in m1['exit_detail'] or 'controller was killed' in m1['exit_detail'], m1
+    assert s['exit_reasons'] == {'patch_unavailable': 2}, s
     traj = json.loads((tmp_path / 'run' / recs[0]['instance_id'] / f"{recs[0]['instance_id']}.traj.json").read_text())
     obs = [m['content'] for m in traj['messages'] if m['role'] == 'user'][1:3]
     assert obs[0].count('Permission denied') == 2 and '<returncode>3</returncode>' in obs[0], obs[0]
