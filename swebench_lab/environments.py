@@ -15,7 +15,7 @@ from .sandbox import owner_alive, owner_label
 
 # %% auto #0
 __all__ = ['main', 'labelled_containers', 'list_resources', 'remove_run_containers', 'own_containers', 'reap_orphans',
-           'remove_resources']
+           'remove_resources', 'prune_volumes']
 
 # %% ../nbs/08_environments.ipynb #env-labelled-containers
 def labelled_containers(label: str = LABEL, client=None) -> list:
@@ -83,12 +83,22 @@ def remove_resources(containers: bool = True, images: tuple[str, ...] = (), clie
             for i in client.images.list(filters={'label': f'{LABEL}={layer}'}):
                 try: client.images.remove(i.id, force=True); n_i += 1
                 except Exception as e: logger.warning('could not remove %s: %s', i.tags, e)
-    n_v = 0
-    if images:                              # the read-only runner volumes of grading sandboxes go with the images
-        for v in client.volumes.list(filters={'label': LABEL}):
-            try: v.remove(); n_v += 1
-            except Exception: pass          # in use by a live sandbox
-    return {'containers': n_c, 'images': n_i, 'volumes': n_v}
+    return {'containers': n_c, 'images': n_i, 'volumes': prune_volumes(client, every=bool(images))}
+
+def prune_volumes(client=None, every: bool = False) -> int:
+    """Remove the read-only runner volumes of grading sandboxes whose image is gone (all of the workbench's volumes with
+    `every`); one a live sandbox still mounts stays. Returns how many."""
+    import docker
+    client, n = client or docker_client(), 0
+    for v in client.volumes.list(filters={'label': LABEL}):
+        image = (v.attrs.get('Labels') or {}).get(f'{LABEL}.runner-of')
+        if not every:
+            if not image: continue
+            try: client.images.get(image); continue
+            except docker.errors.ImageNotFound: pass
+        try: v.remove(); n += 1
+        except docker.errors.APIError: pass        # in use
+    return n
 
 # %% ../nbs/08_environments.ipynb #env-cli
 def _main(argv=None):
