@@ -395,7 +395,7 @@ def open_record(box) -> RecordChannel | None:
     except NotImplementedError: follower = None       # a sandbox without FIFOs: the record is a file read afterwards
     return RecordChannel(box, path, purelib, follower, runner_fingerprint(box, purelib))
 
-_EOF_CMD = 'printf "%s\\n" "$1" > "$0"'   # the harness's end marker, written into the FIFO after the eval script ended
+_EOF_CMD = '[ -p "$0" ] && printf "%s\\n" "$1" > "$0"'   # the harness's end marker, into the FIFO (if it is still one)
 
 def close_record(ch: RecordChannel, wait: float = 15) -> dict:
     "`{text, complete, runner_changed}`: the record up to the harness's own end marker (complete) or as far as it got."
@@ -405,9 +405,9 @@ def close_record(ch: RecordChannel, wait: float = 15) -> dict:
         try: text, complete = ch.box.read_file(ch.path).decode('utf-8', 'replace'), True
         except Exception: text, complete = '', False
     else:
-        try: ch.box.run(f"timeout 10 sh -c {shlex.quote(_EOF_CMD)} {shlex.quote(ch.path)} {shlex.quote(marker)}", timeout=30)
-        except Exception: pass                        # the sandbox is gone: the record stays cut
-        data, complete = ch.follower.until(marker.encode(), wait)
+        try: sent = ch.box.run(f"timeout 10 sh -c {shlex.quote(_EOF_CMD)} {shlex.quote(ch.path)} {shlex.quote(marker)}", timeout=30).exit_code == 0
+        except Exception: sent = False                # the sandbox is gone: the record stays cut
+        data, complete = ch.follower.until(marker.encode(), wait if sent else 1)   # no marker sent: take what came, don't wait for it
         ch.follower.close()
         text = data.decode('utf-8', 'replace')
     try: after = runner_fingerprint(ch.box, ch.purelib)
