@@ -25,7 +25,8 @@ __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUG
            'with_exit_status', 'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade',
            'install_report_plugin', 'runner_mounts', 'RecordChannel', 'runner_fingerprint', 'open_record',
            'close_record', 'read_record', 'record_problems', 'cross_check', 'edit_similarity', 'token_jaccard',
-           'file_hit_rate', 'empty_report', 'record_tests', 'grade_log', 'swebench_report', 'swebench_agreement']
+           'file_hit_rate', 'empty_report', 'record_tests', 'decisive_line', 'grade_log', 'swebench_report',
+           'swebench_agreement']
 
 # %% ../nbs/09a_grading.ipynb #gr-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -549,6 +550,15 @@ def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None,
         if reasons: out.update(status='tampered', resolved=False, record_problems=reasons[:20])
     return out
 
+_DECISIVE = re.compile(r'^(?:E\s|ERROR\b|INTERNALERROR|.*\b\w*(?:Error|Exception)\b:|.*\berror:|.*\bnot found\b)', re.M)
+
+def decisive_line(log: str) -> str:
+    "The line of a run's test output that says why no test ran: the first error line there, else its last line."
+    region = test_output(log) or _ANSI.sub('', log)
+    m = _DECISIVE.search(region)
+    lines = [l for l in region.splitlines() if l.strip()]
+    return (region[m.start():].split('\n', 1)[0] if m else (lines[-1] if lines else '')).strip()[:300]
+
 def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_status: int | None = None, complete: bool = True,
               runner_changed: bool = False, patch_files: Iterable[str] = ()) -> dict:
     """The report of one instance from its saved log and the runner's record (used after a run, and by `regrade`).
@@ -567,6 +577,9 @@ def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_sta
     if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
     rep, resolved = grade(sm, f2p, p2p, rec.get('eval_type') or 'pass_and_fail')
     out = {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}
+    if (f2p or p2p) and not any(t in sm for t in [*f2p, *p2p]):
+        # the test command ran but none of the row's tests did (a start-up, usage or collection error): not a verdict
+        return {iid: {**out, 'resolved': False, 'status': NO_TEST_OUTPUT, 'no_tests_ran': True, 'decisive_line': decisive_line(log)}}
     if is_pytest_parser(fn):
         check, bad, reasons = cross_check(sm, runner_report, fn, [*f2p, *p2p], **evidence)
         out['cross_check'] = check
@@ -590,7 +603,8 @@ def swebench_agreement(rec: dict, log_path: str | Path, runner_report: str | Non
     "Our verdict and swebench's on the same log, and whether they agree."
     ours = grade_log(rec, Path(log_path).read_text(errors='replace'), runner_report)[rec['instance_id']]
     theirs = swebench_report(rec, log_path)
-    ours_output, theirs_output = ours['status'] != NO_TEST_OUTPUT, bool(theirs['patch_successfully_applied'])
+    ours_output = ours['status'] != NO_TEST_OUTPUT or bool(ours.get('no_tests_ran'))   # output, though none of the row's tests
+    theirs_output = bool(theirs['patch_successfully_applied'])
     same_tests = all(ours['tests_status'].get(k) == theirs.get('tests_status', {}).get(k) for k in ('FAIL_TO_PASS', 'PASS_TO_PASS'))
     agree = (ours_output == theirs_output and bool(ours['resolved']) == bool(theirs['resolved'])
              and (not ours_output or same_tests) and ours['status'] != 'tampered')

@@ -294,7 +294,9 @@ def summarize(recs: list[dict], preds: dict, out: Path, errors: dict | None = No
         if keys is not None and rep.get('inputs_hash') != keys.get(iid): continue      # another run's inputs: not this run's verdict
         reps[iid] = rep
     for iid, rep in reps.items():
-        if rep.get('status') == NO_TEST_OUTPUT: errors.setdefault(iid, 'no test output (the tests did not run, or printed nothing a parser reads)')
+        if rep.get('status') == NO_TEST_OUTPUT:
+            errors.setdefault(iid, f"none of the row's tests ran: {rep['decisive_line']}" if rep.get('decisive_line')
+                              else 'no test output (the tests did not run, or printed nothing a parser reads)')
     submitted = [i for i in ids if preds.get(i) is not None]
     empty = [i for i in ids if i in reps and reps[i].get('status') == 'empty_patch']
     completed = [i for i in ids if i in reps and reps[i].get('status') in _COMPLETED]
@@ -363,7 +365,9 @@ def _verdict(g: dict, u: dict) -> dict:
     "The validation verdict of an instance from its gold and unpatched reports."
     if g.get('status') == 'error' or u.get('status') == 'error': return dict(verdict='error', reason=g.get('error') or u.get('error'))
     if NO_TEST_OUTPUT in (g.get('status'), u.get('status')):
-        return dict(verdict=NO_TEST_OUTPUT, reason=f"{'gold' if g.get('status') == NO_TEST_OUTPUT else 'unpatched'} run printed no test output")
+        r = g if g.get('status') == NO_TEST_OUTPUT else u
+        why = f"none of the row's tests ran: {r['decisive_line']}" if r.get('decisive_line') else 'printed no test output'
+        return dict(verdict=NO_TEST_OUTPUT, reason=f"{'gold' if r is g else 'unpatched'} run: {why}")
     if not g.get('resolved'): return dict(verdict='gold_fails', reason=f"status {g.get('status')}", failing=_failing(g))
     if u.get('resolved'): return dict(verdict='empty_passes', reason='the tests pass without the fix: they prove nothing')
     return dict(verdict='valid')
