@@ -550,11 +550,14 @@ def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None,
         if reasons: out.update(status='tampered', resolved=False, record_problems=reasons[:20])
     return out
 
-_DECISIVE = re.compile(r'^(?:E\s|ERROR\b|INTERNALERROR|.*\b\w*(?:Error|Exception)\b:|.*\berror:|.*\bnot found\b)', re.M)
+_DECISIVE = re.compile(r'^(?:E\s|ERROR\b|INTERNALERROR|.*\b\w*(?:Error|Exception)\b:|.*\berror:|.*\bnot found\b|.*\bNo module named\b)', re.M)
+
+_EXC_LINE = re.compile(r'^\s*(?:E\s+)?[\w.]*(?:Error|Exception|Exit)\b: .*', re.M)
 
 def decisive_line(log: str) -> str:
-    "The line of a run's test output that says why no test ran: the first error line there, else its last line."
+    "The line of a run's test output that says why no test ran: the last exception line, else the first error line, else its last line."
     region = test_output(log) or _ANSI.sub('', log)
+    if exc := list(_EXC_LINE.finditer(region)): return exc[-1][0].strip()[:300]
     m = _DECISIVE.search(region)
     lines = [l for l in region.splitlines() if l.strip()]
     return (region[m.start():].split('\n', 1)[0] if m else (lines[-1] if lines else '')).strip()[:300]
@@ -574,7 +577,7 @@ def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_sta
         return {iid: _grade_exit_code(rec, log, base, runner_report, exit_status, evidence)}
     name, fn = parser_for(rec.get('log_parser'), rec.get('repo'))
     sm = parse_log(log, rec.get('log_parser'), rec.get('repo'))
-    if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT}}
+    if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT, 'decisive_line': decisive_line(log)}}
     rep, resolved = grade(sm, f2p, p2p, rec.get('eval_type') or 'pass_and_fail')
     out = {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}
     if (f2p or p2p) and not any(t in sm for t in [*f2p, *p2p]):
