@@ -27,8 +27,8 @@ from .repos import RepoStore, repo_key
 from .recipes import InstanceSpec, Recipe, RecipeError, python_info, python_source, host_suite, resolved_requirements
 
 # %% auto #0
-__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'EXCLUDES',
-           'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR',
+__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'BASE_SEES_ENV',
+           'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR',
            'DockerUnavailable', 'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle',
            'content_hash', 'base_image_tag', 'image_exists', 'build_base_image', 'docker_build', 'host_python_base_tag',
            'build_host_python_base', 'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag',
@@ -245,6 +245,17 @@ PIP_ENV = ['PIP_CONFIG_SETTINGS=editable_mode=compat', 'PIP_DISABLE_PIP_VERSION_
 
 def _pip(args: str) -> str: return f'python -m pip install --no-cache-dir --progress-bar off {args}'
 
+# A conda environment is a whole prefix: its python, reached through any symlink, finds its packages. A venv's python
+# reached through a symlink outside the venv (tox-current-env's `.tox/py39/bin/python`) finds no pyvenv.cfg and runs as
+# the bare base interpreter. So the base interpreter of an env image sees the environment too: a .pth in its
+# site-packages puts /opt/venv's site-packages (and what their .pth files add, editable installs included) first on
+# sys.path (inside the venv itself it does nothing). The image serves this one environment, as SWE-bench's do; the
+# sandbox controller runs -I -S and is unaffected.
+BASE_SEES_ENV = ("import os, sys, sysconfig; sp = '/opt/venv/lib/python%d.%d/site-packages' % sys.version_info[:2]; "
+                 "d = sysconfig.get_paths()['purelib']; os.path.isdir(d) or os.makedirs(d); "
+                 "open(os.path.join(d, '_swebench_lab_testbed_env.pth'), 'w').write('import site, sys; n = len(sys.path); "
+                 "sys.prefix != sys.base_prefix or site.addsitedir(%r); sys.path[:] = sys.path[n:] + sys.path[:n]\\n' % sp)")   # one line: it goes into a Dockerfile
+
 def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> dict[str, str]:
     "The env layer's build context: `{file name: text}`, with the Dockerfile."
     r = spec.recipe
@@ -258,7 +269,7 @@ def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = Non
                      "&& rm -rf /var/lib/apt/lists/*")
     py = shlex.quote(f'python{r.python}')
     lines.append(f'RUN PY=$(command -v {py} || command -v python3) && "$PY" -m venv {"--system-site-packages " if r.system_site_packages else ""}'
-                 f'/opt/venv && {_pip(shlex.quote(PIP_SPEC) + " setuptools wheel")}')
+                 f'/opt/venv && {_pip(shlex.quote(PIP_SPEC) + " setuptools wheel")} && "$PY" -c {shlex.quote(BASE_SEES_ENV)}')
     lines.append('COPY activate /opt/miniconda3/bin/activate')
     # login shells (`bash -l`, as some agent runtimes start them) reset PATH from /etc/profile: put the environment back on it
     lines.append("RUN printf 'case :$PATH: in *:/opt/venv/bin:*) ;; *) export PATH=/opt/venv/bin:$PATH ;; esac\\n' > /etc/profile.d/swebench_lab.sh")
