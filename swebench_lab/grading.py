@@ -580,8 +580,10 @@ def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_sta
     if sm is None: return {iid: {**base, 'patch_successfully_applied': False, 'status': NO_TEST_OUTPUT, 'decisive_line': decisive_line(log)}}
     rep, resolved = grade(sm, f2p, p2p, rec.get('eval_type') or 'pass_and_fail')
     out = {**base, 'resolved': resolved, 'tests_status': rep, 'status': 'graded'}
-    if (f2p or p2p) and not any(t in sm for t in [*f2p, *p2p]):
-        # the test command ran but none of the row's tests did (a start-up, usage or collection error): not a verdict
+    files = {t.split('::')[0] for t in [*f2p, *p2p]}
+    if (f2p or p2p) and not any(t in sm for t in [*f2p, *p2p]) and not any(k.split('::')[0] in files for k in sm):
+        # the test command ran but none of the row's tests did, nor did their files fail to collect (a start-up, usage or
+        # conftest error: the run says nothing about the row): not a verdict
         return {iid: {**out, 'resolved': False, 'status': NO_TEST_OUTPUT, 'no_tests_ran': True, 'decisive_line': decisive_line(log)}}
     if is_pytest_parser(fn):
         check, bad, reasons = cross_check(sm, runner_report, fn, [*f2p, *p2p], **evidence)

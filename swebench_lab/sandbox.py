@@ -214,7 +214,8 @@ _OFFLINE_SETUP = "printf 'nameserver 127.0.0.1\\noptions timeout:1 attempts:1\\n
 CONTROLLER_NAME = 'sandbox-ctl'
 
 # The one process in the container that speaks for the harness. It reads one JSON request per line, runs the command as a
-# child (stdin /dev/null, stdout and stderr on a fresh pipe), and answers in length-prefixed frames: H (hello), O (output),
+# child (stdin /dev/null, stdout and stderr on a fresh pipe), and answers in length-prefixed frames: H (hello, once the
+# harness has greeted it), O (output),
 # X (the exit status waitpid gave it). A command's bytes only ever travel inside O frames, so no output can forge an end or
 # an exit status. The controller makes itself non-dumpable: /proc/<pid>/mem, maps and fd/ of a non-dumpable process need
 # CAP_SYS_PTRACE, which a container's root lacks, so a command can neither read its memory nor write to its stdin. Output of
@@ -237,8 +238,9 @@ def main():
     for fd in (sig_r, sig_w): os.set_blocking(fd, False)
     signal.set_wakeup_fd(sig_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
-    send(b"H", json.dumps({"pid": os.getpid(), "dumpable": dumpable}).encode())
     stale, inp = [], os.fdopen(0, "rb", 0)
+    if not inp.readline(): return
+    send(b"H", json.dumps({"pid": os.getpid(), "dumpable": dumpable}).encode())
     while True:
         line = inp.readline()
         if not line: return
@@ -286,6 +288,9 @@ class _Controller:
         self.raw = getattr(self.sock, '_sock', self.sock)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.frame_left, self.frame_stream, self.buf, self.stderr, self.alive = 0, 1, b'', b'', True
+        # The controller speaks only when spoken to: bytes sent before the HTTP upgrade finished would sit in docker-py's
+        # response buffer, out of this socket's reach (a hello lost that way hung a sandbox's start under load).
+        self.raw.sendall(b'hello\n')
         hello = self._frame(time.monotonic() + 60)
         if hello is None or hello[0] != b'H':
             self.close()
