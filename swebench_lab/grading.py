@@ -308,8 +308,7 @@ def install_report_plugin(box) -> str | None:
 # %% ../nbs/09a_grading.ipynb #gr-runner-mounts
 RUNNER_DIRS = ('_pytest', 'pytest', 'pluggy', 'py')
 
-_PROBE = (_ACTIVATE + 'P=$(python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])") && echo "$P" && '
-          f'for d in {" ".join(RUNNER_DIRS)}; do [ -d "$P/$d" ] && echo "$d"; done; true')
+_PROBE = f'P=$({_PURELIB}) && echo "$P" && for d in {" ".join(RUNNER_DIRS)}; do [ -d "$P/$d" ] && echo "$d"; done; true'
 
 def _recorder_volume(client, image: str) -> str:
     "The named volume holding the recorder as a package (`__init__.py`), filled once per recorder text."

@@ -24,7 +24,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from contextlib import contextmanager
