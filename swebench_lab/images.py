@@ -28,12 +28,13 @@ from .recipes import InstanceSpec, Recipe, RecipeError, python_info, python_sour
 
 # %% auto #0
 __all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'BASE_SEES_ENV',
-           'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR',
-           'DockerUnavailable', 'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle',
-           'content_hash', 'base_image_tag', 'image_exists', 'build_base_image', 'docker_build', 'host_python_base_tag',
-           'build_host_python_base', 'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag',
-           'env_dir', 'base_for', 'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image',
-           'clone_at', 'build_instance_images']
+           'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE',
+           'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable', 'docker_client', 'docker_available',
+           'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag', 'image_exists', 'build_base_image',
+           'docker_build', 'host_python_base_tag', 'build_host_python_base', 'cutoff_lines', 'cutoff_buildargs',
+           'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir', 'base_for',
+           'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo', 'clone_at',
+           'build_instance_images']
 
 # %% ../nbs/08b_images.ipynb #img-engine
 LABEL = 'swebench_lab'
@@ -160,14 +161,14 @@ def build_base_image(distro: str = 'bookworm', client=None, log_dir: Path | None
         return tag
 
 # %% ../nbs/08b_images.ipynb #img-base-docker-build
-def docker_build(client, context: str | Path, tag: str, log: Path, layer: str, nocache: bool = False) -> None:
+def docker_build(client, context: str | Path, tag: str, log: Path, layer: str, nocache: bool = False, buildargs: dict | None = None) -> None:
     "docker build of `context` as `tag`, streaming the log to `log`; raises with the log's tail on failure."
     import docker
     log.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     try:
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                      labels={LABEL: layer}, network_mode='host', nocache=nocache):
+                                      labels={LABEL: layer}, network_mode='host', nocache=nocache, buildargs=buildargs):
             if 'stream' in chunk: lines.append(chunk['stream'])
             if 'error' in chunk:
                 lines.append(chunk['error'])
@@ -256,11 +257,49 @@ BASE_SEES_ENV = ("import os, sys, sysconfig; sp = '/opt/venv/lib/python%d.%d/sit
                  "open(os.path.join(d, '_swebench_lab_testbed_env.pth'), 'w').write('import site, sys; n = len(sys.path); "
                  "sys.prefix != sys.base_prefix or site.addsitedir(%r); sys.path[:] = sys.path[n:] + sys.path[:n]\\n' % sp)")   # one line: it goes into a Dockerfile
 
+# The upload cutoff reaches pip as a build argument (the index URL names a port of this process, so it stays out of the
+# image and its tag); the cutoff itself is a label, which the tag's hash covers.
+def cutoff_lines(cutoff: str | None) -> list[str]:
+    "Dockerfile lines that make the build's pips see PyPI as of `cutoff` (none without one)."
+    return ['ARG PIP_INDEX_URL'] if cutoff else []
+
+def cutoff_buildargs(cutoff: str | None) -> dict | None:
+    from swebench_lab.pypi_index import shared_index
+    return {'PIP_INDEX_URL': shared_index().url(cutoff)} if cutoff else None
+
+# Conda environment files name packages that only conda channels have (cdms2, esmpy, ...): install what the index has,
+# leave out what it lacks, one line each in the build log and in the image's notes (the evaluation reports them).
+NOTES_DIR = '/opt/swebench_lab/notes'
+
+INSTALL_AVAILABLE_PY = r'''import os, re, subprocess, sys
+req, notes = sys.argv[1], sys.argv[2]
+MISSING = re.compile(r'(?:No matching distribution found for|Could not find a version that satisfies the requirement) ([A-Za-z0-9_.-]+)')
+def name(line): return re.sub(r'[-_.]+', '-', re.split(r'[\s<>=!~;\[]', line.strip(), 1)[0]).lower()
+lines, left = [l for l in open(req).read().splitlines() if l.strip()], []
+while True:
+    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--progress-bar', 'off', '--cache-dir', '/tmp/swebench_lab-pip-cache',
+                        '-r', req], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    sys.stdout.write(r.stdout)
+    if r.returncode == 0: break
+    missing = {name(m) for m in MISSING.findall(r.stdout)}
+    drop = [l for l in lines if name(l) in missing]
+    if not drop: sys.exit(r.returncode)      # what is missing is not one of the file's own packages
+    for l in drop: print('swebench_lab: left out %r: the package index has no distribution of it (a conda-only package?)' % l)
+    left += drop
+    lines = [l for l in lines if l not in drop]
+    open(req, 'w').write('\n'.join(lines) + '\n')
+if left:
+    os.makedirs(notes, exist_ok=True)
+    open(os.path.join(notes, 'env-left-out.txt'), 'a').write(''.join('left out of the environment (not on the package index): %s\n' % l for l in left))
+subprocess.call(['rm', '-rf', '/tmp/swebench_lab-pip-cache'])
+'''
+
 def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> dict[str, str]:
     "The env layer's build context: `{file name: text}`, with the Dockerfile."
-    r = spec.recipe
+    r, cutoff = spec.recipe, spec.upload_cutoff
     files = {'activate': CONDA_SHIM}
-    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env', *[f'ENV {e}' for e in IMAGE_ENV + PIP_ENV]]
+    lines = [f'FROM {base_tag}', f'LABEL {LABEL}=env', *[f'LABEL {LABEL}.uploaded-before={cutoff}'] * bool(cutoff),
+             *[f'ENV {e}' for e in IMAGE_ENV + PIP_ENV]]
     if r.apt:
         suite = r.distro
         lines.append(("RUN printf 'deb %s %s main\\n' " + f"'{DEBIAN_MIRROR}' '{suite}' > /etc/apt/sources.list && " if suite else 'RUN ') +
@@ -273,7 +312,12 @@ def env_context(base_tag: str, spec: InstanceSpec, store: RepoStore | None = Non
     lines.append('COPY activate /opt/miniconda3/bin/activate')
     # login shells (`bash -l`, as some agent runtimes start them) reset PATH from /etc/profile: put the environment back on it
     lines.append("RUN printf 'case :$PATH: in *:/opt/venv/bin:*) ;; *) export PATH=/opt/venv/bin:$PATH ;; esac\\n' > /etc/profile.d/swebench_lab.sh")
-    if r.packages in ('requirements.txt', 'environment.yml'):
+    lines += cutoff_lines(cutoff)     # the venv's own pip, setuptools and wheel above are today's; every package below is of the cutoff
+    if r.packages == 'environment.yml':
+        files['requirements.txt'], files['install_available.py'] = resolved_requirements(spec, store), INSTALL_AVAILABLE_PY
+        lines.append('COPY requirements.txt install_available.py /tmp/swebench_lab/')
+        lines.append(f'RUN python /tmp/swebench_lab/install_available.py /tmp/swebench_lab/requirements.txt {NOTES_DIR} && rm -r /tmp/swebench_lab')
+    elif r.packages == 'requirements.txt':
         files['requirements.txt'] = resolved_requirements(spec, store)
         lines.append('COPY requirements.txt /tmp/swebench_lab-requirements.txt')
         lines.append(f'RUN {_pip("-r /tmp/swebench_lab-requirements.txt")} && rm /tmp/swebench_lab-requirements.txt')
@@ -315,10 +359,12 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'download', '--no-cache-d
                           '-d', sys.argv[1], *reqs]))
 '''
 
-def instance_context(env_tag: str, r: Recipe, instance_id: str) -> dict[str, str]:
-    "The instance layer's build context without the repository (`testbed/`, added at build time): `{file name: text}`."
+def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | None = None) -> dict[str, str]:
+    """The instance layer's build context without the repository and the checkout's notes (`testbed/` and `notes/`, added
+    at build time): `{file name: text}`."""
     lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
-             'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py',
+             *[f'LABEL {LABEL}.uploaded-before={cutoff}'] * bool(cutoff), *cutoff_lines(cutoff),
+             'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py', f'COPY notes {NOTES_DIR}',
              'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}']
     lines += [f'RUN {c}' for c in r.pre_install]
     if r.install: lines.append(f'RUN {r.install}')
@@ -336,7 +382,7 @@ def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -
 # %% ../nbs/08b_images.ipynb #img-layers-instance-tag
 def instance_tag(env: str, spec: InstanceSpec) -> str:
     name = ''.join(c if c.isalnum() or c in '._-' else '_' for c in spec.instance_id.lower())[:80]
-    ctx = instance_context(env, spec.recipe, spec.instance_id)
+    ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff)
     return f"swebench-lab/inst:{name}-{content_hash(*sorted(ctx.items()), spec.base_commit, IMAGE_LAYOUT)}"
 
 # %% ../nbs/08b_images.ipynb #img-build
@@ -378,7 +424,7 @@ def build_env_image(spec: InstanceSpec, client=None, nocache: bool = False, stor
         with tempfile.TemporaryDirectory(prefix='swebench_lab-env-') as td:
             for name, text in ctx.items(): (Path(td) / name).write_text(text)
             t0 = time.time()
-            docker_build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env', nocache)
+            docker_build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.env.log", 'env', nocache, cutoff_buildargs(spec.upload_cutoff))
             logger.info("built %s in %.0fs", tag, time.time() - t0)
     return tag
 
@@ -391,15 +437,21 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
     tag = instance_tag(env, spec)
     d = env_dir() / 'instances' / spec.instance_id
     d.mkdir(parents=True, exist_ok=True)
-    ctx = instance_context(env, spec.recipe, spec.instance_id)
+    ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff)
     (d / 'Dockerfile').write_text(ctx['Dockerfile'])
     with _tag_lock(tag):
         if image_exists(client, tag): return tag
         repo = store.get(spec.repo)
         with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
-            clone_at(repo.path, spec.base_commit, Path(td) / 'testbed')
+            notes = []
+            clone_at(repo.path, spec.base_commit, Path(td) / 'testbed', store=store, repo=spec.repo, version=spec.version, notes=notes)
+            (Path(td) / 'notes').mkdir()
+            if notes: (Path(td) / 'notes' / 'checkout.txt').write_text(''.join(n + '\n' for n in notes))
             for name, text in ctx.items(): (Path(td) / name).write_text(text)
-            docker_build(client, td, tag, env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log", 'instance', nocache)
+            log = env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log"
+            try: docker_build(client, td, tag, log, 'instance', nocache, cutoff_buildargs(spec.upload_cutoff))
+            finally:
+                if notes: log.write_text(''.join(f'swebench_lab: {n}\n' for n in notes) + (log.read_text() if log.exists() else ''))
     return tag
 
 # %% ../nbs/08b_images.ipynb #img-resolve-image
@@ -411,24 +463,77 @@ def resolve_image(spec: InstanceSpec, store: RepoStore | None = None) -> str:
 # %% ../nbs/08b_images.ipynb #img-clone-at
 _VERSION_TAG = re.compile(r'\d+\.\d+')   # release tags only: a bookmark tag nearer the commit would be the version read
 
-def clone_at(repo_path: str | Path, commit: str, dest: str | Path) -> Path:
+def _git(*a, cwd, check=True) -> str:
+    r = subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True)
+    if r.returncode and check: raise SwebenchLabError(f"git {' '.join(a[:3])} failed: {one_line(r.stderr)[:400]}")
+    return r.stdout if not r.returncode else ''
+
+def submodule_repo(url: str, parent: str | None) -> str | None:
+    "The `owner/name` a submodule URL names (`https://host/o/n.git`, `git@host:o/n`, `../n.git` beside `parent`); None when it names none."
+    url = url.strip().rstrip('/')
+    if url.endswith('.git'): url = url[:-4]
+    if url.startswith('../') and parent: return f"{parent.split('/')[0]}/{url.split('/')[-1]}"
+    m = re.search(r'[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)$', url)
+    return f'{m[1]}/{m[2]}' if m else None
+
+def clone_at(repo_path: str | Path, commit: str, dest: str | Path, store=None, repo: str | None = None,
+             version: str | None = None, notes: list | None = None) -> Path:
     """A fresh repository at `dest` holding `commit` and its past only (no branches, remotes or later commits), checked
     out detached. The release tags of that past come along (they point at nothing later): setuptools_scm and versioneer read
     the package's version from them, and without them pytest's own repository says it is 0.1.dev and fails its
-    `minversion`, as SWE-bench's images (full clones) do not."""
+    `minversion`, as SWE-bench's images (full clones) do not. Submodules come from `store`; a store whose past of `commit`
+    is incomplete gives the commit alone, with a version tag (each such fallback appends a line to `notes`)."""
     dest, src = Path(dest), str(Path(repo_path).resolve())
-    def git(*a, cwd=dest):
-        r = subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True)
-        if r.returncode: raise SwebenchLabError(f"git {' '.join(a[:2])} failed: {one_line(r.stderr)[:400]}")
-        return r.stdout
+    notes = [] if notes is None else notes
+    git = lambda *a, cwd=dest, check=True: _git(*a, cwd=cwd, check=check)
     dest.mkdir(parents=True, exist_ok=True)
     git('init', '--quiet')
-    git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
+    try: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
+    except SwebenchLabError as e:
+        try: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', '--depth', '1', src, commit)
+        except SwebenchLabError: raise e from None
+        notes.append(f"the store's history of {commit[:12]} is incomplete ({str(e)[:200]}): checked out the commit alone, without its past")
     git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', '--detach', 'FETCH_HEAD')
-    past = [t for t in git('tag', '--merged', commit, cwd=src).split() if _VERSION_TAG.search(t)]
-    if past: git('fetch', '--quiet', '--no-tags', src, *[f'refs/tags/{t}:refs/tags/{t}' for t in past])
+    if (dest / '.git' / 'shallow').exists():
+        tag = (git('describe', '--tags', '--abbrev=0', commit, cwd=src, check=False).strip()
+               or next((t for t in git('tag', '--points-at', commit, cwd=src, check=False).split() if _VERSION_TAG.search(t)), '')
+               or (version or ''))
+        if tag:
+            git('tag', tag, 'HEAD')
+            notes.append(f"version tag {tag} made at the commit (from {'git describe' if tag != version else 'the row'}): "
+                         "tools that read the version from git see that release")
+    else:
+        past = [t for t in git('tag', '--merged', commit, cwd=src).split() if _VERSION_TAG.search(t)]
+        if past: git('fetch', '--quiet', '--no-tags', src, *[f'refs/tags/{t}:refs/tags/{t}' for t in past])
     for ref in ('FETCH_HEAD', 'ORIG_HEAD'): (dest / '.git' / ref).unlink(missing_ok=True)
+    if (dest / '.gitmodules').exists(): _checkout_submodules(dest, store, repo, notes)
     return dest
+
+def _checkout_submodules(dest: Path, store, repo: str | None, notes: list) -> None:
+    "Each submodule of the checkout at `dest`, from the store, at the commit the tree records."
+    conf = _git('config', '-f', '.gitmodules', '--get-regexp', r'^submodule\..*\.(path|url)$', cwd=dest, check=False)
+    subs: dict[str, dict] = {}
+    for line in conf.splitlines():
+        key, _, val = line.partition(' ')
+        name, _, kind = key[len('submodule.'):].rpartition('.')
+        subs.setdefault(name, {})[kind] = val
+    for name, sub in subs.items():
+        path, url = sub.get('path'), sub.get('url', '')
+        ls = _git('ls-tree', 'HEAD', '--', path, cwd=dest, check=False).split() if path else []
+        if len(ls) < 3 or ls[1] != 'commit': continue          # declared, but no gitlink in this tree
+        owner_name = submodule_repo(url, repo)
+        if store is None or owner_name is None:
+            raise SwebenchLabError(f"submodule {path} ({url}) cannot be checked out: no repository store given, or its URL names no owner/name")
+        try: sub_src = store.get(owner_name).path
+        except SwebenchLabError as e:
+            raise SwebenchLabError(f"submodule {path} needs {owner_name} ({url}) in the repository store, as the repository itself: "
+                                   f"{str(e)[:300]}") from None
+        target = dest / path
+        if target.exists(): shutil.rmtree(target)
+        clone_at(sub_src, ls[2], target, store, owner_name, None, notes)
+        _git('submodule', 'init', '--', path, cwd=dest)
+        _git('config', f'submodule.{name}.url', f'/testbed/{path}/.git', cwd=dest)
+        notes.append(f"submodule {path} checked out from the store's {owner_name} at {ls[2][:12]}")
 
 # %% ../nbs/08b_images.ipynb #img-build-instance-images
 def build_instance_images(specs: list[InstanceSpec], max_workers: int = 4, store: RepoStore | None = None,

@@ -16,18 +16,20 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
 
 from .core import SwebenchLabError, crawled_data_dir, one_line
+from .pypi_index import cutoff_text, parse_cutoff
 from .repos import RepoStore, repo_key
 
 # %% auto #0
-__all__ = ['DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'RecipeError', 'Recipe', 'shipped_recipes', 'load_recipe',
-           'find_host_python', 'python_info', 'host_suite', 'host_python_prefix', 'python_source',
-           'recipes_from_swebench', 'write_shipped_recipes', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml',
-           'resolved_requirements']
+__all__ = ['DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'SWEBENCH_SNAPSHOT', 'RecipeError', 'Recipe',
+           'shipped_recipes', 'load_recipe', 'find_host_python', 'python_info', 'host_suite', 'host_python_prefix',
+           'python_source', 'recipes_from_swebench', 'recipe_pins', 'pin_upload_time', 'stamp_upload_cutoffs',
+           'write_shipped_recipes', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml', 'resolved_requirements']
 
 # %% ../nbs/08a_recipes.ipynb #rec-recipes
 DISTROS = {'3.9': 'bullseye', '3.11': 'bookworm', '3.13': 'trixie'}
@@ -52,6 +54,7 @@ class Recipe:
     system_site_packages: bool = False
     hosts: dict[str, str] = field(default_factory=dict)        # extra /etc/hosts entries of the sandbox
     services: list[dict] = field(default_factory=list)         # [{command, port}]: started in the sandbox before anything runs
+    uploaded_before: str | None = None                         # a date, 'row' (the row's created_at) or None (no cutoff)
     source: str = field(default='', compare=False)   # file and key it came from (for messages)
 
     @property
@@ -93,8 +96,13 @@ def _recipe_from(entry, where: str) -> Recipe:
             if not isinstance(v, list) or not all(isinstance(x, dict) and isinstance(x.get('command'), str)
                                                   and isinstance(x.get('port', 0), int) and set(x) <= {'command', 'port'} for x in v):
                 raise RecipeError(f"{where}: services must be a list of {{command: <shell>, port: <int>}}")
+        elif k == 'uploaded_before':
+            if isinstance(v, (date, datetime)): v = v.isoformat()           # YAML reads an unquoted 2024-08-13 as a date
+            if v is not None and v != 'row':
+                try: v = cutoff_text(v)
+                except SwebenchLabError: raise RecipeError(f"{where}: uploaded_before must be a date like 2024-08-13, or row; got {v!r}") from None
         elif v is not None and not isinstance(v, str): raise RecipeError(f"{where}: {k} must be a string")
-        kw[k] = v if v is not None or k == 'base_image' else ''
+        kw[k] = v if v is not None or k in ('base_image', 'uploaded_before') else ''
     return Recipe(**kw, source=where)
 
 def _recipe_file(path: Path) -> dict:
@@ -234,12 +242,54 @@ def recipes_from_swebench(ns: dict) -> dict:
             out.setdefault(repo, {})[str(v)] = e
     return out
 
+# %% ../nbs/08a_recipes.ipynb #rec-stamp
+SWEBENCH_SNAPSHOT = '2024-08-13'   # SWE-bench Verified's release: its lists were checked against environments of that time
+
+_PIN = re.compile(r'(?<![\w.-])([A-Za-z][A-Za-z0-9_.-]*)(?:\[[^\]]*\])?==([0-9][^\s\'";,)]*)')
+
+def recipe_pins(entry: dict) -> list[tuple[str, str]]:
+    "Every `name==version` a recipe entry names, in its packages, pip list, env_setup and pre_install."
+    text = ' '.join([entry.get('packages') or '', *entry.get('pip', []), *entry.get('env_setup', []), *entry.get('pre_install', [])])
+    return sorted(set(_PIN.findall(text)))
+
+def pin_upload_time(name: str, version: str, index) -> datetime | None:
+    "When `name==version` was first uploaded, from `index` (a `pypi_index.CutoffIndex`); None when the index has no such files."
+    from packaging.utils import parse_sdist_filename, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+    page = index.page(name, datetime.now(timezone.utc))
+    try: want = Version(version)
+    except InvalidVersion: return None
+    times = []
+    for f in (page or {}).get('files', []):
+        fn = f['filename']
+        try: v = parse_wheel_filename(fn)[1] if fn.endswith('.whl') else parse_sdist_filename(fn)[1] if fn.endswith(('.tar.gz', '.zip')) else None
+        except Exception: v = None
+        if v == want and f.get('upload-time'): times.append(parse_cutoff(f['upload-time']))
+    return min(times) if times else None
+
+def stamp_upload_cutoffs(recipes: dict, floor: str = SWEBENCH_SNAPSHOT, index=None) -> dict:
+    "Set `uploaded_before` on every entry of `{repo: {version: entry}}`: the later of `floor` and the day after its newest pin's upload."
+    from swebench_lab.pypi_index import CutoffIndex
+    own = index is None
+    index = index or CutoffIndex()
+    try:
+        for repo, versions in recipes.items():
+            for v, e in versions.items():
+                newest = [t for n, ver in recipe_pins(e) if (t := pin_upload_time(n, ver, index))]
+                day = max([parse_cutoff(floor)] + [t + timedelta(days=1) for t in newest]).date().isoformat()
+                e['uploaded_before'] = day
+    finally:
+        if own: index.close()
+    return recipes
+
 # %% ../nbs/08a_recipes.ipynb #rec-write-shipped-recipes
-def write_shipped_recipes(ns: dict, path: str | Path) -> Path:
-    "Write the shipped recipes file from SWE-bench's specs namespace (see the cell below for how it is made)."
+def write_shipped_recipes(ns: dict, path: str | Path, stamp: bool = True) -> Path:
+    "Write the shipped recipes file from SWE-bench's specs namespace (see the cell below for how it is made; `stamp` reads PyPI)."
     header = (f"# Environment recipes for SWE-bench's Python repositories, converted by swebench_lab.environments.recipes_from_swebench\n"
               f"# from {SWEBENCH_SPECS_SOURCE}.\n# Override a version in crawled_data/envs/owner__repo.yaml.\n")
-    body = yaml.safe_dump({'source': SWEBENCH_SPECS_SOURCE, 'recipes': recipes_from_swebench(ns)}, sort_keys=False, width=120)
+    recipes = recipes_from_swebench(ns)
+    if stamp: stamp_upload_cutoffs(recipes)
+    body = yaml.safe_dump({'source': SWEBENCH_SPECS_SOURCE, 'recipes': recipes}, sort_keys=False, width=120)
     Path(path).write_text(header + body)
     shipped_recipes.cache_clear()
     return Path(path)
@@ -255,6 +305,7 @@ class InstanceSpec:
     recipe: Recipe = field(default_factory=Recipe)
     image: str | None = None          # a prebuilt image to use as is
     environment_setup_commit: str | None = None
+    created_at: str | None = None     # when the row was made (its PR or issue): the upload cutoff of `uploaded_before: row`
 
     @classmethod
     def from_record(cls, rec: dict, envs_dir=None, prebuilt: bool = False) -> 'InstanceSpec':
@@ -263,11 +314,24 @@ class InstanceSpec:
         if prebuilt or rec.get('docker_image'):
             if not rec.get('image'): raise SwebenchLabError(f"{iid}: --prebuilt, but the record has no `image`")
             return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), Recipe(source='prebuilt image'), rec['image'])
+        created = rec.get('created_at')
         return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), load_recipe(rec['repo'], rec.get('version'), envs_dir),
-                   None, rec.get('environment_setup_commit'))
+                   None, rec.get('environment_setup_commit'), str(created) if created is not None and str(created) not in ('', 'NaT') else None)
 
     @property
     def setup_commit(self) -> str: return self.environment_setup_commit or self.base_commit
+
+    @property
+    def upload_cutoff(self) -> str | None:
+        """What pip may see when this environment is built: files uploaded before the recipe's `uploaded_before` date, or
+        before the row's `created_at` when that is later (a row made after the recipe's date needs what existed then), or
+        before `created_at` alone with `uploaded_before: row`; None (today's PyPI) without `uploaded_before` or without a date."""
+        u, row = self.recipe.uploaded_before, self.created_at
+        try: row = cutoff_text(row) if row else None
+        except SwebenchLabError: raise SwebenchLabError(f"{self.instance_id}: created_at {self.created_at!r} is not a date") from None
+        if u is None or (u == 'row' and row is None): return None
+        if u == 'row': return row
+        return max(u, row) if row else u
 
 # %% ../nbs/08a_recipes.ipynb #rec-layers-2
 _REQ_SKIP = ('-e .', '#', '.[test')

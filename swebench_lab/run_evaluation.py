@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ from .core import (SwebenchLabError, JSONLError, cli_entry, iter_jsonl, logger, 
 from .data import load_instances, filter_instances, gold_patch, input_path
 from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
-from .images import LABEL, resolve_image
+from .images import LABEL, NOTES_DIR, resolve_image
 from .sandbox import Limits, SandboxGone, open_sandbox
 from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
                                   open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
@@ -29,9 +30,9 @@ from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastr
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 
 # %% auto #0
-__all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled', 'evaluate_instance', 'PredictionsError',
-           'load_predictions', 'dataset_records', 'eval_dir', 'run_predictions', 'run_evaluation', 'summarize',
-           'regrade', 'validate']
+__all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled', 'image_notes', 'evaluate_instance',
+           'PredictionsError', 'load_predictions', 'dataset_records', 'eval_dir', 'run_predictions', 'run_evaluation',
+           'summarize', 'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-hash
 GRADER_VERSION = 3     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status)
@@ -62,6 +63,12 @@ def _apply_pre_edits(box, rec: dict) -> None:
         r = box.run(f'git apply -v {box.tmp}/pre_{i}.diff', timeout=120)
         if r.exit_code: raise SwebenchLabError(f"{rec['instance_id']}: pre_edit {i} does not apply in the sandbox: {r.output[-500:]}")
     if rec.get('pre_edits'): box.run('git add -A && git commit -qm "pre-edits"', timeout=120)
+
+def image_notes(box) -> list[str]:
+    "What the image's build left out or worked around (`images.NOTES_DIR`: conda-only packages, a checkout without its past)."
+    if not getattr(box, 'container', None): return []
+    r = box.run(f'cat {NOTES_DIR}/* 2>/dev/null', timeout=60)
+    return [l for l in r.output.splitlines() if l.strip()] if r.exit_code == 0 else []
 
 def _run_tests(box, script: str, timeout: float, out_dir: Path | None):
     "The eval script under the time limit, the runner's recorder streaming to the harness: `(result, record or None)`."
@@ -99,6 +106,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     if not run_unpatched and not (patch and patch.strip()): return empty_report(iid, patch, status='empty_patch', **meta)
     suspicious, t0 = suspicious_lines(patch or '', rec.get('repo')), time.perf_counter()
     with open_sandbox(spec, backend, limits, store, labels, mounts=lambda image: runner_mounts(image)[1]) as box:
+        if notes := image_notes(box): meta['environment_notes'] = notes
         _apply_pre_edits(box, rec)
         method, apply_log, leniency = ('none (unpatched run)', '', None) if run_unpatched else apply_patch(box, patch, apply)
         if method is None:
@@ -373,49 +381,104 @@ def _verdict(g: dict, u: dict) -> dict:
     return dict(verdict='valid')
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-validate-arm
-def _validate_arm(arm: str, recs: list[dict], d: Path, backend: str, timeout: float, network: bool, prebuilt: bool,
-                  max_workers: int, progress: bool) -> dict[str, dict]:
-    "Every record's report with the gold patch (`arm='gold'`) or none (`'unpatched'`); saved reports with the same inputs are reused."
-    store, keys, res = RepoStore(), {}, {}
-    patches = {r['instance_id']: gold_patch(r) if arm == 'gold' else None for r in recs}
-    for rec in recs:
-        iid = rec['instance_id']
-        image = instance_image(InstanceSpec.from_record(rec, prebuilt=prebuilt), backend, store)
-        keys[iid] = inputs_hash(rec, patches[iid], backend + ('+network' if network and backend == 'docker' else ''), image) + ('-unpatched' if arm == 'unpatched' else '')
-        if (saved := _saved(d, iid)) and saved.get('inputs_hash') == keys[iid]: res[iid] = saved
-    def write(iid, rep):
-        rep['inputs_hash'] = keys[iid]; write_json(d / iid / 'report.json', {iid: rep}); res[iid] = rep
-    errors = {}
-    _fan_out([r for r in recs if r['instance_id'] not in res], patches, d, write, backend, timeout, Limits(network=network), prebuilt,
-             errors, 'local', max_workers, arm, progress, run_unpatched=arm == 'unpatched')
-    res.update({iid: {'status': 'error', 'error': e} for iid, e in errors.items()})
-    return res
+def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, prebuilt: bool, labels: dict, cancel) -> dict:
+    "One row's report with the gold patch (`arm='gold'`) or none (`'unpatched'`), reused when saved with the same inputs."
+    iid, patch = rec['instance_id'], gold_patch(rec) if arm == 'gold' else None
+    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
+    key = inputs_hash(rec, patch, backend + ('+network' if limits.network and backend == 'docker' else ''),
+                      instance_image(spec, backend)) + ('-unpatched' if arm == 'unpatched' else '')
+    if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key: return saved
+    try: rep = evaluate_instance(rec, patch, backend, timeout, limits, None, d / iid, labels=labels, prebuilt=prebuilt, cancel=cancel,
+                                 run_unpatched=arm == 'unpatched')[iid]
+    except Cancelled: raise
+    except Exception as e: rep = {'status': 'error', 'error': one_line(f'{type(e).__name__}: {e}')[:1000]}
+    rep['inputs_hash'] = key
+    write_json(d / iid / 'report.json', {iid: rep})
+    return rep
+
+_NEEDS_NETWORK = re.compile(r'ConnectionError|Max retries exceeded|Name or service not known|Temporary failure in name resolution|'
+                            r'Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror')
+
+def _cause(row: dict) -> str | None:
+    "A cause class where the row's evidence names one: `needs_network` or `machine_limit`; None when it takes a reader."
+    text = ' '.join(str(row.get(k) or '') for k in ('reason', 'decisive_line'))
+    if row.get('verdict') in (None, 'valid'): return None
+    if _NEEDS_NETWORK.search(text): return 'needs_network'
+    if row.get('verdict') == 'build_failed' and re.search(r'unknown repo|in the repository store|No space left on device|not our ref', text):
+        return 'machine_limit'
+    return None
+
+def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebuilt: bool, out: Path, labels: dict,
+                  cancel: threading.Event | None = None) -> dict:
+    "One row of `validate`: its image built (timed), gold and unpatched runs, the verdict and swebench's agreement."
+    iid = rec['instance_id']
+    row = _build_job(rec, backend, prebuilt)
+    limits = Limits(network=network)
+    g, u = (_arm(rec, arm, out / arm, backend, timeout, limits, prebuilt, labels, cancel) for arm in ('gold', 'unpatched'))
+    row.update(gold_status=g.get('status'), unpatched_status=u.get('status'), gold_test_s=g.get('test_duration_s'),
+               unpatched_test_s=u.get('test_duration_s'))
+    if notes := g.get('environment_notes'): row['environment_notes'] = notes
+    agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None)['agree']
+             for d in (out / 'gold' / iid, out / 'unpatched' / iid) if (d / 'test_output.log').exists()]
+    row['agrees_with_swebench'] = all(agree) if agree else None
+    row.update(_verdict(g, u))
+    r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
+    if r.get('decisive_line'): row['decisive_line'] = r['decisive_line']
+    return row
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-validate-fn
+_FINAL = {'valid', 'gold_fails', 'empty_passes', NO_TEST_OUTPUT}
+
+def _row_key(rec: dict, backend: str, network: bool, prebuilt: bool) -> str:
+    "What a row's verdict depends on, known before anything is built: the row, the image tag it gets, the grader, the network."
+    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
+    return inputs_hash(rec, gold_patch(rec), backend + ('+network' if network else ''), instance_image(spec, backend))
+
 def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backend: str = 'docker', max_workers: int = 2,
-             timeout: float = 1800, prebuilt: bool = False, progress: bool = True, network: bool = False) -> dict:
+             timeout: float = 1800, prebuilt: bool = False, progress: bool = True, network: bool = False,
+             max_disk_gb: float | None = None) -> dict:
     "Build, run gold and no patch, and say per instance whether the environment is `valid` (gold resolves, unpatched fails)."
     recs, label = dataset_records(dataset_name, None)
     recs = filter_instances(recs, instance_ids, dataset_name)
     out = results_dir() / 'evaluations' / 'validate' / label
-    rows = {r['instance_id']: {'instance_id': r['instance_id'], 'repo': r['repo'], 'version': r.get('version')} for r in recs}
-    built = {}
-    def on_built(iid, v): rows[iid].update(v); built[iid] = True
-    def on_build_error(iid, msg): rows[iid].update(verdict='build_failed', reason=msg.split(': ', 1)[-1][:500])
-    drive(make_executor('local', max_workers), _build_job, {r['instance_id']: ((r, backend, prebuilt), {}) for r in recs}, new_run_label(),
-          RunGuard('validate-build', backend), None, on_built, on_build_error, tqdm(total=len(recs), desc='build', unit='img', disable=not progress))
-    ok = [r for r in recs if r['instance_id'] in built]
-    runs = {arm: _validate_arm(arm, ok, out / arm, backend, timeout, network, prebuilt, max_workers, progress) for arm in ('gold', 'unpatched')}
-    for rec in ok:
-        iid, row = rec['instance_id'], rows[rec['instance_id']]
-        g, u = runs['gold'][iid], runs['unpatched'][iid]
-        row.update(gold_status=g.get('status'), unpatched_status=u.get('status'), gold_test_s=g.get('test_duration_s'), unpatched_test_s=u.get('test_duration_s'))
-        agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None)['agree']
-                 for d in (out / 'gold' / iid, out / 'unpatched' / iid) if (d / 'test_output.log').exists()]
-        row['agrees_with_swebench'] = all(agree) if agree else None
-        row.update(_verdict(g, u))
-    _image_sizes(rows, backend)
-    return _write_validation(dataset_name, network, list(rows.values()), out)
+    before = {}
+    if (out / 'validation.json').exists():
+        try: before = {r['instance_id']: r for r in json.loads((out / 'validation.json').read_text()).get('instances', [])}
+        except (ValueError, KeyError): before = {}
+    rows, todo, keys = {}, [], {}
+    for r in recs:
+        iid = r['instance_id']
+        rows[iid] = {'instance_id': iid, 'repo': r['repo'], 'version': r.get('version')}
+        try: keys[iid] = _row_key(r, backend, network, prebuilt)
+        except Exception as e:
+            rows[iid].update(verdict='build_failed', reason=one_line(str(e))[:500]); continue
+        old = before.get(iid)
+        if old and old.get('row_key') == keys[iid] and old.get('verdict') in _FINAL: rows[iid] = old
+        else: todo.append(r)
+    if len(todo) < len(recs): logger.info("validate: %d of %d rows carried over from %s", len(recs) - len(todo), len(recs), out / 'validation.json')
+    others = {iid: r for iid, r in before.items() if iid not in rows}      # rows of earlier calls on other ids stay in the file
+    disk = _DiskBound(max_disk_gb) if max_disk_gb and backend == 'docker' else None
+    def save():
+        return _write_validation(dataset_name, network, list(rows.values()), out, list(others.values()))
+    def on_value(iid, row):
+        row['row_key'] = keys[iid]; rows[iid] = {**rows[iid], **row}
+        if row.get('image'): _image_sizes({iid: rows[iid]}, backend)
+        rows[iid]['cause'] = _cause(rows[iid])
+        save()
+        tqdm.write(f"{iid}: {row.get('verdict')}{'  ' + str(row.get('reason'))[:150] if row.get('reason') else ''}")
+        if disk: disk.used(row.get('image')); disk.enforce({rows[i].get('image') for i in inflight if i != iid})
+        inflight.discard(iid)
+    def on_error(iid, msg):
+        rows[iid].update(verdict='build_failed', reason=msg.split(': ', 1)[-1][:500]); rows[iid]['cause'] = _cause(rows[iid]); inflight.discard(iid); save()
+        tqdm.write(f"{iid}: {rows[iid]['verdict']}  {rows[iid]['reason'][:150]}")
+    inflight = {r['instance_id'] for r in todo}
+    run_label = new_run_label()
+    bar = tqdm(total=len(todo), desc='validate', unit='row', disable=not progress)
+    drive(make_executor('local', max_workers), _validate_row,
+          {r['instance_id']: ((r, backend, timeout, network, prebuilt, out, {f'{LABEL}.run': run_label}), {}) for r in todo},
+          run_label, RunGuard(run_label, backend), None, on_value, on_error, bar,
+          lambda: {'valid': sum(x.get('verdict') == 'valid' for x in rows.values())})
+    return save()
 
 def _image_sizes(rows: dict, backend: str) -> None:
     if backend != 'docker': return
@@ -426,19 +489,44 @@ def _image_sizes(rows: dict, backend: str) -> None:
             try: row['image_mb'] = round(client.images.get(row['image']).attrs['Size'] / 1e6)
             except Exception: pass
 
-def _write_validation(dataset_name, network: bool, table: list[dict], out: Path) -> dict:
+def _write_validation(dataset_name, network: bool, table: list[dict], out: Path, others: list[dict] = ()) -> dict:
     from collections import Counter
     summary = {'dataset': str(dataset_name), 'network': network, 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
                'agree_with_swebench': sum(r.get('agrees_with_swebench') is True for r in table),
                'disagree_with_swebench': [r['instance_id'] for r in table if r.get('agrees_with_swebench') is False],
                'verdicts': dict(Counter(r.get('verdict') for r in table)), 'instances': table}
-    write_json(out / 'validation.json', summary)
+    write_json(out / 'validation.json', {**summary, 'instances': table + list(others)})
     summary['path'] = str(out / 'validation.json')
     return summary
 
+# %% ../nbs/09_run_evaluation.ipynb #ev-disk-bound
+class _DiskBound:
+    "Keeps the engine's image layers under `gb` by removing the least recently used instance images of the workbench."
+    def __init__(self, gb: float):
+        from swebench_lab.images import docker_client
+        self.limit, self.client, self.last, self.removed = gb * 1e9, docker_client(), {}, []
+    def used(self, tag: str | None):
+        if tag: self.last[tag] = time.time()
+    def enforce(self, keep: set) -> None:
+        size = self.client.df().get('LayersSize') or 0
+        if size <= self.limit: return
+        imgs = self.client.images.list(filters={'label': f'{LABEL}=instance'})
+        def when(img):
+            tags = img.tags or [img.id]
+            return max([self.last.get(t, 0) for t in tags] + [0]) or (time.mktime(time.strptime(img.attrs['Created'][:19], '%Y-%m-%dT%H:%M:%S')) - 1e9)
+        for img in sorted(imgs, key=when):
+            if size <= self.limit: break
+            if set(img.tags) & keep: continue
+            try: self.client.images.remove(img.id, force=False, noprune=False)
+            except Exception as e:
+                logger.info("disk bound: %s stays (%s)", img.tags or img.id, one_line(str(e))[:120]); continue
+            self.removed += img.tags or [img.id]
+            size = self.client.df().get('LayersSize') or 0
+            logger.info("disk bound: removed %s (layers now %.1f GB of %.1f)", img.tags or img.id, size / 1e9, self.limit / 1e9)
+
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_validation(s: dict):
-    cols = ['instance_id', 'version', 'python', 'verdict', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
+    cols = ['instance_id', 'version', 'python', 'verdict', 'cause', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
     rows = [[str(r.get(c, '') if r.get(c) is not None else '') for c in cols] for r in s['instances']]
     w = [max(len(c), *(len(x[i][:70]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
@@ -489,11 +577,14 @@ def _main(argv=None):
     v.add_argument('--timeout', type=float, default=1800)
     v.add_argument('--prebuilt', action='store_true')
     v.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
+    v.add_argument('--max_disk_gb', '--max-disk-gb', type=float, default=None,
+                   help="keep the engine's image layers under this size: least recently used instance images are removed first")
     a = ap.parse_args(argv)
     setup_logging()
     try:
         if a.cmd == 'validate':
-            s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt, network=a.network)
+            s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt, network=a.network,
+                         max_disk_gb=a.max_disk_gb)
             _print_validation(s)
             return 0 if s['valid'] == s['total'] else 1
         if a.cmd == 'run':
