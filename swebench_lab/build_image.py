@@ -87,7 +87,8 @@ def build_transfer_image(entry: dict, dockerfile: str, log_path: Path, client=No
     with tempfile.TemporaryDirectory(prefix='swebench_lab-transfer-') as td:
         (Path(td) / 'Dockerfile').write_text(dockerfile)
         if entry.get('repo') and entry.get('base_commit'):
-            clone_at((store or RepoStore()).get(entry['repo']).path, entry['base_commit'], Path(td) / 'testbed')
+            store = store or RepoStore()
+            clone_at(store.get(entry['repo']).path, entry['base_commit'], Path(td) / 'testbed', store, entry['repo'], entry.get('version'))
         docker_build(client, td, tag, log_path, 'transfer')
     return tag, True
 

@@ -34,7 +34,7 @@ from typing import Iterator
 from .core import SwebenchLabError, logger, one_line
 from .repos import RepoStore
 from .recipes import InstanceSpec, Recipe, RecipeError, find_host_python, resolved_requirements
-from .images import (LABEL, CONDA_SHIM, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
+from .images import (LABEL, CONDA_SHIM, cutoff_buildargs, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
                                  clone_at, content_hash, docker_client, env_dir)
 
 # %% auto #0
@@ -512,7 +512,7 @@ class LocalSandbox(Sandbox):
 def _setup(self: LocalSandbox, spec, store, template):
     self.testbed = str(self.dir / 'testbed'); self.tmp = str(self.dir / 'tmp')
     Path(self.tmp).mkdir()
-    clone_at(store.get(spec.repo).path, spec.base_commit, self.testbed)
+    clone_at(store.get(spec.repo).path, spec.base_commit, self.testbed, store, spec.repo, spec.version)
     for k, v in (('user.email', 'eval@swebench-lab.invalid'), ('user.name', 'swebench_lab'), ('advice.detachedHead', 'false')):
         subprocess.run(['git', 'config', k, v], cwd=self.testbed, check=True)
     with open(Path(self.testbed) / '.git' / 'info' / 'exclude', 'a') as f: f.write('\n'.join(EXCLUDES) + '\n')
@@ -641,7 +641,8 @@ def local_env_template(spec: InstanceSpec, python: str, store: RepoStore | None 
     r = spec.recipe
     reqs = resolved_requirements(spec, store) if r.packages in ('requirements.txt', 'environment.yml') else ''
     ver = subprocess.run([python, '-c', 'import sys; print(sys.version)'], capture_output=True, text=True).stdout.strip()
-    d = env_dir() / 'venvs' / content_hash(ver, reqs, r.packages, r.pip, r.env_setup, r.system_site_packages, IMAGE_LAYOUT)
+    cutoff = spec.upload_cutoff
+    d = env_dir() / 'venvs' / content_hash(ver, reqs, r.packages, r.pip, r.env_setup, r.system_site_packages, IMAGE_LAYOUT, *[cutoff] * bool(cutoff))
     with _VENV_LOCK, _file_lock(d.with_suffix('.lock')):
         if (d / '.complete').exists():
             if (d / '.manifest').read_text() == _manifest(d): return d
@@ -659,8 +660,10 @@ def local_env_template(spec: InstanceSpec, python: str, store: RepoStore | None 
         elif r.packages.strip(): steps.append(['python', '-m', 'pip', 'install', '-q', *shlex.split(r.packages)])
         if r.pip: steps.append(['python', '-m', 'pip', 'install', '-q', *r.pip])
         steps += [['bash', '-c', c] for c in r.env_setup]
-        for cmd in steps:
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=d.parent)
+        # the packages (not pip itself) as of the row's upload cutoff: the host's own extra indexes and wheel folders would bypass it
+        as_of = {'PIP_INDEX_URL': cutoff_buildargs(cutoff)['PIP_INDEX_URL'], 'PIP_EXTRA_INDEX_URL': '', 'PIP_FIND_LINKS': ''} if cutoff else {}
+        for i, cmd in enumerate(steps):
+            res = subprocess.run(cmd, capture_output=True, text=True, env={**env, **as_of} if i >= 2 else env, cwd=d.parent)
             if res.returncode:
                 shutil.rmtree(d, ignore_errors=True)
                 raise SwebenchLabError(f"local environment: {' '.join(cmd)[:200]} failed: {(res.stderr or res.stdout)[-800:]}")
