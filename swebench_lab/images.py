@@ -31,10 +31,10 @@ __all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM',
            'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE',
            'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable', 'docker_client', 'docker_available',
            'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag', 'image_exists', 'build_base_image',
-           'docker_build', 'host_python_base_tag', 'build_host_python_base', 'cutoff_lines', 'cutoff_buildargs',
-           'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir', 'base_for',
-           'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo', 'clone_at',
-           'build_instance_images']
+           'docker_build', 'step_kind', 'step_times', 'host_python_base_tag', 'build_host_python_base', 'cutoff_lines',
+           'cutoff_buildargs', 'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir',
+           'base_for', 'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo',
+           'clone_at', 'build_instance_images']
 
 # %% ../nbs/08b_images.ipynb #img-engine
 LABEL = 'swebench_lab'
@@ -165,11 +165,17 @@ def docker_build(client, context: str | Path, tag: str, log: Path, layer: str, n
     "docker build of `context` as `tag`, streaming the log to `log`; raises with the log's tail on failure."
     import docker
     log.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, steps, t = [], [], time.perf_counter()
+    def lap():       # the seconds of the step that just ended
+        nonlocal t
+        if steps: steps[-1][1] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
     try:
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
                                       labels={LABEL: layer}, network_mode='host', nocache=nocache, buildargs=buildargs):
-            if 'stream' in chunk: lines.append(chunk['stream'])
+            if 'stream' in chunk:
+                lines.append(chunk['stream'])
+                if chunk['stream'].startswith('Step '): lap(); steps.append([chunk['stream'].split(' : ', 1)[-1].strip()[:200], None])
             if 'error' in chunk:
                 lines.append(chunk['error'])
                 raise docker.errors.BuildError(chunk['error'], lines)
@@ -181,7 +187,28 @@ def docker_build(client, context: str | Path, tag: str, log: Path, layer: str, n
         raise SwebenchLabError(f"building {tag} failed at {step[:160]!r}: {' | '.join(tail)[-500:] or one_line(str(e))[-300:]}; "
                                f"full log: {log}") from None
     finally:
+        lap()
         if lines: log.write_text(''.join(lines))
+        if steps: log.with_name(log.name + '.steps.json').write_text(json.dumps(steps))
+
+# %% ../nbs/08b_images.ipynb #img-step-times
+_STEP_KINDS = [('wheelhouse', 'wheelhouse.py'), ('apt', 'apt-get'), ('venv', '-m venv'), ('packages', 'requirements'),
+               ('packages', 'install_available'), ('install', 'pip install -e'), ('install', 'setup.py'), ('copy', 'COPY '),
+               ('pip', 'pip install'), ('git', 'git ')]
+
+def step_kind(step: str) -> str:
+    "What a Dockerfile step does, in a word (`wheelhouse`, `apt`, `venv`, `packages`, `install`, `copy`, `pip`, `git`, `other`)."
+    return next((k for k, needle in _STEP_KINDS if needle in step), 'other')
+
+def step_times(logs_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    "`{layer: {kind: seconds}}` summed over the step timings of every build log in `logs_dir` (env layers end `.env.log`)."
+    out: dict[str, dict[str, float]] = {}
+    for f in sorted(Path(logs_dir or env_dir() / 'build_logs').glob('*.steps.json')):
+        layer = 'env' if f.name.endswith('.env.log.steps.json') else 'base' if '.base.' in f.name else 'instance'
+        for step, secs in json.loads(f.read_text()):
+            k = out.setdefault(layer, {})
+            k[step_kind(step)] = round(k.get(step_kind(step), 0) + (secs or 0), 1)
+    return out
 
 # %% ../nbs/08b_images.ipynb #img-base-4
 def host_python_base_tag(prefix: str | Path, version: str) -> str:
@@ -443,8 +470,9 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
         if image_exists(client, tag): return tag
         repo = store.get(spec.repo)
         with tempfile.TemporaryDirectory(prefix='swebench_lab-inst-') as td:
-            notes = []
+            notes, t0 = [], time.perf_counter()
             clone_at(repo.path, spec.base_commit, Path(td) / 'testbed', store=store, repo=spec.repo, version=spec.version, notes=notes)
+            checkout_s = round(time.perf_counter() - t0, 1)
             (Path(td) / 'notes').mkdir()
             if notes: (Path(td) / 'notes' / 'checkout.txt').write_text(''.join(n + '\n' for n in notes))
             for name, text in ctx.items(): (Path(td) / name).write_text(text)
@@ -452,6 +480,8 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
             try: docker_build(client, td, tag, log, 'instance', nocache, cutoff_buildargs(spec.upload_cutoff))
             finally:
                 if notes: log.write_text(''.join(f'swebench_lab: {n}\n' for n in notes) + (log.read_text() if log.exists() else ''))
+                steps = log.with_name(log.name + '.steps.json')
+                steps.write_text(json.dumps([['git checkout (host)', checkout_s]] + (json.loads(steps.read_text()) if steps.exists() else [])))
     return tag
 
 # %% ../nbs/08b_images.ipynb #img-resolve-image
