@@ -206,17 +206,21 @@ class _Recorder(object):
                 mods.append(compile(src, path, "exec", dont_inherit=True))
             except Exception:
                 pass
-            try:
-                import ast
-                from _pytest.assertion import rewrite as rw
-                tree = ast.parse(src)
+            # rewrite_asserts has changed shape across pytest releases: (mod, source, path, config) since 5.x; before, (mod,
+            # path, config) with a py.path path (pytest 4-5.1 read path.strpath for every assert). Each try on a fresh tree.
+            def local(p):
+                import py
+                return py.path.local(p)
+            for args in ((src, path), (path,), (src, "local"), ("local",)):
                 try:
-                    rw.rewrite_asserts(tree, src, path, self.config)
-                except TypeError:
-                    rw.rewrite_asserts(tree, path, self.config)
-                mods.append(compile(tree, path, "exec", dont_inherit=True))
-            except Exception:
-                pass
+                    import ast
+                    from _pytest.assertion import rewrite as rw
+                    tree = ast.parse(src)
+                    rw.rewrite_asserts(tree, *[local(path) if a == "local" else a for a in args], self.config)
+                    mods.append(compile(tree, path, "exec", dont_inherit=True))
+                    break
+                except Exception:
+                    continue
             if mods:
                 found = {}
                 todo = list(mods)

@@ -30,11 +30,14 @@ def shared_repos() -> Path | None:
     return None
 
 
-@pytest.fixture(scope='module')
-def logs(tmp_path_factory):
-    d = tmp_path_factory.mktemp('real-logs')
-    with tarfile.open(VALIDATION / 'logs.tar.xz') as tf: tf.extractall(d, filter='data')
+def _unpacked(tmp_path_factory, folder: Path) -> Path:
+    d = tmp_path_factory.mktemp(folder.name)
+    with tarfile.open(folder / 'logs.tar.xz') as tf: tf.extractall(d, filter='data')
     return d
+
+
+@pytest.fixture(scope='module')
+def logs(tmp_path_factory): return _unpacked(tmp_path_factory, VALIDATION)
 
 
 @pytest.mark.quick
@@ -102,3 +105,66 @@ def test_validate_pytest_rows_of_verified(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((tmp_path / 'results' / 'evaluations' / 'validate' / 'SWE-bench_Verified-test' / 'validation.json').read_text())
     assert (s['valid'], s['agree_with_swebench']) == (2, 2), s
+
+
+# --- Every repository of Verified that could be brought here: one validated row each, with its logs ---------------------
+MORE = DATA / 'real-validation-more'
+
+
+def _repo_dirs() -> list[Path]:
+    "Where real repositories may be: $SWEBENCH_LAB_REAL_REPOS, the shared data, this checkout's crawled_data/repos."
+    out = [Path(os.environ['SWEBENCH_LAB_REAL_REPOS'])] if os.environ.get('SWEBENCH_LAB_REAL_REPOS') else []
+    if (shared := shared_repos()) is not None: out.append(shared)
+    return out + [ROOT / 'crawled_data' / 'repos']
+
+
+def _find_repo(key: str) -> Path | None:
+    for d in _repo_dirs():
+        for c in (d / f'{key}.bundle', d / f'{key}.git', d / key):
+            if c.exists(): return c
+    return None
+
+
+@pytest.fixture(scope='module')
+def more_logs(tmp_path_factory): return _unpacked(tmp_path_factory, MORE)
+
+
+@pytest.mark.quick
+def test_more_repositories_agree_with_swebench_and_keep_their_verdicts(more_logs):
+    """One valid row per further repository (pytest, sphinx, sympy, xarray, astropy, seaborn): swebench's grader agrees
+    with ours on its gold and unpatched logs, and regrading gives the recorded verdict."""
+    recs = {r['instance_id']: r for r in load_instances(MORE / 'rows.jsonl')}
+    table = {r['instance_id']: r for r in json.loads((MORE / 'validation.json').read_text())['instances']}
+    assert len({r['repo'] for r in recs.values()}) >= 5 and set(recs) == set(table)
+    for iid, rec in recs.items():
+        reports = {}
+        for arm in ('gold', 'unpatched'):
+            log, runner = more_logs / arm / iid / 'test_output.log', more_logs / arm / iid / 'runner_report.jsonl'
+            a = swebench_agreement(rec, log, runner.read_text() if runner.exists() else None)
+            assert a['agree'] and a['swebench_found_output'], (iid, arm, a)
+            reports[arm] = grade_log(rec, log.read_text(), runner.read_text() if runner.exists() else None)[iid]
+        assert (reports['gold']['resolved'], reports['unpatched']['resolved']) == (True, False), iid
+        assert table[iid]['verdict'] == 'valid', table[iid]
+
+
+@pytest.mark.docker
+def test_validate_more_repositories_where_present(tmp_path):
+    """Those rows validated for real when their repositories are here ($SWEBENCH_LAB_REAL_REPOS or the shared data):
+    images built from the shipped recipes with the upload cutoff, submodules from the store (astropy)."""
+    recs = load_instances(MORE / 'rows.jsonl')
+    keys = {r['repo']: r['repo'].replace('/', '__') for r in recs}
+    extra = {'astropy/astropy': ['astropy__astropy-helpers']}
+    found = {repo: _find_repo(k) for repo, k in keys.items()}
+    have = [r['instance_id'] for r in recs if found[r['repo']] and all(_find_repo(x) for x in extra.get(r['repo'], []))]
+    if not have: pytest.skip('none of the repositories of tests/data/real-validation-more is here')
+    crawled = tmp_path / 'crawled'
+    (crawled / 'repos').mkdir(parents=True)
+    for repo, path in found.items():
+        if path: (crawled / 'repos' / path.name).symlink_to(path)
+    for x in sum(extra.values(), []):
+        if (p := _find_repo(x)): (crawled / 'repos' / p.name).symlink_to(p)
+    r = run_cli(sys.executable, '-m', 'swebench_lab.run_evaluation', 'validate', '--dataset_name', str(MORE / 'rows.jsonl'),
+                '--instance_ids', *have, '--max_workers', '2',
+                env={'SWEBENCH_LAB_CRAWLED_DATA': str(crawled), 'SWEBENCH_LAB_RESULTS': str(tmp_path / 'results')}, timeout=3600)
+    s = json.loads((tmp_path / 'results' / 'evaluations' / 'validate' / 'rows' / 'validation.json').read_text())
+    assert r.returncode == 0 and (s['valid'], s['agree_with_swebench']) == (len(have), len(have)), (r.stdout[-3000:], s)
