@@ -35,7 +35,7 @@ __all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled
            'summarize', 'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-hash
-GRADER_VERSION = 4     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status; 4: origins under pytest 4-5.1's assertion rewriting)
+GRADER_VERSION = 5     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status; 4: origins under pytest 4-5.1's assertion rewriting; 5: log fragments listed as tests are not cross-checked)
 _HASHED = ('instance_id', 'repo', 'base_commit', 'version', 'eval_script', 'test_patch', 'FAIL_TO_PASS', 'PASS_TO_PASS',
            'fail_to_pass', 'pass_to_pass', 'log_parser', 'eval_type', 'pre_edits')
 
