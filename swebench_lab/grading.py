@@ -24,9 +24,9 @@ __all__ = ['START', 'END', 'EXIT_CODE_RE', 'NO_TEST_OUTPUT', 'REPORT_ENV', 'PLUG
            'RUNNER_DIRS', 'SIMILARITY_CAP', 'TOKEN_CAP', 'KILLED', 'make_eval_script', 'eval_script_for',
            'with_exit_status', 'test_output', 'parser_for', 'is_pytest_parser', 'parse_log', 'grade',
            'install_report_plugin', 'runner_mounts', 'RecordChannel', 'runner_fingerprint', 'open_record',
-           'close_record', 'read_record', 'record_problems', 'recordable', 'cross_check', 'edit_similarity',
-           'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests', 'decisive_line', 'grade_log',
-           'swebench_report', 'swebench_agreement']
+           'close_record', 'read_record', 'record_problems', 'recordable', 'row_test_files', 'known_files_command',
+           'cross_check', 'edit_similarity', 'token_jaccard', 'file_hit_rate', 'empty_report', 'record_tests',
+           'decisive_line', 'grade_log', 'swebench_report', 'swebench_agreement']
 
 # %% ../nbs/09a_grading.ipynb #gr-script
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
@@ -471,12 +471,25 @@ def record_problems(rec: dict, complete: bool = True, runner_changed: bool = Fal
     if runner_changed: reasons.append("pytest's or the recorder's files changed while the tests ran")
     return reasons + [f'pytest loaded the plugin {p}, which the patch wrote' for p in rec['plugins'] if p in set(patch_files)]
 
-def recordable(test: str) -> bool:
-    "Whether a row's test name is one a pytest record can hold: a node id (`path::name`) or a test file."
-    return '::' in test or test.endswith('.py')
+def recordable(test: str, known_files: Iterable[str] | None = None) -> bool:
+    """Whether a row's test name is one the outer pytest run can record: a node id (`path::name`) or a test file, whose
+    file (when `known_files` says which exist: the repository's at the base commit and the test patch's) is real. Rows of
+    pytest's own repository also list tests of the nested runs their tests make in temporary folders
+    (`test_capsysbinary.py::test_hello`): only the log speaks of those."""
+    if '::' not in test and not test.endswith('.py'): return False
+    return known_files is None or test.split('::')[0] in known_files
+
+def row_test_files(rec: dict) -> list[str]:
+    "The files the row's FAIL_TO_PASS and PASS_TO_PASS tests name (the part before `::`)."
+    f2p, p2p = record_tests(rec)
+    return sorted({t.split('::')[0] for t in [*f2p, *p2p] if '::' in t or t.endswith('.py')})
+
+def known_files_command(files: Iterable[str]) -> str:
+    "A shell command printing which of `files` the repository holds at HEAD (the base commit: nothing a patch wrote counts)."
+    return 'for f in ' + ' '.join(shlex.quote(f) for f in files) + '; do git cat-file -e "HEAD:$f" 2>/dev/null && echo "$f"; done; true'
 
 def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: Iterable[str], complete: bool = True,
-                runner_changed: bool = False, patch_files: Iterable[str] = ()) -> tuple[str, list[str], list[str]]:
+                runner_changed: bool = False, patch_files: Iterable[str] = (), known_files: Iterable[str] | None = None) -> tuple[str, list[str], list[str]]:
     """`('agree'|'tampered'|'unavailable', tests the log calls passed that the record does not confirm, reasons)`.
     When the record itself cannot be trusted (cut off, events outside a session, the runner's files changed, a pytest
     plugin the patch wrote), no pass the log claims is confirmed."""
@@ -486,7 +499,8 @@ def cross_check(status_map: dict[str, str], report_text: str | None, fn, tests: 
     reasons = record_problems(rec, complete, runner_changed, patch_files)
     # Names no pytest run can record: some SWE-bench rows list log fragments as tests ('[100%]' in pytest's own rows, from
     # a nested run's `PASSED  [100%]` line). Only the log speaks of them, so they are graded as swebench grades them.
-    claimed = [t for t in tests if test_passed(t, status_map) and recordable(t)]
+    known = set(known_files) if known_files is not None else None
+    claimed = [t for t in tests if test_passed(t, status_map) and recordable(t, known)]
     if claimed and not rec['sessions']: reasons.append('the log shows tests, but no pytest session was recorded')
     bad = claimed if reasons else [t for t in claimed if not test_passed(t, rec['passes'])]
     reasons += [f'{n}: {why}' for n, why in rec['origins'].items()]
@@ -552,7 +566,7 @@ def _grade_exit_code(rec: dict, log: str, base: dict, runner_report: str | None,
     if runner_report is not None and code == 0:     # pytest's own session status must agree with the process's
         fn = parser_for(rec.get('log_parser'), rec.get('repo'))[1]
         rec_ = read_record(runner_report, fn, evidence['patch_files'])
-        reasons = record_problems(rec_, **evidence)
+        reasons = record_problems(rec_, **{k: v for k, v in evidence.items() if k != 'known_files'})
         reasons += [f'pytest recorded exit status {s}, the process ended with 0' for s in rec_['exitstatus'] if s != 0]
         reasons += [f'{n}: {why}' for n, why in rec_['origins'].items()]
         out['cross_check'] = 'tampered' if reasons else 'agree'
@@ -572,7 +586,7 @@ def decisive_line(log: str) -> str:
     return (region[m.start():].split('\n', 1)[0] if m else (lines[-1] if lines else '')).strip()[:300]
 
 def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_status: int | None = None, complete: bool = True,
-              runner_changed: bool = False, patch_files: Iterable[str] = ()) -> dict:
+              runner_changed: bool = False, patch_files: Iterable[str] = (), known_files: Iterable[str] | None = None) -> dict:
     """The report of one instance from its saved log and the runner's record (used after a run, and by `regrade`).
     `exit_status` is the eval script's own status as the harness saw it; `complete`, `runner_changed` and `patch_files`
     say whether the record reached the harness's end marker, whether pytest's files changed, and what the patch wrote."""
@@ -581,7 +595,7 @@ def grade_log(rec: dict, log: str, runner_report: str | None = None, *, exit_sta
     f2p, p2p = record_tests(rec)
     # in pytest's (or pluggy's) own repository the runner is the code under test: the patch writes its plugins
     evidence = dict(complete=complete, runner_changed=runner_changed,
-                    patch_files=() if rec.get('repo') in RUNNER_REPOS else tuple(patch_files))
+                    patch_files=() if rec.get('repo') in RUNNER_REPOS else tuple(patch_files), known_files=known_files)
     if rec.get('eval_type') == 'exit_code' or (not f2p and EXIT_CODE_RE.search(log)):
         return {iid: _grade_exit_code(rec, log, base, runner_report, exit_status, evidence)}
     name, fn = parser_for(rec.get('log_parser'), rec.get('repo'))

@@ -25,7 +25,8 @@ from .recipes import InstanceSpec
 from .images import LABEL, NOTES_DIR, resolve_image
 from .sandbox import Limits, SandboxGone, open_sandbox
 from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
-                                  open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement)
+                                  open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement,
+                                  known_files_command, row_test_files)
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 
@@ -35,7 +36,7 @@ __all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled
            'summarize', 'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-hash
-GRADER_VERSION = 5     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status; 4: origins under pytest 4-5.1's assertion rewriting; 5: log fragments listed as tests are not cross-checked)
+GRADER_VERSION = 5     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status; 4: origins under pytest 4-5.1's assertion rewriting; 5: log fragments and nested runs' tests listed as tests are graded from the log)
 _HASHED = ('instance_id', 'repo', 'base_commit', 'version', 'eval_script', 'test_patch', 'FAIL_TO_PASS', 'PASS_TO_PASS',
            'fail_to_pass', 'pass_to_pass', 'log_parser', 'eval_type', 'pre_edits')
 
@@ -113,7 +114,11 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
             if cancel is not None and cancel.is_set(): raise Cancelled(iid)
             if out_dir: atomic_write_text(out_dir / 'test_output.log', apply_log)
             return empty_report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3), suspicious=suspicious, **meta)
-        infra, t1 = reset_test_infrastructure(box, patch), time.perf_counter()
+        infra = reset_test_infrastructure(box, patch)
+        files = row_test_files(rec)     # which of the row's test files are real (the rest name nested runs' tests)
+        known = (set(box.run(known_files_command(files), timeout=120).output.split()) | set(patch_paths(rec.get('test_patch') or ''))
+                 if files else None)
+        t1 = time.perf_counter()
         try: r, runner, lost = *_run_tests(box, script, timeout, out_dir), None
         except SandboxGone as e: r, runner, lost = None, None, one_line(str(e))    # the code under test took the sandbox down
         test_s = time.perf_counter() - t1
@@ -124,10 +129,10 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     log = f'{apply_log}\n{r.output}'
     _save_run(out_dir, log, script, runner)
     evidence = dict(exit_status=r.exit_code if observed else None, complete=runner['complete'] if runner else True,
-                    runner_changed=bool(runner and runner['runner_changed']), patch_files=patch_paths(patch))
+                    runner_changed=bool(runner and runner['runner_changed']), patch_files=patch_paths(patch), known_files=known)
     extra = dict(meta, apply_method=method, apply_leniency=leniency, test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3),
                  test_duration_s=round(test_s, 3), output_bytes=r.output_bytes, output_truncated=r.truncated,
-                 record={k: v for k, v in evidence.items() if k != 'patch_files'})
+                 record={k: v for k, v in evidence.items() if k not in ('patch_files', 'known_files')})
     if r.timed_out: return empty_report(iid, patch, patch_successfully_applied=True, status='timed_out', **extra)
     return {iid: {**grade_log(rec, log, runner['text'] if runner else None, **evidence)[iid], **extra}}
 
