@@ -402,11 +402,11 @@ def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, pre
     return rep
 
 _NEEDS_NETWORK = re.compile(r'ConnectionError|Max retries exceeded|Name or service not known|Temporary failure in name resolution|'
-                            r'Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror')
+                            r'NameResolutionError|Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror')
 
 def _cause(row: dict) -> str | None:
     "A cause class where the row's evidence names one: `needs_network` or `machine_limit`; None when it takes a reader."
-    text = ' '.join(str(row.get(k) or '') for k in ('reason', 'decisive_line'))
+    text = ' '.join(str(row.get(k) or '') for k in ('reason', 'decisive_line', 'network_line'))
     if row.get('verdict') in (None, 'valid'): return None
     if _NEEDS_NETWORK.search(text): return 'needs_network'
     if row.get('verdict') == 'build_failed' and re.search(r'unknown repo|in the repository store|No space left on device|not our ref', text):
@@ -429,6 +429,10 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     row.update(_verdict(g, u))
     r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
     if r.get('decisive_line'): row['decisive_line'] = r['decisive_line']
+    log = out / ('gold' if r is g else 'unpatched') / iid / 'test_output.log'
+    if row['verdict'] != 'valid' and log.exists():      # a sandbox without network: the first line that says so
+        with open(log, errors='replace') as f:
+            if (line := next((l.strip() for l in f if _NEEDS_NETWORK.search(l)), None)): row['network_line'] = line[:300]
     return row
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-validate-fn
@@ -532,6 +536,8 @@ class _DiskBound:
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_validation(s: dict):
     cols = ['instance_id', 'version', 'python', 'verdict', 'cause', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
+    s = {**s, 'instances': [{**r, 'reason': r.get('reason') or '', **({'reason': f"{r.get('reason') or ''} ({r['decisive_line']})"} if r.get('decisive_line') and r.get('decisive_line') not in str(r.get('reason')) else {})}
+                            for r in s['instances']]}
     rows = [[str(r.get(c, '') if r.get(c) is not None else '') for c in cols] for r in s['instances']]
     w = [max(len(c), *(len(x[i][:70]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
