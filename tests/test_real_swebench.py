@@ -109,6 +109,7 @@ def test_validate_pytest_rows_of_verified(tmp_path):
 
 # --- Every repository of Verified that could be brought here: one validated row each, with its logs ---------------------
 MORE = DATA / 'real-validation-more'
+MORE_REPOS = {'mwaskom/seaborn', 'pytest-dev/pytest', 'sphinx-doc/sphinx'}
 
 
 def _repo_dirs() -> list[Path]:
@@ -135,7 +136,7 @@ def test_more_repositories_agree_with_swebench_and_keep_their_verdicts(more_logs
     with ours on its gold and unpatched logs, and regrading gives the recorded verdict."""
     recs = {r['instance_id']: r for r in load_instances(MORE / 'rows.jsonl')}
     table = {r['instance_id']: r for r in json.loads((MORE / 'validation.json').read_text())['instances']}
-    assert len({r['repo'] for r in recs.values()}) >= 5 and set(recs) == set(table)
+    assert {r['repo'] for r in recs.values()} == MORE_REPOS and set(recs) == set(table)
     for iid, rec in recs.items():
         reports = {}
         for arm in ('gold', 'unpatched'):
