@@ -5,7 +5,9 @@
 runner's own records) and its verdicts. Grading those logs must agree with swebench's own `get_eval_report`, and give
 the same verdicts, on any machine. With the repositories' git bundles at hand (../shared/data/repos, or
 SWEBENCH_LAB_SHARED_DATA), `validate` runs for real on one instance per repository: images built here, official eval
-scripts run as published."""
+scripts run as published. `tests/data/real-validation-more/` does the same for one valid Verified row of each further
+repository validated here (its gold and unpatched logs stored), validated for real where its repository is present
+($SWEBENCH_LAB_REAL_REPOS, or the shared data: pytest's bundle is there)."""
 import json
 import os
 import sys
