@@ -506,6 +506,27 @@ def submodule_repo(url: str, parent: str | None) -> str | None:
     m = re.search(r'[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)$', url)
     return f'{m[1]}/{m[2]}' if m else None
 
+def _copy_history(src: str, commit: str, dest: Path) -> bool:
+    """Copy `commit` and its past from the local repository `src` into the fresh repository `dest` by borrowing `src`'s
+    objects and repacking what the commit reaches (5× faster than a fetch, which enumerates and sends the same objects
+    through a pack protocol), then letting go of `src`. False when that cannot be done (a partial clone, a missing
+    object): the caller fetches instead."""
+    common = _git('rev-parse', '--git-common-dir', cwd=src, check=False).strip()
+    objects = (Path(src) / common / 'objects').resolve() if common else None
+    alt = dest / '.git' / 'objects' / 'info' / 'alternates'
+    if objects is None or not objects.is_dir() or _git('config', '--get', 'remote.origin.promisor', cwd=src, check=False).strip():
+        return False
+    try:
+        alt.write_text(f'{objects}\n')
+        _git('update-ref', 'refs/swebench-lab/base', commit, cwd=dest)
+        _git('repack', '-a', '-d', '-q', cwd=dest)
+    except SwebenchLabError: return False
+    finally:
+        alt.unlink(missing_ok=True)
+        _git('update-ref', '-d', 'refs/swebench-lab/base', cwd=dest, check=False)
+        shutil.rmtree(dest / '.git' / 'logs', ignore_errors=True)
+    return subprocess.run(['git', 'cat-file', '-e', f'{commit}^{{tree}}'], cwd=dest, capture_output=True).returncode == 0
+
 def clone_at(repo_path: str | Path, commit: str, dest: str | Path, store=None, repo: str | None = None,
              version: str | None = None, notes: list | None = None) -> Path:
     """A fresh repository at `dest` holding `commit` and its past only (no branches, remotes or later commits), checked
@@ -518,7 +539,9 @@ def clone_at(repo_path: str | Path, commit: str, dest: str | Path, store=None, r
     git = lambda *a, cwd=dest, check=True: _git(*a, cwd=cwd, check=check)
     dest.mkdir(parents=True, exist_ok=True)
     git('init', '--quiet')
-    try: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
+    try:
+        if _copy_history(src, commit, dest): git('update-ref', 'FETCH_HEAD', commit)
+        else: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
     except SwebenchLabError as e:
         try: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', '--depth', '1', src, commit)
         except SwebenchLabError: raise e from None
@@ -534,7 +557,10 @@ def clone_at(repo_path: str | Path, commit: str, dest: str | Path, store=None, r
                          "tools that read the version from git see that release")
     else:
         past = [t for t in git('tag', '--merged', commit, cwd=src).split() if _VERSION_TAG.search(t)]
-        if past: git('fetch', '--quiet', '--no-tags', src, *[f'refs/tags/{t}:refs/tags/{t}' for t in past])
+        if past:   # with a ref at the commit, the fetch knows its past is here and sends the tag objects alone (else all again)
+            git('update-ref', 'refs/swebench-lab/base', 'HEAD')
+            try: git('fetch', '--quiet', '--no-tags', src, *[f'refs/tags/{t}:refs/tags/{t}' for t in past])
+            finally: git('update-ref', '-d', 'refs/swebench-lab/base', check=False)
     for ref in ('FETCH_HEAD', 'ORIG_HEAD'): (dest / '.git' / ref).unlink(missing_ok=True)
     if (dest / '.gitmodules').exists(): _checkout_submodules(dest, store, repo, notes)
     return dest
