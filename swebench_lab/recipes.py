@@ -26,10 +26,11 @@ from .pypi_index import cutoff_text, parse_cutoff
 from .repos import RepoStore, repo_key
 
 # %% auto #0
-__all__ = ['DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'SWEBENCH_SNAPSHOT', 'RecipeError', 'Recipe',
-           'shipped_recipes', 'load_recipe', 'find_host_python', 'python_info', 'host_suite', 'host_python_prefix',
-           'python_source', 'recipes_from_swebench', 'recipe_pins', 'pin_upload_time', 'stamp_upload_cutoffs',
-           'write_shipped_recipes', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml', 'resolved_requirements']
+__all__ = ['DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'SWEBENCH_SNAPSHOT', 'CONDA_TO_PYPI', 'RecipeError',
+           'Recipe', 'shipped_recipes', 'load_recipe', 'find_host_python', 'python_info', 'host_suite',
+           'host_python_prefix', 'python_source', 'recipes_from_swebench', 'recipe_pins', 'pin_upload_time',
+           'stamp_upload_cutoffs', 'write_shipped_recipes', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml',
+           'resolved_requirements']
 
 # %% ../nbs/08a_recipes.ipynb #rec-recipes
 DISTROS = {'3.9': 'bullseye', '3.11': 'bookworm', '3.13': 'trixie'}
@@ -363,6 +364,12 @@ def resolve_requirements(recipe: Recipe, repo, commit: str) -> str:
 _CONDA_ONLY = {'python', 'pip', 'compilers', 'c-compiler', 'cxx-compiler', 'fortran-compiler', 'pkg-config', 'make', 'cmake',
                'ffmpeg', 'graphviz', 'imagemagick', 'nodejs', 'ghostscript', 'inkscape', 'texlive-core', 'libgdal', 'gdal'}
 
+# conda-forge names whose PyPI project is called otherwise; a name PyPI lacks altogether is left out at build time, with a
+# note. PyPI's `iris` is a placeholder whose import raises: installed under that name it broke the collection of xarray's tests.
+CONDA_TO_PYPI = {'iris': 'scitools-iris', 'matplotlib-base': 'matplotlib', 'dask-core': 'dask', 'pytorch': 'torch',
+                 'pytables': 'tables', 'msgpack-python': 'msgpack', 'pyqt': 'PyQt5', 'python-graphviz': 'graphviz',
+                 'pytest-xdist-core': 'pytest-xdist', 'ipython-core': 'ipython'}
+
 def resolve_env_yml(recipe: Recipe, repo, commit: str) -> str:
     "A conda environment.yml (from `repo` at `commit`) as pip requirements: conda-only packages dropped, `=` pins made `==`."
     _, text = _first_file(recipe, repo, commit, recipe.env_yml_paths, 'env_yml_paths')
@@ -375,7 +382,7 @@ def resolve_env_yml(recipe: Recipe, repo, commit: str) -> str:
             if not m or m[1].lower() in _CONDA_ONLY: continue
             spec = m[2].strip().replace(' ', '')
             if re.match(r'^=[^=]', spec): spec = '=' + spec
-            out.append(m[1] + spec.rstrip('*').rstrip('.'))
+            out.append(CONDA_TO_PYPI.get(m[1].lower(), m[1]) + spec.rstrip('*').rstrip('.'))
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/08a_recipes.ipynb #rec-layers-resolved-requirements
