@@ -627,9 +627,9 @@ def swebench_report(rec: dict, log_path: str | Path) -> dict:
                            include_tests_status=True)[iid]
 
 # %% ../nbs/09a_grading.ipynb #gr-swebench-agreement
-def swebench_agreement(rec: dict, log_path: str | Path, runner_report: str | None = None) -> dict:
-    "Our verdict and swebench's on the same log, and whether they agree."
-    ours = grade_log(rec, Path(log_path).read_text(errors='replace'), runner_report)[rec['instance_id']]
+def swebench_agreement(rec: dict, log_path: str | Path, runner_report: str | None = None, known_files: Iterable[str] | None = None) -> dict:
+    "Our verdict and swebench's on the same log, and whether they agree (`known_files`: the row's test files the run found, from its report)."
+    ours = grade_log(rec, Path(log_path).read_text(errors='replace'), runner_report, known_files=known_files)[rec['instance_id']]
     theirs = swebench_report(rec, log_path)
     ours_output = ours['status'] != NO_TEST_OUTPUT or bool(ours.get('no_tests_ran'))   # output, though none of the row's tests
     theirs_output = bool(theirs['patch_successfully_applied'])

@@ -116,7 +116,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
             return empty_report(iid, patch, status='patch_not_applied', duration_s=round(time.perf_counter() - t0, 3), suspicious=suspicious, **meta)
         infra = reset_test_infrastructure(box, patch)
         files = row_test_files(rec)     # which of the row's test files are real (the rest name nested runs' tests)
-        known = (set(box.run(known_files_command(files), timeout=120).output.split()) | set(patch_paths(rec.get('test_patch') or ''))
+        known = (sorted(set(box.run(known_files_command(files), timeout=120).output.split()) | set(patch_paths(rec.get('test_patch') or '')))
                  if files else None)
         t1 = time.perf_counter()
         try: r, runner, lost = *_run_tests(box, script, timeout, out_dir), None
@@ -132,7 +132,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
                     runner_changed=bool(runner and runner['runner_changed']), patch_files=patch_paths(patch), known_files=known)
     extra = dict(meta, apply_method=method, apply_leniency=leniency, test_infrastructure_reset=infra, suspicious=suspicious, duration_s=round(time.perf_counter() - t0, 3),
                  test_duration_s=round(test_s, 3), output_bytes=r.output_bytes, output_truncated=r.truncated,
-                 record={k: v for k, v in evidence.items() if k not in ('patch_files', 'known_files')})
+                 record={k: v for k, v in evidence.items() if k != 'patch_files'})      # regrade grades again with these
     if r.timed_out: return empty_report(iid, patch, patch_successfully_applied=True, status='timed_out', **extra)
     return {iid: {**grade_log(rec, log, runner['text'] if runner else None, **evidence)[iid], **extra}}
 
@@ -423,8 +423,9 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     row.update(gold_status=g.get('status'), unpatched_status=u.get('status'), gold_test_s=g.get('test_duration_s'),
                unpatched_test_s=u.get('test_duration_s'))
     if notes := g.get('environment_notes'): row['environment_notes'] = notes
-    agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None)['agree']
-             for d in (out / 'gold' / iid, out / 'unpatched' / iid) if (d / 'test_output.log').exists()]
+    agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None,
+                                (r.get('record') or {}).get('known_files'))['agree']
+             for d, r in ((out / 'gold' / iid, g), (out / 'unpatched' / iid, u)) if (d / 'test_output.log').exists()]
     row['agrees_with_swebench'] = all(agree) if agree else None
     row.update(_verdict(g, u))
     r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
