@@ -537,8 +537,10 @@ class _DiskBound:
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_validation(s: dict):
     cols = ['instance_id', 'version', 'python', 'verdict', 'cause', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
-    s = {**s, 'instances': [{**r, 'reason': r.get('reason') or '', **({'reason': f"{r.get('reason') or ''} ({r['decisive_line']})"} if r.get('decisive_line') and r.get('decisive_line') not in str(r.get('reason')) else {})}
-                            for r in s['instances']]}
+    def why(r):      # the reason, with the decisive log line when the reason does not already quote it
+        reason, line = r.get('reason') or '', r.get('decisive_line')
+        return f'{reason} ({line})' if line and line not in reason else reason
+    s = {**s, 'instances': [{**r, 'reason': why(r)} for r in s['instances']]}
     rows = [[str(r.get(c, '') if r.get(c) is not None else '') for c in cols] for r in s['instances']]
     w = [max(len(c), *(len(x[i][:70]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
