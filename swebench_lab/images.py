@@ -27,14 +27,15 @@ from .repos import RepoStore, repo_key
 from .recipes import InstanceSpec, Recipe, RecipeError, python_info, python_source, host_suite, resolved_requirements
 
 # %% auto #0
-__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'BASE_SEES_ENV',
-           'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP', 'WHEELHOUSE',
-           'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable', 'docker_client', 'docker_available',
-           'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag', 'image_exists', 'build_base_image',
-           'docker_build', 'step_kind', 'step_times', 'host_python_base_tag', 'build_host_python_base', 'cutoff_lines',
-           'cutoff_buildargs', 'env_context', 'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir',
-           'base_for', 'base_tag_for', 'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo',
-           'clone_at', 'build_instance_images']
+__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV',
+           'LEGACY_WITHOUT_PYPROJECT', 'BASE_SEES_ENV', 'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY',
+           'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable',
+           'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag',
+           'image_exists', 'build_base_image', 'docker_build', 'step_kind', 'step_times', 'host_python_base_tag',
+           'build_host_python_base', 'install_command', 'cutoff_lines', 'cutoff_buildargs', 'env_context',
+           'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir', 'base_for', 'base_tag_for',
+           'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo', 'clone_at',
+           'build_instance_images']
 
 # %% ../nbs/08b_images.ipynb #img-engine
 LABEL = 'swebench_lab'
@@ -271,6 +272,15 @@ PIP_SPEC = 'pip>=21,<25.3'
 
 PIP_ENV = ['PIP_CONFIG_SETTINGS=editable_mode=compat', 'PIP_DISABLE_PIP_VERSION_CHECK=1']
 
+# Config settings make pip build in PEP 517 mode, isolated, even for a project with no pyproject.toml; SWE-bench's pips
+# ran such a project's `setup.py develop` in the environment itself, whose packages its setup.py may import (astropy 3.x
+# generates erfa's sources with jinja2): the install step drops them there
+LEGACY_WITHOUT_PYPROJECT = '[ -e pyproject.toml ] || unset PIP_CONFIG_SETTINGS'
+
+def install_command(r: Recipe) -> str | None:
+    "The recipe's install step as the images (and the local backend) run it."
+    return f'{LEGACY_WITHOUT_PYPROJECT}; {r.install}' if r.install else None
+
 def _pip(args: str) -> str: return f'python -m pip install --no-cache-dir --progress-bar off {args}'
 
 # A conda environment is a whole prefix: its python, reached through any symlink, finds its packages. A venv's python
@@ -315,9 +325,33 @@ while True:
     left += drop
     lines = [l for l in lines if l not in drop]
     open(req, 'w').write('\n'.join(lines) + '\n')
-if left:
+said = ['left out of the environment (not on the package index): %s' % l for l in left]
+# installed is not usable: a wheel can need a C library only conda ships (cfgrib: ecCodes), and then its import raises
+# RuntimeError where tests expect ImportError (xarray's importorskip): a whole test module would fail to collect
+def module_of(dist):
+    try: from importlib import metadata    # Python >= 3.8; older environments are not checked
+    except ImportError: return None
+    try: d = metadata.distribution(dist)
+    except Exception: return None
+    top = (d.read_text('top_level.txt') or '').split() or sorted(
+        {f.parts[0] for f in d.files or () if len(f.parts) == 2 and f.parts[1] == '__init__.py'} |
+        {f.parts[0][:-3] for f in d.files or () if len(f.parts) == 1 and f.parts[0].endswith('.py')})
+    top = [t for t in top if t.isidentifier() and t != 'tests']
+    norm = name(dist).replace('-', '_')
+    return next((t for t in top if t.lower() == norm), top[0] if top else None)
+for l in lines:
+    mod = module_of(name(l))
+    if mod is None: continue
+    r = subprocess.run([sys.executable, '-c', 'import ' + mod], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    err = [x for x in r.stdout.strip().splitlines() if x.strip()]
+    if r.returncode == 0 or (err and re.match(r"ModuleNotFoundError: No module named '%s'$" % re.escape(mod), err[-1])): continue
+    why = err[-1].strip()[:200] if err else 'exit status %d' % r.returncode
+    print('swebench_lab: left out %r: installed, but `import %s` fails here: %s' % (l, mod, why))
+    subprocess.call([sys.executable, '-m', 'pip', 'uninstall', '-y', '-q', name(l)])
+    said.append('left out of the environment (its import fails here: %s): %s' % (why, l))
+if said:
     os.makedirs(notes, exist_ok=True)
-    open(os.path.join(notes, 'env-left-out.txt'), 'a').write(''.join('left out of the environment (not on the package index): %s\n' % l for l in left))
+    open(os.path.join(notes, 'env-left-out.txt'), 'a').write(''.join(s + '\n' for s in said))
 subprocess.call(['rm', '-rf', '/tmp/swebench_lab-pip-cache'])
 '''
 
@@ -394,7 +428,7 @@ def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | No
              'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py', f'COPY notes {NOTES_DIR}',
              'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}']
     lines += [f'RUN {c}' for c in r.pre_install]
-    if r.install: lines.append(f'RUN {r.install}')
+    if r.install: lines.append(f'RUN {install_command(r)}')
     lines.append(f'RUN python /opt/swebench_lab/wheelhouse.py {WHEELHOUSE} && {SETTLE_SETUP}')
     lines.append(f'ENV PIP_FIND_LINKS={WHEELHOUSE}')
     return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}

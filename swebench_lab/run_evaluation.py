@@ -22,11 +22,11 @@ from .core import (SwebenchLabError, JSONLError, cli_entry, iter_jsonl, logger, 
 from .data import load_instances, filter_instances, gold_patch, input_path
 from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
-from .images import LABEL, NOTES_DIR, resolve_image
+from .images import LABEL, NOTES_DIR, install_command, resolve_image
 from .sandbox import Limits, SandboxGone, open_sandbox
 from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
                                   open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement,
-                                  known_files_command, row_test_files)
+                                  known_files_command, row_test_files, decisive_line)
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 
@@ -52,7 +52,7 @@ def instance_image(spec: InstanceSpec, backend: str, store: RepoStore | None = N
     "The environment a report names: the Docker image tag, or the local backend's Python and recipe."
     if backend == 'docker': return resolve_image(spec, store)
     r = spec.recipe
-    return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, r.install]).encode()).hexdigest()[:12]
+    return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, install_command(r)]).encode()).hexdigest()[:12]
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-one
 class Cancelled(Exception): "The run was interrupted while this instance was being evaluated (no report is written)."
@@ -381,7 +381,10 @@ def _verdict(g: dict, u: dict) -> dict:
         r = g if g.get('status') == NO_TEST_OUTPUT else u
         why = f"none of the row's tests ran: {r['decisive_line']}" if r.get('decisive_line') else 'printed no test output'
         return dict(verdict=NO_TEST_OUTPUT, reason=f"{'gold' if r is g else 'unpatched'} run: {why}")
-    if not g.get('resolved'): return dict(verdict='gold_fails', reason=f"status {g.get('status')}", failing=_failing(g))
+    if not g.get('resolved'):
+        f = _failing(g)
+        what = ', '.join(f'{len(v)} {k}' for k, v in f.items()) or 'none of its tests failing'
+        return dict(verdict='gold_fails', reason=f"gold run {g.get('status')}: {what}", failing=f)
     if u.get('resolved'): return dict(verdict='empty_passes', reason='the tests pass without the fix: they prove nothing')
     return dict(verdict='valid')
 
@@ -429,8 +432,9 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     row['agrees_with_swebench'] = all(agree) if agree else None
     row.update(_verdict(g, u))
     r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
-    if r.get('decisive_line'): row['decisive_line'] = r['decisive_line']
     log = out / ('gold' if r is g else 'unpatched') / iid / 'test_output.log'
+    if r.get('decisive_line'): row['decisive_line'] = r['decisive_line']
+    elif row['verdict'] == 'gold_fails' and log.exists(): row['decisive_line'] = decisive_line(log.read_text(errors='replace'))
     if row['verdict'] != 'valid' and log.exists():      # a sandbox without network: the first line that says so
         with open(log, errors='replace') as f:
             if (line := next((l.strip() for l in f if _NEEDS_NETWORK.search(l)), None)): row['network_line'] = line[:300]

@@ -34,7 +34,7 @@ from typing import Iterator
 from .core import SwebenchLabError, logger, one_line
 from .repos import RepoStore
 from .recipes import InstanceSpec, Recipe, RecipeError, find_host_python, resolved_requirements
-from .images import (LABEL, CONDA_SHIM, cutoff_buildargs, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
+from .images import (LABEL, CONDA_SHIM, install_command, cutoff_buildargs, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
                                  clone_at, content_hash, docker_client, env_dir)
 
 # %% auto #0
@@ -528,7 +528,7 @@ def _setup(self: LocalSandbox, spec, store, template):
                 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
                 'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
     for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
-    for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
+    for c in [*spec.recipe.pre_install, install_command(spec.recipe), SETTLE_SETUP]:
         if not c: continue
         r = self.run(c, timeout=1800)
         if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
