@@ -407,11 +407,19 @@ def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, pre
 _NEEDS_NETWORK = re.compile(r'ConnectionError|Max retries exceeded|Name or service not known|Temporary failure in name resolution|'
                             r'NameResolutionError|Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror')
 
+_LEFT_OUT = re.compile(r'left out of the environment \((?:its import fails here: (.*)|.*)\): ([^\s<>=!~;\[]+)')
+
+def _left_out(notes) -> list[str]:
+    "The packages an image's notes say were left out of its environment, and the import errors that left them out."
+    return [x for n in notes or () if (m := _LEFT_OUT.match(n)) for x in (m[2], m[1]) if x]
+
 def _cause(row: dict) -> str | None:
-    "A cause class where the row's evidence names one: `needs_network` or `machine_limit`; None when it takes a reader."
+    """A cause class where the row's evidence names one: `needs_network`, `conda_only` (the decisive line names a package
+    left out of the environment: only a conda channel has it, or its C library), `machine_limit`; None when it takes a reader."""
     text = ' '.join(str(row.get(k) or '') for k in ('reason', 'decisive_line', 'network_line'))
     if row.get('verdict') in (None, 'valid'): return None
     if _NEEDS_NETWORK.search(text): return 'needs_network'
+    if any(re.search(rf"(?<![\w-]){re.escape(x)}(?![\w-])", text) for x in _left_out(row.get('environment_notes'))): return 'conda_only'
     if row.get('verdict') == 'build_failed' and re.search(r'unknown repo|in the repository store|No space left on device|not our ref', text):
         return 'machine_limit'
     return None
@@ -477,13 +485,12 @@ def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backe
     def on_value(iid, row):
         row['row_key'] = keys[iid]; rows[iid] = {**rows[iid], **row}
         if row.get('image'): _image_sizes({iid: rows[iid]}, backend)
-        rows[iid]['cause'] = _cause(rows[iid])
         save()
         tqdm.write(f"{iid}: {row.get('verdict')}{'  ' + str(row.get('reason'))[:150] if row.get('reason') else ''}")
         if disk: disk.used(row.get('image')); disk.enforce({rows[i].get('image') for i in inflight if i != iid})
         inflight.discard(iid)
     def on_error(iid, msg):
-        rows[iid].update(verdict='build_failed', reason=msg.split(': ', 1)[-1][:500]); rows[iid]['cause'] = _cause(rows[iid]); inflight.discard(iid); save()
+        rows[iid].update(verdict='build_failed', reason=msg.split(': ', 1)[-1][:500]); inflight.discard(iid); save()
         tqdm.write(f"{iid}: {rows[iid]['verdict']}  {rows[iid]['reason'][:150]}")
     inflight = {r['instance_id'] for r in todo}
     run_label = new_run_label()
@@ -505,6 +512,7 @@ def _image_sizes(rows: dict, backend: str) -> None:
 
 def _write_validation(dataset_name, network: bool, table: list[dict], out: Path, others: list[dict] = ()) -> dict:
     from collections import Counter
+    for r in table: r['cause'] = _cause(r)     # recomputed for carried-over rows too, as the classes grow
     summary = {'dataset': str(dataset_name), 'network': network, 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
                'agree_with_swebench': sum(r.get('agrees_with_swebench') is True for r in table),
                'disagree_with_swebench': [r['instance_id'] for r in table if r.get('agrees_with_swebench') is False],
