@@ -366,12 +366,36 @@ def _failing(rep: dict) -> dict[str, list[str]]:
     ts = rep.get('tests_status') or {}
     return {k: ts[k]['failure'] for k in ('FAIL_TO_PASS', 'PASS_TO_PASS') if ts.get(k, {}).get('failure')}
 
-def _build_job(rec: dict, backend: str, prebuilt: bool) -> dict:
-    "The instance image of `rec` built (docker), timed: `{python, image, build_s}`."
+def _stop_build_on(cancel: threading.Event, instance_id: str) -> threading.Event:
+    """Watch `cancel` while `instance_id`'s image builds: once it is set, remove the build's running step containers (they
+    carry the instance label of its Dockerfile, and no run label, unlike sandboxes), so the build stops at once rather than
+    finishing its step. Set the returned event when the build is over."""
+    from swebench_lab.images import docker_client
+    done = threading.Event()
+    def watch():
+        while not done.wait(0.5):
+            if not cancel.is_set(): continue
+            for c in docker_client().containers.list(filters={'label': [f'{LABEL}=instance', f'{LABEL}.instance={instance_id}']}):
+                if f'{LABEL}.run' not in c.labels:
+                    try: c.remove(force=True)
+                    except Exception: pass
+    threading.Thread(target=watch, daemon=True, name=f'stop-build-{instance_id}').start()
+    return done
+
+def _build_job(rec: dict, backend: str, prebuilt: bool, cancel: threading.Event | None = None) -> dict:
+    "The instance image of `rec` built (docker), timed: `{python, image, build_s}`; stopped when `cancel` is set."
     from swebench_lab.images import build_instance_image
     spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
     t0 = time.perf_counter()
-    image = build_instance_image(spec) if backend == 'docker' else None
+    if backend != 'docker': image = None
+    else:
+        done = _stop_build_on(cancel, spec.instance_id) if cancel is not None else None
+        try: image = build_instance_image(spec)
+        except Exception:
+            if cancel is not None and cancel.is_set(): raise Cancelled(f'{spec.instance_id}: build stopped') from None
+            raise
+        finally:
+            if done is not None: done.set()
     return {'python': spec.recipe.python if not spec.image else None, 'image': image, 'build_s': round(time.perf_counter() - t0, 1)}
 
 def _verdict(g: dict, u: dict) -> dict:
@@ -428,7 +452,7 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
                   cancel: threading.Event | None = None) -> dict:
     "One row of `validate`: its image built (timed), gold and unpatched runs, the verdict and swebench's agreement."
     iid = rec['instance_id']
-    row = _build_job(rec, backend, prebuilt)
+    row = _build_job(rec, backend, prebuilt, cancel)
     limits = Limits(network=network)
     g, u = (_arm(rec, arm, out / arm, backend, timeout, limits, prebuilt, labels, cancel) for arm in ('gold', 'unpatched'))
     row.update(gold_status=g.get('status'), unpatched_status=u.get('status'), gold_test_s=g.get('test_duration_s'),

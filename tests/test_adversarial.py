@@ -121,6 +121,46 @@ def test_interrupt_leaves_no_report_and_a_rerun_grades(sig, tmp_path):
 
 
 @pytest.mark.docker
+def test_ctrl_c_stops_validate_mid_build(tmp_path):
+    """Ctrl-C while `validate` builds an instance image stops the build at once (its step container removed), not when the
+    step ends: exit 130, no build container of the row left, no verdict recorded for it."""
+    from swebench_lab.images import docker_client, LABEL
+    iid = f'demo__textkit-stopbuild-{os.getpid()}'
+    rows = tmp_path / 'rows.jsonl'
+    write_jsonl_atomic(rows, [{**load_instances(DEMO_SWE)[0], 'instance_id': iid}])
+    crawled = tmp_path / 'crawled'
+    (crawled / 'envs').mkdir(parents=True)
+    for d in ('bench', 'repos'): (crawled / d).symlink_to(ROOT / 'crawled_data' / d)
+    recipe = yaml.safe_load((ROOT / 'crawled_data' / 'envs' / 'demo__textkit.yaml').read_text())
+    recipe['0.1']['install'] = 'sleep 600'          # an install step that would hold the build for ten minutes
+    (crawled / 'envs' / 'demo__textkit.yaml').write_text(yaml.safe_dump(recipe))
+    p = subprocess.Popen([sys.executable, '-m', 'swebench_lab.run_evaluation', 'validate', '--dataset_name', str(rows),
+                          '--instance_ids', iid], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, 'PYTHONUNBUFFERED': '1', 'SWEBENCH_LAB_CRAWLED_DATA': str(crawled),
+                              'SWEBENCH_LAB_RESULTS': str(tmp_path / 'results')})
+    client, t0 = docker_client(), time.time()
+    def building():
+        cs = client.containers.list(filters={'label': [f'{LABEL}.instance={iid}']}, ignore_removed=True)
+        return [c for c in cs if 'sleep 600' in ' '.join(c.attrs['Config'].get('Cmd') or [])]
+    try:
+        while not building():
+            assert p.poll() is None, p.stdout.read().decode()[-2000:]
+            assert time.time() - t0 < 600, 'the build never reached its install step'
+            time.sleep(0.5)
+        t1 = time.time()
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=60)[0].decode()
+        assert p.returncode == 130, out[-2000:]
+        assert time.time() - t1 < 30, f'Ctrl-C took {time.time() - t1:.0f} s'
+        assert building() == [] and client.containers.list(all=True, filters={'label': [f'{LABEL}.instance={iid}']}) == []
+    finally:                                        # a failed check leaves no process nor build behind
+        if p.poll() is None: p.kill(); p.wait()
+        for c in client.containers.list(all=True, filters={'label': [f'{LABEL}.instance={iid}']}): c.remove(force=True)
+    val = tmp_path / 'results' / 'evaluations' / 'validate' / 'rows' / 'validation.json'
+    assert not val.exists() or not [r for r in json.loads(val.read_text())['instances'] if r.get('verdict')], val.read_text()
+
+
+@pytest.mark.docker
 def test_sigkill_leaves_containers_that_the_next_run_reaps(tmp_path):
     "A SIGKILLed evaluator's containers are removed by `remove` (and the next run); a live process's container is not."
     live = subprocess.Popen([sys.executable, '-c', (
