@@ -366,6 +366,12 @@ def _failing(rep: dict) -> dict[str, list[str]]:
     ts = rep.get('tests_status') or {}
     return {k: ts[k]['failure'] for k in ('FAIL_TO_PASS', 'PASS_TO_PASS') if ts.get(k, {}).get('failure')}
 
+def _failing_line(log: str, failing: dict[str, list[str]]) -> str:
+    "The summary line of the log that names a failing test of the row (`FAILED id - why`), else its `decisive_line`."
+    tests = [t for ts in failing.values() for t in ts]
+    summary = [l.strip() for l in log.splitlines() if l.startswith(('FAILED ', 'ERROR '))]
+    return next((l[:300] for t in tests for l in summary if t in l.split(' - ', 1)[0]), None) or decisive_line(log)
+
 def _stop_build_on(cancel: threading.Event, instance_id: str) -> threading.Event:
     """Watch `cancel` while `instance_id`'s image builds: once it is set, remove the build's running step containers (they
     carry the instance label of its Dockerfile, and no run label, unlike sandboxes), so the build stops at once rather than
@@ -466,7 +472,7 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
     log = out / ('gold' if r is g else 'unpatched') / iid / 'test_output.log'
     if r.get('decisive_line'): row['decisive_line'] = r['decisive_line']
-    elif row['verdict'] == 'gold_fails' and log.exists(): row['decisive_line'] = decisive_line(log.read_text(errors='replace'))
+    elif row['verdict'] == 'gold_fails' and log.exists(): row['decisive_line'] = _failing_line(log.read_text(errors='replace'), row['failing'])
     if row['verdict'] != 'valid' and log.exists():      # a sandbox without network: the first line that says so
         with open(log, errors='replace') as f:
             if (line := next((l.strip() for l in f if _NEEDS_NETWORK.search(l)), None)): row['network_line'] = line[:300]
