@@ -350,14 +350,16 @@ def exit_code_script(rec: dict, test_cmd: str) -> str:
 def export_instances(dataset_name: str, output: str | Path, instance_ids: Iterable[str] | None = None) -> list[dict]:
     "FORMATS §5 input entries for records the workbench can build (their env images are built here); written to `output`."
     from swebench_lab.data import load_instances, gold_patch
-    from swebench_lab.images import GIT_IDENTITY, SETTLE_SETUP, exclude_lines, install_command
+    from swebench_lab.images import GIT_IDENTITY, LEGACY_EDITABLE, SETTLE_SETUP, exclude_lines
     recs = load_instances(dataset_name, instance_ids=instance_ids)
     store, out = RepoStore(), []
     for r in recs:
         spec = InstanceSpec.from_record(r)
         env = build_env_image(spec, store=store)
-        lines = [f'FROM {env}', 'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}',
-                 *[f'RUN {c}' for c in spec.recipe.pre_install], *([f'RUN {install_command(spec.recipe)}'] if spec.recipe.install else []),
+        legacy = store.get(r['repo']).read_file(r['base_commit'], 'pyproject.toml') is None    # as the workbench's images do
+        lines = [f'FROM {env}', 'COPY testbed /testbed', 'WORKDIR /testbed', *[f'ENV {LEGACY_EDITABLE}'] * legacy,
+                 f'RUN {GIT_IDENTITY} && {exclude_lines()}',
+                 *[f'RUN {c}' for c in spec.recipe.pre_install], *([f'RUN {spec.recipe.install}'] if spec.recipe.install else []),
                  f'RUN {SETTLE_SETUP}']
         truth = gold_patch(r)
         out.append({'instance_id': r['instance_id'], 'repo': r['repo'], 'base_commit': r['base_commit'], 'patch': truth,

@@ -27,12 +27,12 @@ from .repos import RepoStore, repo_key
 from .recipes import InstanceSpec, Recipe, RecipeError, python_info, python_source, host_suite, resolved_requirements
 
 # %% auto #0
-__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV',
-           'LEGACY_WITHOUT_PYPROJECT', 'BASE_SEES_ENV', 'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY',
-           'SETTLE_SETUP', 'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable',
+__all__ = ['LABEL', 'BASE_PACKAGES', 'DEBIAN_MIRROR', 'IMAGE_ENV', 'CONDA_SHIM', 'PIP_SPEC', 'PIP_ENV', 'LEGACY_EDITABLE',
+           'BASE_SEES_ENV', 'NOTES_DIR', 'INSTALL_AVAILABLE_PY', 'EXCLUDES', 'GIT_IDENTITY', 'SETTLE_SETUP',
+           'WHEELHOUSE', 'WHEELHOUSE_PY', 'IMAGE_LAYOUT', 'INSTANCE_LAYOUT', 'ENV_DIR_VAR', 'DockerUnavailable',
            'docker_client', 'docker_available', 'provision_docker', 'host_ca_bundle', 'content_hash', 'base_image_tag',
            'image_exists', 'build_base_image', 'docker_build', 'step_kind', 'step_times', 'host_python_base_tag',
-           'build_host_python_base', 'install_command', 'cutoff_lines', 'cutoff_buildargs', 'env_context',
+           'build_host_python_base', 'legacy_editable', 'cutoff_lines', 'cutoff_buildargs', 'env_context',
            'exclude_lines', 'instance_context', 'env_tag', 'instance_tag', 'env_dir', 'base_for', 'base_tag_for',
            'build_env_image', 'build_instance_image', 'resolve_image', 'submodule_repo', 'clone_at',
            'build_instance_images']
@@ -272,14 +272,15 @@ PIP_SPEC = 'pip>=21,<25.3'
 
 PIP_ENV = ['PIP_CONFIG_SETTINGS=editable_mode=compat', 'PIP_DISABLE_PIP_VERSION_CHECK=1']
 
-# Config settings make pip build in PEP 517 mode, isolated, even for a project with no pyproject.toml; SWE-bench's pips
-# ran such a project's `setup.py develop` in the environment itself, whose packages its setup.py may import (astropy 3.x
-# generates erfa's sources with jinja2): the install step drops them there
-LEGACY_WITHOUT_PYPROJECT = '[ -e pyproject.toml ] || unset PIP_CONFIG_SETTINGS'
+# Config settings make pip build in PEP 517 mode, isolated, even a project with no pyproject.toml; SWE-bench's pips ran such a
+# project's `setup.py develop` in the environment itself, whose packages its setup.py may import (astropy 3.x generates
+# erfa's sources with jinja2). An instance whose base commit has no pyproject.toml clears them in its image, for the
+# install step and for the reinstalls of eval scripts alike.
+LEGACY_EDITABLE = 'PIP_CONFIG_SETTINGS='
 
-def install_command(r: Recipe) -> str | None:
-    "The recipe's install step as the images (and the local backend) run it."
-    return f'{LEGACY_WITHOUT_PYPROJECT}; {r.install}' if r.install else None
+def legacy_editable(testbed: Path) -> bool:
+    "Whether pip installs this checkout with `setup.py develop` (no pyproject.toml), as SWE-bench's pips did."
+    return not (Path(testbed) / 'pyproject.toml').exists()
 
 def _pip(args: str) -> str: return f'python -m pip install --no-cache-dir --progress-bar off {args}'
 
@@ -420,21 +421,22 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'download', '--no-cache-d
                           '-d', sys.argv[1], *reqs]))
 '''
 
-def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | None = None) -> dict[str, str]:
+def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | None = None, legacy: bool = False) -> dict[str, str]:
     """The instance layer's build context without the repository and the checkout's notes (`testbed/` and `notes/`, added
-    at build time): `{file name: text}`."""
+    at build time): `{file name: text}`. `legacy`: the checkout has no pyproject.toml (`legacy_editable`)."""
     lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
              *[f'LABEL {LABEL}.uploaded-before={cutoff}'] * bool(cutoff), *cutoff_lines(cutoff),
              'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py', f'COPY notes {NOTES_DIR}',
-             'COPY testbed /testbed', 'WORKDIR /testbed', f'RUN {GIT_IDENTITY} && {exclude_lines()}']
+             'COPY testbed /testbed', 'WORKDIR /testbed', *[f'ENV {LEGACY_EDITABLE}'] * legacy, f'RUN {GIT_IDENTITY} && {exclude_lines()}']
     lines += [f'RUN {c}' for c in r.pre_install]
-    if r.install: lines.append(f'RUN {install_command(r)}')
+    if r.install: lines.append(f'RUN {r.install}')
     lines.append(f'RUN python /opt/swebench_lab/wheelhouse.py {WHEELHOUSE} && {SETTLE_SETUP}')
     lines.append(f'ENV PIP_FIND_LINKS={WHEELHOUSE}')
     return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}
 
 # %% ../nbs/08b_images.ipynb #img-layers-7
 IMAGE_LAYOUT = 3   # bump when what goes into an image changes in a way its Dockerfile does not show
+INSTANCE_LAYOUT = 1   # the same for instance layers alone (1: `legacy`, which the base commit decides)
 
 def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -> str:
     ctx = env_context(base_tag, spec, store)
@@ -444,7 +446,7 @@ def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -
 def instance_tag(env: str, spec: InstanceSpec) -> str:
     name = ''.join(c if c.isalnum() or c in '._-' else '_' for c in spec.instance_id.lower())[:80]
     ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff)
-    return f"swebench-lab/inst:{name}-{content_hash(*sorted(ctx.items()), spec.base_commit, IMAGE_LAYOUT)}"
+    return f"swebench-lab/inst:{name}-{content_hash(*sorted(ctx.items()), spec.base_commit, IMAGE_LAYOUT, INSTANCE_LAYOUT)}"
 
 # %% ../nbs/08b_images.ipynb #img-build
 ENV_DIR_VAR = 'SWEBENCH_LAB_ENVIRONMENTS'
@@ -498,8 +500,6 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
     tag = instance_tag(env, spec)
     d = env_dir() / 'instances' / spec.instance_id
     d.mkdir(parents=True, exist_ok=True)
-    ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff)
-    (d / 'Dockerfile').write_text(ctx['Dockerfile'])
     with _tag_lock(tag):
         if image_exists(client, tag): return tag
         repo = store.get(spec.repo)
@@ -509,6 +509,8 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
             checkout_s = round(time.perf_counter() - t0, 1)
             (Path(td) / 'notes').mkdir()
             if notes: (Path(td) / 'notes' / 'checkout.txt').write_text(''.join(n + '\n' for n in notes))
+            ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff, legacy_editable(Path(td) / 'testbed'))
+            (d / 'Dockerfile').write_text(ctx['Dockerfile'])
             for name, text in ctx.items(): (Path(td) / name).write_text(text)
             log = env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log"
             try: docker_build(client, td, tag, log, 'instance', nocache, cutoff_buildargs(spec.upload_cutoff))

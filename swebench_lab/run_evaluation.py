@@ -22,7 +22,7 @@ from .core import (SwebenchLabError, JSONLError, cli_entry, iter_jsonl, logger, 
 from .data import load_instances, filter_instances, gold_patch, input_path
 from .repos import normalize_patch, RepoStore
 from .recipes import InstanceSpec
-from .images import LABEL, NOTES_DIR, install_command, resolve_image
+from .images import LABEL, NOTES_DIR, LEGACY_EDITABLE, resolve_image
 from .sandbox import Limits, SandboxGone, open_sandbox
 from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_record, empty_report, eval_script_for, grade_log,
                                   open_record, with_exit_status, edit_similarity, token_jaccard, file_hit_rate, swebench_agreement,
@@ -52,7 +52,7 @@ def instance_image(spec: InstanceSpec, backend: str, store: RepoStore | None = N
     "The environment a report names: the Docker image tag, or the local backend's Python and recipe."
     if backend == 'docker': return resolve_image(spec, store)
     r = spec.recipe
-    return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, install_command(r)]).encode()).hexdigest()[:12]
+    return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, r.install, LEGACY_EDITABLE]).encode()).hexdigest()[:12]
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-one
 class Cancelled(Exception): "The run was interrupted while this instance was being evaluated (no report is written)."

@@ -34,7 +34,7 @@ from typing import Iterator
 from .core import SwebenchLabError, logger, one_line
 from .repos import RepoStore
 from .recipes import InstanceSpec, Recipe, RecipeError, find_host_python, resolved_requirements
-from .images import (LABEL, CONDA_SHIM, install_command, cutoff_buildargs, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
+from .images import (LABEL, CONDA_SHIM, LEGACY_EDITABLE, legacy_editable, cutoff_buildargs, EXCLUDES, PIP_ENV, PIP_SPEC, SETTLE_SETUP, IMAGE_LAYOUT, build_instance_image,
                                  clone_at, content_hash, docker_client, env_dir)
 
 # %% auto #0
@@ -524,11 +524,11 @@ def _setup(self: LocalSandbox, spec, store, template):
     self._re = re.compile(r'(?<![\w./-])(' + '|'.join(map(re.escape, sorted(self._paths, key=len, reverse=True))) + r')(?![\w.-])')
     if spec.recipe.hosts or spec.recipe.services:
         logger.warning("%s: the local backend has no sandbox network: the recipe's hosts and services are not set up", spec.instance_id)
-    self.env = {**os.environ, **dict(e.split('=', 1) for e in PIP_ENV),
+    self.env = {**os.environ, **dict(e.split('=', 1) for e in PIP_ENV + [LEGACY_EDITABLE] * legacy_editable(self.testbed)),
                 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
                 'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
     for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
-    for c in [*spec.recipe.pre_install, install_command(spec.recipe), SETTLE_SETUP]:
+    for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
         if not c: continue
         r = self.run(c, timeout=1800)
         if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
