@@ -306,7 +306,8 @@ def cutoff_buildargs(cutoff: str | None) -> dict | None:
     return {'PIP_INDEX_URL': shared_index().url(cutoff)} if cutoff else None
 
 # Conda environment files name packages that only conda channels have (cdms2, esmpy, ...): install what the index has,
-# leave out what it lacks, one line each in the build log and in the image's notes (the evaluation reports them).
+# leave out what it lacks, and what installs but cannot be imported here (a wheel wanting a C library that conda would
+# have brought), one line each in the build log and in the image's notes (the evaluation reports them).
 NOTES_DIR = '/opt/swebench_lab/notes'
 
 INSTALL_AVAILABLE_PY = r'''import os, re, subprocess, sys
