@@ -434,8 +434,11 @@ def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, pre
     write_json(d / iid / 'report.json', {iid: rep})
     return rep
 
+# in a sandbox without network, pip finding no distribution at all is the eval script installing from the index
+# (astropy 3.x's published scripts `pip install 'pytest<7.2'` before the tests)
 _NEEDS_NETWORK = re.compile(r'ConnectionError|Max retries exceeded|Name or service not known|Temporary failure in name resolution|'
-                            r'NameResolutionError|Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror')
+                            r'NameResolutionError|Network is unreachable|URLError|getaddrinfo failed|Could not resolve host|socket\.gaierror|'
+                            r'No matching distribution found for')
 
 _LEFT_OUT = re.compile(r'left out of the environment \((?:its import fails here: (.*)|.*)\): ([^\s<>=!~;\[]+)')
 
