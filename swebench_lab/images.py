@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Iterable
 
 from tqdm.auto import tqdm
 
@@ -422,15 +423,18 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'download', '--no-cache-d
                           '-d', sys.argv[1], *reqs]))
 '''
 
-def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | None = None, legacy: bool = False) -> dict[str, str]:
+def instance_context(env_tag: str, r: Recipe, instance_id: str, cutoff: str | None = None, legacy: bool = False,
+                     eval_installs: Iterable[str] = ()) -> dict[str, str]:
     """The instance layer's build context without the repository and the checkout's notes (`testbed/` and `notes/`, added
-    at build time): `{file name: text}`. `legacy`: the checkout has no pyproject.toml (`legacy_editable`)."""
+    at build time): `{file name: text}`. `legacy`: the checkout has no pyproject.toml (`legacy_editable`); `eval_installs`:
+    what the row's eval script installs before its tests, installed here already (`recipes.eval_installs`)."""
     lines = [f'FROM {env_tag}', f'LABEL {LABEL}=instance', f'LABEL {LABEL}.instance={json.dumps(instance_id)}',
              *[f'LABEL {LABEL}.uploaded-before={cutoff}'] * bool(cutoff), *cutoff_lines(cutoff),
              'COPY wheelhouse.py /opt/swebench_lab/wheelhouse.py', f'COPY notes {NOTES_DIR}',
              'COPY testbed /testbed', 'WORKDIR /testbed', *[f'ENV {LEGACY_EDITABLE}'] * legacy, f'RUN {GIT_IDENTITY} && {exclude_lines()}']
     lines += [f'RUN {c}' for c in r.pre_install]
     if r.install: lines.append(f'RUN {r.install}')
+    lines += [f'RUN {c}' for c in eval_installs]
     lines.append(f'RUN python /opt/swebench_lab/wheelhouse.py {WHEELHOUSE} && {SETTLE_SETUP}')
     lines.append(f'ENV PIP_FIND_LINKS={WHEELHOUSE}')
     return {'Dockerfile': '\n'.join(lines) + '\n', 'wheelhouse.py': WHEELHOUSE_PY}
@@ -446,7 +450,7 @@ def env_tag(base_tag: str, spec: InstanceSpec, store: RepoStore | None = None) -
 # %% ../nbs/08b_images.ipynb #img-layers-instance-tag
 def instance_tag(env: str, spec: InstanceSpec) -> str:
     name = ''.join(c if c.isalnum() or c in '._-' else '_' for c in spec.instance_id.lower())[:80]
-    ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff)
+    ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff, eval_installs=spec.eval_installs)
     return f"swebench-lab/inst:{name}-{content_hash(*sorted(ctx.items()), spec.base_commit, IMAGE_LAYOUT, INSTANCE_LAYOUT)}"
 
 # %% ../nbs/08b_images.ipynb #img-build
@@ -510,7 +514,8 @@ def build_instance_image(spec: InstanceSpec, store: RepoStore | None = None, cli
             checkout_s = round(time.perf_counter() - t0, 1)
             (Path(td) / 'notes').mkdir()
             if notes: (Path(td) / 'notes' / 'checkout.txt').write_text(''.join(n + '\n' for n in notes))
-            ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff, legacy_editable(Path(td) / 'testbed'))
+            ctx = instance_context(env, spec.recipe, spec.instance_id, spec.upload_cutoff, legacy_editable(Path(td) / 'testbed'),
+                                   spec.eval_installs)
             (d / 'Dockerfile').write_text(ctx['Dockerfile'])
             for name, text in ctx.items(): (Path(td) / name).write_text(text)
             log = env_dir() / 'build_logs' / f"{tag.split(':')[1]}.log"

@@ -29,8 +29,8 @@ from .repos import RepoStore, repo_key
 __all__ = ['DISTROS', 'SWEBENCH_SPECS_SOURCE', 'WORKBENCH_ADDITIONS', 'SWEBENCH_SNAPSHOT', 'CONDA_TO_PYPI', 'RecipeError',
            'Recipe', 'shipped_recipes', 'load_recipe', 'find_host_python', 'python_info', 'host_suite',
            'host_python_prefix', 'python_source', 'recipes_from_swebench', 'recipe_pins', 'pin_upload_time',
-           'stamp_upload_cutoffs', 'write_shipped_recipes', 'InstanceSpec', 'resolve_requirements', 'resolve_env_yml',
-           'resolved_requirements']
+           'stamp_upload_cutoffs', 'write_shipped_recipes', 'eval_installs', 'InstanceSpec', 'resolve_requirements',
+           'resolve_env_yml', 'resolved_requirements']
 
 # %% ../nbs/08a_recipes.ipynb #rec-recipes
 DISTROS = {'3.9': 'bullseye', '3.11': 'bookworm', '3.13': 'trixie'}
@@ -295,6 +295,18 @@ def write_shipped_recipes(ns: dict, path: str | Path, stamp: bool = True) -> Pat
     shipped_recipes.cache_clear()
     return Path(path)
 
+# %% ../nbs/08a_recipes.ipynb #rec-eval-installs
+_PIP_INSTALL = re.compile(r'^\s*(?:python[\d.]* -m )?pip3? install\b(.*)$')
+_THE_REPO = re.compile(r'(?:^|\s)(?:-e\s+)?\.(?:\[[^\]]*\])?(?=\s|$)')
+
+def eval_installs(script: str | None) -> tuple[str, ...]:
+    """The `pip install` lines of a published eval script that install named requirements before its tests (not the
+    repository itself: `-e .`, `.[test]`). Instance images run them at build time, so that in a sandbox without network
+    the script finds them satisfied, and never has to replace the test runner, which sandboxes keep read-only
+    (astropy-8707's script installs `pytest<7.2` over the environment's pytest 7.4)."""
+    pre = (script or '').split('>>>>> Start Test Output')[0]      # grading.START: what runs before the tests
+    return tuple(l.strip() for l in pre.splitlines() if (m := _PIP_INSTALL.match(l)) and not _THE_REPO.search(m[1]))
+
 # %% ../nbs/08a_recipes.ipynb #rec-layers
 @dataclass
 class InstanceSpec:
@@ -307,6 +319,7 @@ class InstanceSpec:
     image: str | None = None          # a prebuilt image to use as is
     environment_setup_commit: str | None = None
     created_at: str | None = None     # when the row was made (its PR or issue): the upload cutoff of `uploaded_before: row`
+    eval_installs: tuple[str, ...] = ()   # the row's eval script installs these before its tests (`eval_installs`)
 
     @classmethod
     def from_record(cls, rec: dict, envs_dir=None, prebuilt: bool = False) -> 'InstanceSpec':
@@ -317,7 +330,8 @@ class InstanceSpec:
             return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), Recipe(source='prebuilt image'), rec['image'])
         created = rec.get('created_at')
         return cls(iid, rec['repo'], rec['base_commit'], rec.get('version'), load_recipe(rec['repo'], rec.get('version'), envs_dir),
-                   None, rec.get('environment_setup_commit'), str(created) if created is not None and str(created) not in ('', 'NaT') else None)
+                   None, rec.get('environment_setup_commit'), str(created) if created is not None and str(created) not in ('', 'NaT') else None,
+                   eval_installs(rec.get('eval_script')))
 
     @property
     def setup_commit(self) -> str: return self.environment_setup_commit or self.base_commit

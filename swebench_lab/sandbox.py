@@ -528,7 +528,7 @@ def _setup(self: LocalSandbox, spec, store, template):
                 'PATH': f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}", 'VIRTUAL_ENV': str(self.venv),
                 'PYTHONDONTWRITEBYTECODE': '1', 'HOME': str(self.dir), 'TERM': 'dumb', 'NO_COLOR': '1', 'PY_COLORS': '0'}
     for k in ('PYTHONPATH', 'PYTHONHOME', 'FORCE_COLOR', 'CLICOLOR_FORCE', 'PYTEST_ADDOPTS', 'PYTEST_PLUGINS'): self.env.pop(k, None)
-    for c in [*spec.recipe.pre_install, spec.recipe.install, SETTLE_SETUP]:
+    for c in [*spec.recipe.pre_install, spec.recipe.install, *spec.eval_installs, SETTLE_SETUP]:
         if not c: continue
         r = self.run(c, timeout=1800)
         if r.exit_code: raise SwebenchLabError(f"{spec.instance_id}: {c[:60]!r} failed in the local sandbox: {r.output[-1500:]}")
