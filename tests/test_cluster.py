@@ -46,17 +46,19 @@ class Cluster:
         except BaseException:
             self.stop(); raise
 
-    def _start(self, name: str, args: list[str], limit: float = 300):
+    def _start(self, name: str, args: list[str], limit: float = 300, tries: int = 3):
         log = self.logs / f'{name}.log'
         with open(log, 'w') as out:
             p = subprocess.Popen([RAY, 'start', '--block', '--disable-usage-stats', '--node-ip-address', '127.0.0.1',
                                   '--object-store-memory', '80000000', *args], stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, 'RAY_ADDRESS': '', **RAY_STARTUP_ENV, **AUTH})
         t0 = time.monotonic()
-        while 'Ray runtime started' not in log.read_text(errors='replace'):
+        while 'Ray runtime started' not in (text := log.read_text(errors='replace')):
             if p.poll() is not None or time.monotonic() - t0 > limit:
                 self.kill(p)
-                raise RuntimeError(f'Ray {name} did not start: {log.read_text(errors="replace")[-2000:]}')
+                # on a loaded machine a node can miss Ray's own 30 s registration deadline: start it again
+                if tries > 1 and 'timed out during startup' in text: return self._start(name, args, limit, tries - 1)
+                raise RuntimeError(f'Ray {name} did not start: {text[-2000:]}')
             time.sleep(0.5)
         return p
 
