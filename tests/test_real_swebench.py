@@ -111,7 +111,7 @@ def test_validate_pytest_rows_of_verified(tmp_path):
 
 # --- Every repository of Verified that could be brought here: one validated row each, with its logs ---------------------
 MORE = DATA / 'real-validation-more'
-MORE_REPOS = {'astropy/astropy', 'mwaskom/seaborn', 'pytest-dev/pytest', 'sphinx-doc/sphinx', 'sympy/sympy'}
+MORE_REPOS = {'astropy/astropy', 'mwaskom/seaborn', 'pydata/xarray', 'pytest-dev/pytest', 'sphinx-doc/sphinx', 'sympy/sympy'}
 
 
 def _repo_dirs() -> list[Path]:
