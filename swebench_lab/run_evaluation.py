@@ -367,10 +367,15 @@ def _failing(rep: dict) -> dict[str, list[str]]:
     return {k: ts[k]['failure'] for k in ('FAIL_TO_PASS', 'PASS_TO_PASS') if ts.get(k, {}).get('failure')}
 
 def _failing_line(log: str, failing: dict[str, list[str]]) -> str:
-    "The summary line of the log that names a failing test of the row (`FAILED id - why`), else its `decisive_line`."
+    """The summary line of the log that names a failing test of the row (`FAILED id - why`); for tests that were skipped,
+    the skip reason given in their file (an import that failed first); else the log's `decisive_line`."""
     tests = [t for ts in failing.values() for t in ts]
-    summary = [l.strip() for l in log.splitlines() if l.startswith(('FAILED ', 'ERROR '))]
-    return next((l[:300] for t in tests for l in summary if t in l.split(' - ', 1)[0]), None) or decisive_line(log)
+    lines = [l.strip() for l in log.splitlines()]
+    summary = [l for l in lines if l.startswith(('FAILED ', 'ERROR '))]
+    if found := next((l[:300] for t in tests for l in summary if t in l.split(' - ', 1)[0]), None): return found
+    files = {t.split('::')[0] for t in tests}
+    skips = sorted((l for l in lines if l.startswith('SKIPPED') and any(f'] {f}:' in l for f in files)), key=lambda l: 'import' not in l)
+    return skips[0][:300] if skips else decisive_line(log)
 
 def _stop_build_on(cancel: threading.Event, instance_id: str) -> threading.Event:
     """Watch `cancel` while `instance_id`'s image builds: once it is set, remove the build's running step containers (they
