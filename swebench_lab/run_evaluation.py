@@ -384,9 +384,11 @@ def _stop_build_on(cancel: threading.Event, instance_id: str) -> threading.Event
     from swebench_lab.images import docker_client
     done = threading.Event()
     def watch():
+        client = None
         while not done.wait(0.5):
             if not cancel.is_set(): continue
-            for c in docker_client().containers.list(filters={'label': [f'{LABEL}=instance', f'{LABEL}.instance={instance_id}']}):
+            client = client or docker_client()
+            for c in client.containers.list(filters={'label': [f'{LABEL}=instance', f'{LABEL}.instance={instance_id}']}):
                 if f'{LABEL}.run' not in c.labels:
                     try: c.remove(force=True)
                     except Exception: pass
