@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.requests import Request   # resolved by FastAPI from this module's globals (annotations are strings here)
 
+from .batching import BatchConfig, Batcher, Seq, SamplingError, ServerShuttingDown, cache_supported
 from .core import SwebenchLabError, cli_entry, logger, setup_logging, one_line
 
 # %% auto #0
@@ -149,10 +151,10 @@ def parse_lora_modules(spec: str | None, lora_path: str | None = None) -> dict[s
 
 # %% ../nbs/07_serving.ipynb #srv-modelserver
 class ModelServer:
-    "A base model and its LoRA adapters, answering chat completion requests one at a time."
+    "A base model and its LoRA adapters, answering chat completion requests (batched continuously unless `batch` says serial)."
     def __init__(self, base_model: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
                  max_model_len: int | None = None, default_max_tokens: int = 512, device: str | None = None,
-                 load_in_4bit: bool = False, load_in_8bit: bool = False):
+                 load_in_4bit: bool = False, load_in_8bit: bool = False, batch: BatchConfig | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         check_quantization(load_in_4bit, load_in_8bit)
@@ -184,8 +186,33 @@ class ModelServer:
         self.created = int(time.time())
         self._lock = threading.Lock()
         self.shutdown = threading.Event()       # set on shutdown: every generation stops at its next token
-        self.active = 0                          # generations running or waiting for the lock
+        self._serial_active = 0                  # serial mode: generations running or waiting for the lock
         self._count = threading.Lock()
+        self.batch = batch or BatchConfig()
+        self.batcher = self._start_batcher()
+
+    @property
+    def active(self) -> int:
+        "Generations running or waiting."
+        return self.batcher.active if self.batcher else self._serial_active
+
+# %% ../nbs/07_serving.ipynb #srv-start-batcher
+@patch
+def _start_batcher(self: ModelServer) -> Batcher | None:
+    "The continuous-batching scheduler for this model, or None for serial mode (asked for, or the cache cannot be batched)."
+    import torch
+    if self.batch.scheduler == 'serial': return None
+    dev = self.model.device if hasattr(self.model, 'device') else self.device
+    with torch.no_grad(): probe = self.model(input_ids=torch.tensor([[self.tokenizer.eos_token_id or 0]], device=dev), use_cache=True)
+    cache = getattr(probe, 'past_key_values', None) or getattr(probe, 'cache', None)
+    if not cache_supported(cache):
+        logger.warning('continuous batching is off: this model\'s cache (%s) cannot be padded and joined; serving one request at a time',
+                       ', '.join(sorted({type(l).__name__ for l in getattr(cache, 'layers', [])})) or type(cache).__name__)
+        return None
+    mix = all(str(getattr(c, 'peft_type', '')).endswith('LORA') for c in getattr(self.model, 'peft_config', {}).values())
+    logger.info('continuous batching: up to %d rows, %d tokens; adapters %s', self.batch.max_num_seqs,
+                self.batch.max_num_batched_tokens, 'mixed in one batch' if mix else 'grouped per batch')
+    return Batcher(self.model, self.tokenizer, self.batch, self.shutdown, list(self.adapters), mix, str(dev))
 
 # %% ../nbs/07_serving.ipynb #srv-modelserver-model-names
 # --- model cards ---------------------------------------------------------
@@ -250,7 +277,7 @@ def _adapter(self: ModelServer, name: str):
 def _generate(self: ModelServer, req, x, kw, n: int = 1):
     "generate() under the lock, counted in `active`; sampling errors become OpenAI errors."
     import torch
-    with self._count: self.active += 1
+    with self._count: self._serial_active += 1
     try:
         with self._lock:
             if self.shutdown.is_set(): raise OpenAIError(503, 'the server is shutting down', 'server_error')
@@ -263,50 +290,141 @@ def _generate(self: ModelServer, req, x, kw, n: int = 1):
                               param='temperature') from None
         raise
     finally:
-        with self._count: self.active -= 1
+        with self._count: self._serial_active -= 1
+
+# %% ../nbs/07_serving.ipynb #srv-modelserver-rows
+@patch
+def _rows(self: ModelServer, req: ChatCompletionRequest, ids: list[int], max_new: int, cancel: threading.Event | None = None,
+          stream: bool = False) -> list[Seq]:
+    "The scheduler's rows for a request: one per choice (one for greedy decoding, whose choices are equal); choice j of a seeded request draws from seed + j."
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    adapter = req.model if req.model != self.base_name else None
+    n = 1 if (req.temperature == 0 or stream) else req.n
+    return [Seq(ids, max_new, adapter, req.temperature, req.top_p, None if req.seed is None else req.seed + j, stops, cancel, stream)
+            for j in range(n)]
+
+def _gen_error(e: BaseException) -> OpenAIError:
+    "The OpenAI error for a row that ended in error."
+    if isinstance(e, OpenAIError): return e
+    if isinstance(e, SamplingError):
+        return OpenAIError(400, f'sampling failed with these parameters ({e}); raise the temperature or top_p', param='temperature')
+    if isinstance(e, ServerShuttingDown): return OpenAIError(503, 'the server is shutting down', 'server_error')
+    return OpenAIError(500, f'generation failed: {type(e).__name__}', 'server_error')
+
+@patch
+def _submit(self: ModelServer, rows: list[Seq]) -> None:
+    try: self.batcher.submit(rows)
+    except ServerShuttingDown as e: raise _gen_error(e) from None
+
+@patch
+def _await(self: ModelServer, rows: list[Seq]) -> None:
+    "Wait for every row; an error of any row is the request's (a dead scheduler is a 500, not a hang)."
+    for s in rows:
+        while not s.done.wait(1):
+            if not self.batcher._thread.is_alive(): raise OpenAIError(500, 'the scheduler stopped', 'server_error')
+    err = next((s.error for s in rows if s.error is not None), None)
+    if err is not None: raise _gen_error(err)
 
 # %% ../nbs/07_serving.ipynb #srv-modelserver-complete
 @patch
 def complete(self: ModelServer, req: ChatCompletionRequest) -> dict:
     "A non-streaming chat completion, as OpenAI's response body."
-    import torch
     ids, max_new = self._prepare(req)
+    outs = self._complete_batched(req, ids, max_new) if self.batcher else self._complete_serial(req, ids, max_new)
+    choices = [{'index': i, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish}
+               for i, (text, _, finish) in enumerate(outs)]
+    completion_tokens = sum(n for _, n, _ in outs)
+    return {'id': f'chatcmpl-{uuid.uuid4().hex}', 'object': 'chat.completion', 'created': int(time.time()),
+            'model': req.model, 'choices': choices,
+            'usage': {'prompt_tokens': len(ids), 'completion_tokens': completion_tokens,
+                      'total_tokens': len(ids) + completion_tokens}}
+
+@patch
+def _complete_batched(self: ModelServer, req, ids, max_new) -> list[tuple[str, int, str]]:
+    "(text, completion tokens, finish reason) of each choice, from the scheduler."
+    rows = self._rows(req, ids, max_new)
+    self._submit(rows); self._await(rows)
+    if len(rows) < req.n: rows = rows * req.n                # greedy decoding: n equal choices
+    return [(s.text, len(s.tokens), s.finish) for s in rows]
+
+@patch
+def _complete_serial(self: ModelServer, req, ids, max_new) -> list[tuple[str, int, str]]:
+    "(text, completion tokens, finish reason) of each choice, from one `generate()` under the lock."
+    import torch
     kw, stops = self._gen_kwargs(req, max_new)
     x = torch.tensor([ids], device=self.model.device if hasattr(self.model, 'device') else self.device)
     greedy = req.temperature == 0
     out = self._generate(req, x, kw, 1 if greedy else req.n)
     if greedy and req.n > 1: out = out.repeat(req.n, 1)      # greedy decoding: n equal choices
-    choices, completion_tokens = [], 0
-    eos = self.tokenizer.eos_token_id
-    for i, seq in enumerate(out[:, len(ids):].tolist()):
+    eos, outs = self.tokenizer.eos_token_id, []
+    for seq in out[:, len(ids):].tolist():
         n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
         seq = seq[:n_tok]
-        completion_tokens += n_tok
         text = self.tokenizer.decode(seq, skip_special_tokens=True)
         finish = 'stop' if (seq and seq[-1] == eos) else 'length'
         for s in stops:
             if s in text: text, finish = text[:text.index(s)], 'stop'
         if finish == 'length' and n_tok < max_new: finish = 'stop'  # ended by a stop string inside generate
-        choices.append({'index': i, 'message': {'role': 'assistant', 'content': text}, 'logprobs': None, 'finish_reason': finish})
-    return {'id': f'chatcmpl-{uuid.uuid4().hex}', 'object': 'chat.completion', 'created': int(time.time()),
-            'model': req.model, 'choices': choices,
-            'usage': {'prompt_tokens': len(ids), 'completion_tokens': completion_tokens,
-                      'total_tokens': len(ids) + completion_tokens}}
+        outs.append((text, n_tok, finish))
+    return outs
 
 # %% ../nbs/07_serving.ipynb #srv-modelserver-stream
 @patch
 def stream(self: ModelServer, req: ChatCompletionRequest, cancel: threading.Event | None = None) -> Iterator[str]:
     """Server-sent events for a streaming completion (n = 1), ending with a usage chunk and `[DONE]`; a failed generation
     ends with an error event. Setting `cancel` (the client went away) stops the generation at its next token."""
-    import torch
-    from transformers import TextIteratorStreamer
     if req.n != 1: raise OpenAIError(400, 'streaming supports n=1 only', param='n')
     ids, max_new = self._prepare(req)
     cancel = cancel or threading.Event()
+    events = (self._start_batched if self.batcher else self._start_serial)(req, ids, max_new, cancel)
+    cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
+    chunk = lambda delta, finish=None, usage=None: 'data: ' + json.dumps(
+        {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model,
+         'choices': [] if usage else [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
+         **({'usage': usage} if usage else {})}) + '\n\n'
+    try:
+        yield chunk({'role': 'assistant', 'content': ''})
+        for kind, val in events:
+            if kind == 'text': yield chunk({'content': val}); continue
+            if kind == 'error':
+                yield 'data: ' + json.dumps(val.body()) + '\n\n'
+                yield 'data: [DONE]\n\n'
+                return
+            finish, n_tok = val
+            yield chunk({}, finish)
+            yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
+            yield 'data: [DONE]\n\n'
+    finally:
+        cancel.set()                # the reader is gone (done, or the client disconnected): stop generating
+
+# %% ../nbs/07_serving.ipynb #srv-stream-events
+@patch
+def _start_batched(self: ModelServer, req, ids, max_new, cancel) -> Iterator[tuple[str, Any]]:
+    "Queue one streaming row with the scheduler; its events."
+    s = self._rows(req, ids, max_new, cancel, stream=True)[0]
+    self._submit([s])
+    def events():
+        while True:
+            try: kind, val = s.events.get(timeout=1)
+            except queue.Empty:
+                if self.batcher._thread.is_alive(): continue
+                kind, val = 'error', OpenAIError(500, 'the scheduler stopped', 'server_error')
+            if kind == 'text': yield kind, val
+            elif kind == 'error':
+                if not isinstance(val, (SamplingError, ServerShuttingDown, OpenAIError)):
+                    logger.error('streaming generation failed: %s: %s', type(val).__name__, val)
+                yield kind, _gen_error(val); return
+            else: yield 'end', (val, len(s.tokens)); return
+    return events()
+
+@patch
+def _start_serial(self: ModelServer, req, ids, max_new, cancel) -> Iterator[tuple[str, Any]]:
+    "Start `generate()` with a text streamer in a thread (it waits for the lock); its events."
+    import torch
+    from transformers import TextIteratorStreamer
     kw, stops = self._gen_kwargs(req, max_new, cancel)
     streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
     x = torch.tensor([ids], device=self.device)
-    cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
     result = {}
     def run():
         try: result['out'] = self._generate(req, x, {**kw, 'streamer': streamer})
@@ -314,36 +432,24 @@ def stream(self: ModelServer, req: ChatCompletionRequest, cancel: threading.Even
             result['error'] = e
             streamer.end()          # wake the reader: the stream ends with an error event
     th = threading.Thread(target=run, daemon=True, name='generate'); th.start()
-    chunk = lambda delta, finish=None, usage=None: 'data: ' + json.dumps(
-        {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': req.model,
-         'choices': [] if usage else [{'index': 0, 'delta': delta, 'logprobs': None, 'finish_reason': finish}],
-         **({'usage': usage} if usage else {})}) + '\n\n'
-    try:
-        yield chunk({'role': 'assistant', 'content': ''})
+    def events():
         sent, stopped = '', False
         for piece in streamer:
             if stopped: continue
             new = sent + piece
             hit = min((new.index(s) for s in stops if s in new), default=None)
             if hit is not None: piece, stopped = new[:hit][len(sent):], True
-            if piece: yield chunk({'content': piece}); sent += piece
+            if piece: yield 'text', piece; sent += piece
         th.join()
         if 'error' in result:
             e = result['error']
-            err = e if isinstance(e, OpenAIError) else OpenAIError(500, f'generation failed: {type(e).__name__}', 'server_error')
             if not isinstance(e, OpenAIError): logger.error('streaming generation failed: %s: %s', type(e).__name__, e)
-            yield 'data: ' + json.dumps(err.body()) + '\n\n'
-            yield 'data: [DONE]\n\n'
-            return
+            yield 'error', _gen_error(e); return
         seq = result['out'][0, len(ids):].tolist()
         eos = self.tokenizer.eos_token_id
         n_tok = next((j + 1 for j, t in enumerate(seq) if t == eos), len(seq))
-        finish = 'stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length'
-        yield chunk({}, finish)
-        yield chunk({}, usage={'prompt_tokens': len(ids), 'completion_tokens': n_tok, 'total_tokens': len(ids) + n_tok})
-        yield 'data: [DONE]\n\n'
-    finally:
-        cancel.set()                # the reader is gone (done, or the client disconnected): stop generating
+        yield 'end', ('stop' if stopped or (seq[:n_tok] and seq[n_tok - 1] == eos) or n_tok < max_new else 'length', n_tok)
+    return events()
 
 # %% ../nbs/07_serving.ipynb #srv-cancelled
 class _Cancelled:
@@ -421,8 +527,12 @@ def create_app(server: ModelServer, api_key: str | None = None):
         return await call_next(request)
 
     @app.get('/health')
-    async def health(): return {'status': 'ok', 'models': server.model_names(), 'device': server.device, 'active': server.active,
-                                'threads': threading.active_count(), 'pid': os.getpid()}
+    async def health():
+        b = server.batcher
+        return {'status': 'ok', 'models': server.model_names(), 'device': server.device, 'active': server.active,
+                'scheduler': 'batch' if b else 'serial', 'threads': threading.active_count(), 'pid': os.getpid(),
+                **({'running': len(b.running), 'waiting': len(b.waiting), 'decode_steps': b.steps,
+                    'mean_batch_rows': round(b.rows_decoded / b.steps, 2) if b.steps else 0} if b else {})}
 
     @app.get('/v1/models')
     async def models(): return {'object': 'list', 'data': server.cards()}
@@ -596,6 +706,11 @@ def _main(argv=None):
     ap.add_argument('--served-model-name', help='name of the base model in requests (default: --base-model as given)')
     ap.add_argument('--max-model-len', type=int, help='context window (default: the model config\'s)')
     ap.add_argument('--default-max-tokens', type=int, default=512, help='completion length when a request gives none')
+    ap.add_argument('--scheduler', choices=['batch', 'serial'], default='batch',
+                    help='batch: continuous batching (default); serial: one generate() at a time')
+    ap.add_argument('--max-num-seqs', type=int, default=BatchConfig.max_num_seqs, help='rows decoded together (batch scheduler)')
+    ap.add_argument('--max-num-batched-tokens', type=int, default=BatchConfig.max_num_batched_tokens,
+                    help='rows × (prompt + completion) a batch may hold (batch scheduler)')
     ap.add_argument('--load-in-4bit', action='store_true')
     ap.add_argument('--load-in-8bit', action='store_true')
     ap.add_argument('--gpu-memory', '--gpu_memory', type=float, default=0.9, help='vLLM --gpu-memory-utilization')
@@ -612,7 +727,8 @@ def _main(argv=None):
         os.execvp(cmd[0], cmd)
     setup_logging()
     server = ModelServer(a.base_model, adapters, a.served_model_name, a.max_model_len, a.default_max_tokens,
-                         load_in_4bit=a.load_in_4bit, load_in_8bit=a.load_in_8bit)
+                         load_in_4bit=a.load_in_4bit, load_in_8bit=a.load_in_8bit,
+                         batch=BatchConfig(a.max_num_seqs, a.max_num_batched_tokens, a.scheduler))
     logger.info("serving %s on http://%s:%d/v1 (%s)", ', '.join(server.model_names()), a.host, a.port, server.device)
     run_server(server, create_app(server, a.api_key), a.host, a.port)
 

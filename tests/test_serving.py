@@ -1,5 +1,6 @@
 """The workbench's model server over real HTTP on loopback: the openai client, LiteLLM, streaming,
 OpenAI-shaped errors, a bounded concurrent load, and the refusals (quantization without CUDA)."""
+import json
 import sys
 import threading
 import time
@@ -133,6 +134,51 @@ def test_bounded_concurrent_load(server):
     assert codes.count(200) == 200, {c: codes.count(c) for c in set(codes)}
     assert all(u and u > 0 for _, u in results)
     assert time.perf_counter() - t < 300
+
+
+def test_concurrent_requests_are_decoded_together(server):
+    """Requests sent at once share decoding steps (the scheduler's batch grows past one row), and each answer is the one
+    it gets alone: greedy text on the base model and both adapters, a seeded sampled answer, a stop string, a stream."""
+    url = server.base_url + '/chat/completions'
+    def body(i):
+        b = {'model': ['tiny', 'baseline', 'trained'][i % 3], 'messages': [{'role': 'user', 'content': f'request number {i} ' * (1 + i % 4)}],
+             'max_tokens': 12, 'temperature': 0}
+        if i % 4 == 1: b.update(temperature=0.9, top_p=0.95, seed=1000 + i)
+        return b
+    def ask(b):
+        with httpx.Client(timeout=120) as c:
+            r = c.post(url, json=b); r.raise_for_status(); return r.json()
+    bodies = [body(i) for i in range(16)]
+    alone = [ask(b) for b in bodies]
+    h0 = httpx.get(server.url + '/health').json()
+    with ThreadPoolExecutor(16) as ex: together = list(ex.map(ask, bodies))
+    h1 = httpx.get(server.url + '/health').json()
+    for a, t in zip(alone, together):
+        assert [c['message']['content'] for c in a['choices']] == [c['message']['content'] for c in t['choices']]
+        assert a['usage'] == t['usage']
+    steps, rows = h1['decode_steps'] - h0['decode_steps'], h1['mean_batch_rows'] * h1['decode_steps'] - h0['mean_batch_rows'] * h0['decode_steps']
+    assert h1['scheduler'] == 'batch' and rows / steps > 2, (h0, h1)     # 16 requests of 12 tokens, alone: 1 row a step
+    # a stop string and a stream, each beside 7 other requests
+    full = alone[0]['choices'][0]['message']['content']
+    with ThreadPoolExecutor(8) as ex:
+        others = [ex.submit(ask, b) for b in bodies[1:8]]
+        if len(full) > 3:
+            cut = ask({**bodies[0], 'stop': [full[2:4]]})['choices'][0]
+            assert cut['message']['content'] == full[:full.index(full[2:4])] and cut['finish_reason'] == 'stop'
+        with httpx.stream('POST', url, json={**bodies[0], 'stream': True}, timeout=120) as r:
+            events = [json.loads(l[6:]) for l in r.iter_lines() if l.startswith('data: {')]
+        assert ''.join(e['choices'][0]['delta'].get('content') or '' for e in events if e['choices']) == full
+        assert all(o.result()['choices'] for o in others)
+
+
+def test_serial_scheduler(tiny, tmp_path):
+    "`--scheduler serial` answers with generate() one request at a time, as before, and says so in /health."
+    with serve_in_background(tiny['base'], f"trained:{tiny['trained']}", log_path=tmp_path / 'log',
+                             extra_args=['--served-model-name', 'tiny', '--scheduler', 'serial']) as h:
+        assert httpx.get(h.url + '/health').json()['scheduler'] == 'serial'
+        r = httpx.post(h.base_url + '/chat/completions', timeout=60,
+                       json={'model': 'trained', 'messages': MSG, 'max_tokens': 6, 'temperature': 0}).json()
+        assert 0 < r['usage']['completion_tokens'] <= 6
 
 
 def test_api_key_required_when_set(tiny, tmp_path):
