@@ -17,7 +17,7 @@ from .core import SwebenchLabError, logger
 
 # %% auto #0
 __all__ = ['BatchConfig', 'SamplingError', 'ServerShuttingDown', 'Seq', 'releasable', 'cache_supported', 'join_batches',
-           'keep_rows', 'sample_next', 'Batcher']
+           'keep_rows', 'sample_next', 'LoraRows', 'Batcher']
 
 # %% ../nbs/07a_batching.ipynb #bat-config
 @dataclass
@@ -25,11 +25,15 @@ class BatchConfig:
     "How the model server schedules generation (vLLM's names where vLLM has the knob)."
     max_num_seqs: int = 32                  # rows decoded together
     max_num_batched_tokens: int = 65536     # rows × (prompt + max completion) the batch may hold
+    waiting_served_ratio: float = 1.2       # TGI's: newcomers join a running batch once they are this many per running row...
+    max_waiting_tokens: int = 20            # ...or once the first of them has waited this many decoding steps
     scheduler: str = 'batch'                # 'batch': continuous batching; 'serial': one generate() at a time
 
     def __post_init__(self):
         if self.scheduler not in ('batch', 'serial'):
             raise SwebenchLabError(f"scheduler must be 'batch' or 'serial', got {self.scheduler!r}")
+        if self.waiting_served_ratio < 0 or self.max_waiting_tokens < 0:
+            raise SwebenchLabError('waiting_served_ratio and max_waiting_tokens must not be negative')
         for k in ('max_num_seqs', 'max_num_batched_tokens'):
             if int(getattr(self, k)) < 1: raise SwebenchLabError(f"{k} must be at least 1, got {getattr(self, k)}")
 
@@ -54,8 +58,10 @@ class Seq:
             self.generator = torch.Generator()
             self.generator.manual_seed(seed % 2**64 if seed is not None else random.getrandbits(63))
         self.cancel = cancel or threading.Event()
+        self.queued_at = 0                  # the scheduler's step count when the row was queued
         self.tokens: list[int] = []
         self.text = ''                      # decoded completion, cut at a stop string
+        self.decoded = 0                    # tokens that `text` decodes
         self.finish: str | None = None      # 'stop' | 'length' once ended
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -127,6 +133,75 @@ def sample_next(logits, seqs: Sequence[Seq]) -> tuple[list[int | None], dict[int
         out[i] = int(torch.multinomial(probs, 1, generator=s.generator))
     return out, errors
 
+# %% ../nbs/07a_batching.ipynb #bat-lora
+class LoraRows:
+    "Each row's LoRA adapter applied by forward hooks on peft's LoRA layers (whose own adapters are switched off)."
+    def __init__(self, model, names: Sequence[str]):
+        self.names, self.mask, self.handles = list(names), None, []
+        try: from peft.tuners.lora.layer import LoraLayer
+        except ImportError: self.layers = []; return
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+    @property
+    def applies(self) -> bool:
+        "Whether every LoRA layer is one this class can apply (plain LoRA on a linear layer, unmerged)."
+        def plain(m):
+            return (not getattr(m, 'merged', False) and not len(getattr(m, 'lora_embedding_A', {}))
+                    and all(n in m.lora_A and not m.use_dora.get(n, False) and n not in getattr(m, 'lora_variant', {})
+                            for n in self.names if n in getattr(m, 'scaling', {})))
+        return bool(self.layers) and all(plain(m) for m in self.layers)
+
+    def open(self) -> 'LoraRows':
+        "Stack each layer's adapters, switch peft's off, hook the layers."
+        import torch
+        for m in self.layers:
+            here = [n for n in self.names if n in m.lora_A]
+            m._rows_key = tuple(here)
+            m._rows_A = torch.cat([m.lora_A[n].weight for n in here]).detach() if here else None
+            m._rows_Bt = torch.cat([m.lora_B[n].weight * m.scaling[n] for n in here], 1).t().contiguous().detach() if here else None
+            m._rows_one = {n: (m.lora_A[n].weight.detach(), (m.lora_B[n].weight * m.scaling[n]).t().contiguous().detach()) for n in here}
+            m.enable_adapters(False)
+            self.handles.append(m.register_forward_hook(self._hook))
+        return self
+
+    def close(self) -> None:
+        "Remove the hooks and give the adapters back to peft."
+        for h in self.handles: h.remove()
+        self.handles = []
+        for m in self.layers:
+            m.enable_adapters(True)
+            m._rows_A = m._rows_Bt = m._rows_one = None
+
+    def set_rows(self, adapters: Sequence[str | None], device=None) -> None:
+        "The adapter of each row of the next forward pass (None: the base model)."
+        self.rows, self.device, self.cols = list(adapters), device, {}
+        self.mask = None if all(a is None for a in adapters) else True
+        self.single = adapters[0] if len(set(adapters)) == 1 else None     # every row on one adapter: no masking
+
+    def _cols(self, m):
+        "Per row, 1 on the rank columns of its adapter in this layer's stack: `[rows, 1, stacked rank]` (one per layer kind)."
+        import torch
+        c = self.cols.get(m._rows_key)
+        if c is None:
+            r = {n: m.lora_A[n].weight.shape[0] for n in m._rows_key}
+            c = self.cols[m._rows_key] = torch.tensor([[float(a == n) for n in m._rows_key for _ in range(r[n])] for a in self.rows],
+                                                      dtype=m._rows_A.dtype, device=self.device).unsqueeze(1)
+        return c
+
+    def _hook(self, m, args, out):
+        if self.mask is None or m._rows_A is None: return None
+        x = args[0]
+        if x.dtype != m._rows_A.dtype: x = x.to(m._rows_A.dtype)
+        if self.single is not None:
+            if self.single not in m._rows_one: return None
+            A, Bt = m._rows_one[self.single]
+            h = x @ A.t()
+        else:
+            Bt = m._rows_Bt
+            h = (x @ m._rows_A.t()) * self._cols(m)
+        d = h @ Bt
+        return out + d if d.dtype == out.dtype else out + d.to(out.dtype)
+
 # %% ../nbs/07a_batching.ipynb #bat-batcher
 class Batcher:
     "Continuous batching over a causal LM and its LoRA adapters, in one scheduler thread."
@@ -137,6 +212,8 @@ class Batcher:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
         self.adapters, self.mix = set(adapters), mix_adapters
+        lora = LoraRows(model, list(adapters)) if adapters else None
+        self.lora = lora.open() if lora is not None and lora.applies else None
         self.device = device or str(getattr(model, 'device', 'cpu'))
         self.waiting: collections.deque[Seq] = collections.deque()
         self.running: list[Seq] = []
@@ -146,6 +223,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, daemon=True, name='batcher')
         self._thread.start()
 
+    def close(self) -> None:
+        "Stop taking rows and give the model's adapters back to peft (rows still running end as at shutdown)."
+        with self._cv: self.shutdown.set(); self._cv.notify()
+        self._thread.join(timeout=30)
+        if self.lora is not None: self.lora.close()
+
     @property
     def active(self) -> int: return len(self.waiting) + sum(not s.done.is_set() for s in self.running)
 
@@ -153,6 +236,7 @@ class Batcher:
         "Queue rows for generation; refused once the server is shutting down."
         with self._cv:
             if self.shutdown.is_set(): raise ServerShuttingDown('the server is shutting down')
+            for s in seqs: s.queued_at = self.steps
             self.waiting.extend(seqs)
             self._cv.notify()
 
@@ -163,6 +247,10 @@ from fastcore.basics import patch
 def _admit(self: Batcher) -> list[Seq]:
     "Rows that join the batch this turn (called under the lock)."
     new: list[Seq] = []
+    live = sum(not s.done.is_set() for s in self.running)
+    if live and self.waiting and len(self.waiting) < self.config.waiting_served_ratio * live \
+            and self.steps - self.waiting[0].queued_at < self.config.max_waiting_tokens:
+        return new                                    # let newcomers gather: one prefill for several of them
     span = max((len(s.ids) + s.max_new for s in self.running), default=0)
     group = self.running[0].adapter if self.running else None
     while self.waiting and len(self.running) + len(new) < self.config.max_num_seqs:
@@ -182,13 +270,16 @@ def _forward(self: Batcher, rows: Sequence[Seq], input_ids, mask, position_ids, 
     import torch
     kw: dict[str, Any] = {}
     ctx = None
-    if self.adapters:
+    if self.lora is not None: self.lora.set_rows([s.adapter if s.adapter in self.adapters else None for s in rows], input_ids.device)
+    elif self.adapters:
         if self.mix: kw['adapter_names'] = [s.adapter if s.adapter in self.adapters else '__base__' for s in rows]
         elif rows[0].adapter in self.adapters: self.model.set_adapter(rows[0].adapter)
         else: ctx = self.model.disable_adapter()
     with torch.no_grad(), (ctx or nullcontext()):
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
-                         use_cache=True, logits_to_keep=1, **kw)
+        try: out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+                              use_cache=True, logits_to_keep=1, **kw)
+        finally:
+            if self.lora is not None: self.lora.mask = None
     return out.logits[:, -1]
 
 # %% ../nbs/07a_batching.ipynb #bat-prefill
@@ -231,11 +322,12 @@ def _advance(self: Batcher, first: int, logits) -> None:
         if i in errors: self._end(s, error=errors[i]); continue
         s.tokens.append(t)
         if t == self.eos: self._end(s, 'stop'); continue
-        before = len(s.text)
-        s.text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
-        look = max(0, before - max((len(x) for x in s.stops), default=0))
-        hits = [k for k in (s.text.find(x, look) for x in s.stops) if k >= 0]
-        if hits: s.text = s.text[:min(hits)]; self._end(s, 'stop'); continue
+        if s.stops or s.events is not None:            # text is needed now (stop strings, a stream), else decoded at the end
+            before = len(s.text)
+            s.text, s.decoded = self.tokenizer.decode(s.tokens, skip_special_tokens=True), len(s.tokens)
+            look = max(0, before - max((len(x) for x in s.stops), default=0))
+            hits = [k for k in (s.text.find(x, look) for x in s.stops) if k >= 0]
+            if hits: s.text = s.text[:min(hits)]; self._end(s, 'stop'); continue
         if len(s.tokens) >= s.max_new: self._end(s, 'length'); continue
         if s.cancel.is_set() or self.shutdown.is_set(): self._end(s, 'stop'); continue
         self._send(s, releasable(s.text, s.stops))
@@ -249,6 +341,8 @@ def _send(self: Batcher, s: Seq, upto: int) -> None:
 def _end(self: Batcher, s: Seq, finish: str | None = None, error: BaseException | None = None) -> None:
     "End a row: the rest of its text and its end to a stream, `done` to a waiter."
     if s.done.is_set(): return
+    if error is None and s.decoded < len(s.tokens):
+        s.text, s.decoded = self.tokenizer.decode(s.tokens, skip_special_tokens=True), len(s.tokens)
     if error is None: self._send(s, len(s.text))
     s.finish, s.error = finish, error
     if s.events is not None: s.events.put(('error', error) if error is not None else ('end', finish))
@@ -268,7 +362,9 @@ def _retire(self: Batcher) -> None:
 def _loop(self: Batcher) -> None:
     while True:
         with self._cv:
-            while not self.waiting and not self.running: self._cv.wait(0.5)
+            while not self.waiting and not self.running:
+                if self.shutdown.is_set(): return                 # closed, and nothing left to end
+                self._cv.wait(0.5)
             if self.shutdown.is_set():
                 while self.waiting: self._end(self.waiting.popleft(), error=ServerShuttingDown('the server is shutting down'))
             new = self._admit()

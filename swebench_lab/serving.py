@@ -706,11 +706,16 @@ def _main(argv=None):
     ap.add_argument('--served-model-name', help='name of the base model in requests (default: --base-model as given)')
     ap.add_argument('--max-model-len', type=int, help='context window (default: the model config\'s)')
     ap.add_argument('--default-max-tokens', type=int, default=512, help='completion length when a request gives none')
+    ap.add_argument('--torch-threads', type=int, help="torch's CPU threads (default: torch's own choice, one per core)")
     ap.add_argument('--scheduler', choices=['batch', 'serial'], default='batch',
                     help='batch: continuous batching (default); serial: one generate() at a time')
     ap.add_argument('--max-num-seqs', type=int, default=BatchConfig.max_num_seqs, help='rows decoded together (batch scheduler)')
     ap.add_argument('--max-num-batched-tokens', type=int, default=BatchConfig.max_num_batched_tokens,
                     help='rows × (prompt + completion) a batch may hold (batch scheduler)')
+    ap.add_argument('--max-waiting-tokens', type=int, default=BatchConfig.max_waiting_tokens,
+                    help='decoding steps a newcomer may wait to join a running batch with others (batch scheduler; TGI\'s flag)')
+    ap.add_argument('--waiting-served-ratio', type=float, default=BatchConfig.waiting_served_ratio,
+                    help='newcomers per running row that join at once (batch scheduler; TGI\'s flag)')
     ap.add_argument('--load-in-4bit', action='store_true')
     ap.add_argument('--load-in-8bit', action='store_true')
     ap.add_argument('--gpu-memory', '--gpu_memory', type=float, default=0.9, help='vLLM --gpu-memory-utilization')
@@ -726,9 +731,14 @@ def _main(argv=None):
             raise SwebenchLabError("vLLM is not installed; on a CUDA machine: pip install -e '.[vllm]' (or use --serving-mode transformers)")
         os.execvp(cmd[0], cmd)
     setup_logging()
+    if a.torch_threads:
+        import torch
+        torch.set_num_threads(a.torch_threads)
     server = ModelServer(a.base_model, adapters, a.served_model_name, a.max_model_len, a.default_max_tokens,
                          load_in_4bit=a.load_in_4bit, load_in_8bit=a.load_in_8bit,
-                         batch=BatchConfig(a.max_num_seqs, a.max_num_batched_tokens, a.scheduler))
+                         batch=BatchConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                                           waiting_served_ratio=a.waiting_served_ratio, max_waiting_tokens=a.max_waiting_tokens,
+                                           scheduler=a.scheduler))
     logger.info("serving %s on http://%s:%d/v1 (%s)", ', '.join(server.model_names()), a.host, a.port, server.device)
     run_server(server, create_app(server, a.api_key), a.host, a.port)
 
