@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import random
 from contextlib import nullcontext
 import threading
@@ -212,6 +213,8 @@ class Batcher:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
         self.adapters, self.mix = set(adapters), mix_adapters
+        base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+        self._cache_arg = 'cache' if 'cache' in inspect.signature(base.forward).parameters else 'past_key_values'  # renamed in transformers 5.x
         lora = LoraRows(model, list(adapters)) if adapters else None
         self.lora = lora.open() if lora is not None and lora.applies else None
         self.device = device or str(getattr(model, 'device', 'cpu'))
@@ -276,7 +279,7 @@ def _forward(self: Batcher, rows: Sequence[Seq], input_ids, mask, position_ids, 
         elif rows[0].adapter in self.adapters: self.model.set_adapter(rows[0].adapter)
         else: ctx = self.model.disable_adapter()
     with torch.no_grad(), (ctx or nullcontext()):
-        try: out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+        try: out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **{self._cache_arg: cache},
                               use_cache=True, logits_to_keep=1, **kw)
         finally:
             if self.lora is not None: self.lora.mask = None
