@@ -706,7 +706,8 @@ def _main(argv=None):
     ap.add_argument('--served-model-name', help='name of the base model in requests (default: --base-model as given)')
     ap.add_argument('--max-model-len', type=int, help='context window (default: the model config\'s)')
     ap.add_argument('--default-max-tokens', type=int, default=512, help='completion length when a request gives none')
-    ap.add_argument('--torch-threads', type=int, help="torch's CPU threads (default: torch's own choice, one per core)")
+    ap.add_argument('--torch-threads', type=int, help="torch's CPU threads (default on a CPU: one per core but one, "
+                    "which is left to the HTTP layer, as vLLM's CPU backend reserves one)")
     ap.add_argument('--scheduler', choices=['batch', 'serial'], default='batch',
                     help='batch: continuous batching (default); serial: one generate() at a time')
     ap.add_argument('--max-num-seqs', type=int, default=BatchConfig.max_num_seqs, help='rows decoded together (batch scheduler)')
@@ -731,9 +732,9 @@ def _main(argv=None):
             raise SwebenchLabError("vLLM is not installed; on a CUDA machine: pip install -e '.[vllm]' (or use --serving-mode transformers)")
         os.execvp(cmd[0], cmd)
     setup_logging()
-    if a.torch_threads:
-        import torch
-        torch.set_num_threads(a.torch_threads)
+    import torch
+    if a.torch_threads or not torch.cuda.is_available():
+        torch.set_num_threads(a.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     server = ModelServer(a.base_model, adapters, a.served_model_name, a.max_model_len, a.default_max_tokens,
                          load_in_4bit=a.load_in_4bit, load_in_8bit=a.load_in_8bit,
                          batch=BatchConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
