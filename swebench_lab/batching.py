@@ -215,8 +215,8 @@ class Batcher:
         self.adapters, self.mix = set(adapters), mix_adapters
         base = model.get_base_model() if hasattr(model, 'get_base_model') else model
         self._cache_arg = 'cache' if 'cache' in inspect.signature(base.forward).parameters else 'past_key_values'  # renamed in transformers 5.x
-        lora = LoraRows(model, list(adapters)) if adapters else None
-        self.lora = lora.open() if lora is not None and lora.applies else None
+        lora = LoraRows(model, list(adapters)) if adapters and mix_adapters else None
+        self.lora = lora.open() if lora is not None and lora.applies else None   # else peft's adapter_names, or groups
         self.device = device or str(getattr(model, 'device', 'cpu'))
         self.waiting: collections.deque[Seq] = collections.deque()
         self.running: list[Seq] = []

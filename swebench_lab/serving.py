@@ -209,7 +209,8 @@ def _start_batcher(self: ModelServer) -> Batcher | None:
         logger.warning('continuous batching is off: this model\'s cache (%s) cannot be padded and joined; serving one request at a time',
                        ', '.join(sorted({type(l).__name__ for l in getattr(cache, 'layers', [])})) or type(cache).__name__)
         return None
-    mix = all(str(getattr(c, 'peft_type', '')).endswith('LORA') for c in getattr(self.model, 'peft_config', {}).values())
+    mix = all(str(getattr(c, 'peft_type', '')).endswith('LORA') and not getattr(c, 'use_dora', False)
+              for c in getattr(self.model, 'peft_config', {}).values())
     logger.info('continuous batching: up to %d rows, %d tokens; adapters %s', self.batch.max_num_seqs,
                 self.batch.max_num_batched_tokens, 'mixed in one batch' if mix else 'grouped per batch')
     return Batcher(self.model, self.tokenizer, self.batch, self.shutdown, list(self.adapters), mix, str(dev))
