@@ -138,7 +138,7 @@ def sample_next(logits, seqs: Sequence[Seq]) -> tuple[list[int | None], dict[int
 class LoraRows:
     "Each row's LoRA adapter applied by forward hooks on peft's LoRA layers (whose own adapters are switched off)."
     def __init__(self, model, names: Sequence[str]):
-        self.names, self.mask, self.handles = list(names), None, []
+        self.names, self.rows, self.handles = list(names), None, []   # rows: each row's adapter during a forward pass
         try: from peft.tuners.lora.layer import LoraLayer
         except ImportError: self.layers = []; return
         self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -175,8 +175,8 @@ class LoraRows:
 
     def set_rows(self, adapters: Sequence[str | None], device=None) -> None:
         "The adapter of each row of the next forward pass (None: the base model)."
-        self.rows, self.device, self.cols = list(adapters), device, {}
-        self.mask = None if all(a is None for a in adapters) else True
+        self.rows = None if all(a is None for a in adapters) else list(adapters)   # None: nothing to add
+        self.device, self.cols = device, {}
         self.single = adapters[0] if len(set(adapters)) == 1 else None     # every row on one adapter: no masking
 
     def _cols(self, m):
@@ -190,7 +190,7 @@ class LoraRows:
         return c
 
     def _hook(self, m, args, out):
-        if self.mask is None or m._rows_A is None: return None
+        if self.rows is None or m._rows_A is None: return None
         x = args[0]
         if x.dtype != m._rows_A.dtype: x = x.to(m._rows_A.dtype)
         if self.single is not None:
@@ -282,7 +282,7 @@ def _forward(self: Batcher, rows: Sequence[Seq], input_ids, mask, position_ids, 
         try: out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **{self._cache_arg: cache},
                               use_cache=True, logits_to_keep=1, **kw)
         finally:
-            if self.lora is not None: self.lora.mask = None
+            if self.lora is not None: self.lora.rows = None
     return out.logits[:, -1]
 
 # %% ../nbs/07a_batching.ipynb #bat-prefill
