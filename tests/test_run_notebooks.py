@@ -135,7 +135,9 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         assert summary['server']['failing_streams_ended_with_error'] == 4
     if name == 'bench_serving':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_serving.json').read_text())
-        assert [r['clients'] for r in summary['results'] if r['server'] == 'transformers'] == [1, 4]
+        for sched in ('batch', 'serial'):     # both schedulers, measured at every level in the same run
+            assert [r['clients'] for r in summary['results'] if r['server'] == f'transformers ({sched})'] == [1, 4]
+        assert [r['clients'] for r in summary['ratios']] == [1, 4] and all(r['throughput batch/serial'] > 0 for r in summary['ratios'])
         assert all(r['tokens_per_s'] > 0 for r in summary['results']) and (rdir / 'bench_serving.png').exists()
     if name == 'bench_training':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_training.json').read_text())
