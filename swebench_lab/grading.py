@@ -33,15 +33,18 @@ START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
 
 EXIT_CODE_RE = re.compile(r'OMNIGRIL_EXIT_CODE=(-?\d+)')   # all digits (the older tool read one)
 
-def make_eval_script(base_commit: str, test_patch: str, test_cmd: str = 'python -m pytest -rA -p no:cacheprovider') -> str:
-    "A SWE-bench-style eval script: reset the test files, apply the test patch, run them between the markers, reset."
-    tests = files_touched(test_patch)
+def make_eval_script(base_commit: str, test_patch: str, test_cmd: str = 'python -m pytest -rA -p no:cacheprovider',
+                     test_files: Iterable[str] = ()) -> str:
+    """A SWE-bench-style eval script: reset the test files, apply the test patch, run them between the markers, reset.
+    `test_files`: more files to run besides those the test patch touches (a generated task whose bug is in the code, not
+    in its tests, has an empty test patch and names the files that prove it here)."""
+    tests = list(dict.fromkeys([*files_touched(test_patch), *test_files]))
     existing = ' '.join(map(shlex.quote, tests))
+    apply = ["git apply -v - <<'EOF_114329324912'", test_patch.rstrip('\n'), 'EOF_114329324912'] if test_patch.strip() else []
     return '\n'.join([
         '#!/bin/bash', 'set -uxo pipefail', 'cd /testbed',
         'git config --global --add safe.directory /testbed',
-        'git status', f"git checkout {base_commit} -- {existing} 2>/dev/null || true",
-        "git apply -v - <<'EOF_114329324912'", test_patch.rstrip('\n'), 'EOF_114329324912',
+        'git status', f"git checkout {base_commit} -- {existing} 2>/dev/null || true", *apply,
         f": '{START}'", f"{test_cmd} {existing}", f": '{END}'",
         f"git checkout {base_commit} -- {existing} 2>/dev/null || true", ''])
 
