@@ -386,10 +386,12 @@ def classify(before: list[dict], after: list[dict]) -> dict:
     return {'FAIL_TO_PASS': f2p, 'PASS_TO_PASS': p2p, 'flaky': sorted(flaky), 'PASS_TO_FAIL': broken}
 
 # %% ../nbs/21_taskgen.ipynb #tg-run
+_TIMED_OUT = 'swebench_lab taskgen: the run timed out\n'
+
 def _statuses(box, script: str, rec: dict, timeout: float) -> tuple[dict | None, str]:
     "One run of `script` in `box`: the parsed statuses (None when the log has no test output) and the log."
     r = box.run_script(script, timeout=timeout, name='taskgen.sh')
-    if r.timed_out: return None, r.output[-3000:]
+    if r.timed_out: return None, _TIMED_OUT + r.output[-3000:]
     try: sm = parse_log(r.output, rec.get('log_parser'), rec['repo'])
     except SwebenchLabError: sm = None
     return sm, r.output
@@ -398,8 +400,9 @@ def _apply(box, diff: str, reverse: bool = False) -> bool:
     box.write_file(f'{box.tmp}/taskgen.diff', normalize_patch(diff))
     return box.run(f"git apply {'-R ' if reverse else ''}{box.tmp}/taskgen.diff", timeout=120).exit_code == 0
 
-def _spec_rec(rec: dict, base: str) -> dict:
-    return {**rec, 'base_commit': base, 'instance_id': rec['instance_id']}
+def _clean_rec(rec: dict) -> dict:
+    "The row of an injected bug's clean commit: every group of bugs at that commit shares its image."
+    return {**rec, 'base_commit': rec['clean_commit'], 'instance_id': f"{repo_key(rec['repo'])}-taskgen-{rec['clean_commit'][:10]}"}
 
 def prove_mined(rec: dict, backend: str = 'docker', timeout: float = 900, labels: dict | None = None, repeats: int = 2) -> dict:
     "The statuses of a mined candidate's changed tests, before and after its code patch (see above)."
@@ -416,39 +419,54 @@ def _outcome(before, after, t0) -> dict:
     if any(sm is None for sm, _ in [*before, *after]):
         log = next(log for sm, log in [*before, *after] if sm is None)
         from swebench_lab.grading import decisive_line
+        if log.startswith(_TIMED_OUT): return {'outcome': 'timed_out', 'seconds': round(time.perf_counter() - t0, 1)}
         return {'outcome': 'no_test_output', 'decisive_line': decisive_line(log), 'seconds': round(time.perf_counter() - t0, 1)}
     return {'outcome': 'ran', **classify([sm for sm, _ in before], [sm for sm, _ in after]), 'seconds': round(time.perf_counter() - t0, 1),
             'log_tail': before[0][1][-4000:]}
 
 # %% ../nbs/21_taskgen.ipynb #tg-prove-injected
+_NOT_SUITE = re.compile(r'^(examples?|docs?|benchmarks?|scripts?|tools)/')
+
 def test_files_for(repo: GitRepo, commit: str, path: str, limit: int = 20) -> list[str]:
-    "The test files that import or name the module at `path` (all test files, up to `limit`, when none does)."
-    files, _ = _test_names(repo, commit)
+    """The test modules of the repository's suite (`test_*.py`/`*_test.py`, as pytest collects them; not its examples', docs'
+    or benchmarks') that import or name the module at `path` (all of them, up to `limit`, when none does)."""
+    files = [f for f in _test_names(repo, commit)[0] if not _NOT_SUITE.match(f) and re.match(r'(test_.*|.*_test)\.py$', f.rsplit('/', 1)[-1])]
     mod = path[:-3].replace('/', '.').removesuffix('.__init__')
     leaf = mod.rsplit('.', 1)[-1]
-    hits = [f for f in files if not f.endswith('conftest.py') and
-            (mod in (text := repo.read_file(commit, f) or '') or re.search(rf'\b{re.escape(leaf)}\b', text))]
-    return sorted(hits or [f for f in files if not f.endswith('conftest.py')])[:limit]
+    hits = [f for f in files if mod in (text := repo.read_file(commit, f) or '') or re.search(rf'\b{re.escape(leaf)}\b', text)]
+    return sorted(hits or files)[:limit]
 
 def prove_injected(rows: list[dict], backend: str = 'docker', timeout: float = 900, labels: dict | None = None,
                    repeats: int = 2) -> dict[str, dict]:
     "Every bug of `rows` (one clean commit, `test_files` set on each) proved in one sandbox of the clean commit: `{instance_id: result}`."
     first = rows[0]
-    spec = InstanceSpec.from_record(_spec_rec(first, first['clean_commit']))
+    spec = InstanceSpec.from_record(_clean_rec(first))
     files = sorted({f for r in rows for f in r['test_files']})
     script = make_eval_script(first['clean_commit'], '', spec.recipe.test_cmd, files)
     out, t0 = {}, time.perf_counter()
     life = int(timeout) * (repeats + 2 * len(rows)) + 900
     with open_sandbox(spec, backend, Limits(lifetime=life), labels=labels) as box:
-        clean = [_statuses(box, script, first, timeout) for _ in range(repeats)]
+        clean = [_statuses(box, script, first, timeout)]
+        if not any(v in _OK for v in (clean[0][0] or {}).values()):     # one file that cannot run here (a collection error) stops them all: keep those that run alone
+            ok = [f for f in files if (sm := _statuses(box, make_eval_script(first['clean_commit'], '', spec.recipe.test_cmd, [f]), first, timeout)[0])
+                  and any(v in _OK for v in sm.values())]
+            logger.info("%s: %d of %d test files run on the clean code alone", spec.instance_id, len(ok), len(files))
+            files, script = ok, make_eval_script(first['clean_commit'], '', spec.recipe.test_cmd, ok)
+            clean = [_statuses(box, script, first, timeout)] if ok else clean
+        t1 = time.perf_counter()
+        clean += [_statuses(box, script, first, timeout) for _ in range(repeats - 1)]
+        # a bug can make the code loop forever: a bug's run gets five times the clean run's time (at least a minute)
+        bug_timeout = min(timeout, max(60.0, 5 * (time.perf_counter() - t1) / max(1, repeats - 1)))
         setup_s = round(time.perf_counter() - t0, 1)
         for r in rows:
             t1 = time.perf_counter()
+            r = {**r, 'test_files': [f for f in r['test_files'] if f in files]}
+            if not r['test_files']: out[r['instance_id']] = {'outcome': 'no_test_file_runs_here'}; continue
             if not _apply(box, r['bug_patch']): out[r['instance_id']] = {'outcome': 'patch_not_applied'}; continue
             try:
-                runs = [_statuses(box, script, r, timeout)]
+                runs = [_statuses(box, script, r, bug_timeout)]
                 if runs[0][0] is not None and any(runs[0][0].get(t) not in _OK for t, s in clean[0][0].items() if s in _OK):
-                    runs += [_statuses(box, script, r, timeout) for _ in range(repeats - 1)]
+                    runs += [_statuses(box, script, r, bug_timeout) for _ in range(repeats - 1)]
             finally:
                 if not _apply(box, r['bug_patch'], reverse=True): box.run('git checkout -q -- .', timeout=120)
             res = _outcome(runs, clean, t1)      # before = with the bug, after = the clean code (the fix)
@@ -456,6 +474,7 @@ def prove_injected(rows: list[dict], backend: str = 'docker', timeout: float = 9
             for k in ('FAIL_TO_PASS', 'PASS_TO_PASS', 'flaky', 'PASS_TO_FAIL'):
                 if k in res: res[k] = [t for t in res[k] if t.split('::')[0] in mine]
             res['seconds_with_clean_share'] = round(res['seconds'] + setup_s / len(rows), 1)
+            res['test_files'] = r['test_files']
             out[r['instance_id']] = res
     return out
 
@@ -503,7 +522,7 @@ def make_row(cand: dict, proof: dict, repo: GitRepo, writer=None) -> dict:
         row['base_commit'] = bug_commit(repo, cand)
         row['created_at'] = _commit_date(repo, cand['clean_commit'])
         spec = InstanceSpec.from_record(row)
-        row['eval_script'] = make_eval_script(row['base_commit'], '', spec.recipe.test_cmd, cand['test_files'])
+        row['eval_script'] = make_eval_script(row['base_commit'], '', spec.recipe.test_cmd, proof.get('test_files') or cand['test_files'])
         error = _error_lines(proof.get('log_tail', ''))
         row['problem_statement'] = ISSUE_TEMPLATE.format(n=len(f2p), s='s' if len(f2p) > 1 else '', verb='' if len(f2p) > 1 else 's',
                                                          tests='\n'.join(f'- `{t}`' for t in f2p[:10]), error=error)
@@ -681,3 +700,7 @@ def _main(argv=None):
     return 0
 
 main = cli_entry(_main)
+
+# %% ../nbs/21_taskgen.ipynb #tg-entry
+#| eval: false
+if __name__ == '__main__': raise SystemExit(main())

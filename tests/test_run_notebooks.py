@@ -25,6 +25,9 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'bench_serving': {'clients': [1, 4], 'n_requests': 4, 'max_tokens': 4, 'repeats': 1},
         'bench_cluster': {'workers': 2, 'n_noop': 20, 'repeats': 1, 'rounds': 1},
         'bench_training': {'steps': 2, 'repeats': 1, 'hidden_size': 32, 'layers': 1},
+        'taskgen': {'jobs': [{'repo': 'demo/textkit', 'source': 'inject', 'commit': 'HEAD'}, {'repo': 'demo/textkit', 'source': 'mine', 'rev_range': 'HEAD'},
+                             {'repo': 'nobody/nothing', 'source': 'mine', 'rev_range': 'HEAD'}],
+                    'strategies': ['flip_comparison', 'off_by_one'], 'per_strategy': 2, 'backend': 'local'},
         'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
                   'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
 DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents', 'bench_cluster'}
@@ -139,6 +142,12 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
             assert [r['clients'] for r in summary['results'] if r['server'] == f'transformers ({sched})'] == [1, 4]
         assert [r['clients'] for r in summary['ratios']] == [1, 4] and all(r['throughput batch/serial'] > 0 for r in summary['ratios'])
         assert all(r['tokens_per_s'] > 0 for r in summary['results']) and (rdir / 'bench_serving.png').exists()
+    if name == 'taskgen':
+        out = json.loads((rdir / 'outputs.json').read_text())
+        assert out['skipped'] == {'nobody/nothing mine': 'not in the repository store'}
+        inject, mine = out['summaries']
+        assert inject['valid'] >= 1 and mine['dropped'] == {'contamination guard: a benchmark row has this patch': 4}
+        assert out['validate'][inject['name']]['valid'] == inject['valid'] and (rdir / 'yield.png').exists()
     if name == 'bench_training':
         summary = json.loads((results_tmp / 'benchmarks' / 'bench_training.json').read_text())
         assert {r['runner'] for r in summary['runs']} == {'plain TRL', 'workbench'} and summary['tokens_per_s_ratio'] > 0
