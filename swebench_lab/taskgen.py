@@ -528,6 +528,7 @@ def make_row(cand: dict, proof: dict, repo: GitRepo, writer=None) -> dict:
                                                          tests='\n'.join(f'- `{t}`' for t in f2p[:10]), error=error)
         evidence = f"Failing tests:\n{chr(10).join(f2p[:10])}\n\nTheir output ends with:\n{error}"
     else:
+        row['eval_script'] = make_eval_script(row['base_commit'], row['test_patch'], InstanceSpec.from_record(row).recipe.test_cmd)
         row['problem_statement'] = cand['problem_statement']
         evidence = f"Commit message:\n{cand['problem_statement']}\n\nThe change (for your understanding only):\n{cand['patch'][:6000]}"
     if writer is not None:
