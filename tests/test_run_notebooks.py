@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, one_at_a_time
+from swebench_lab.data import load_instances
 from swebench_lab.runs import execute_run, list_runs
 
 TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local', 'sft_steps': 4},
@@ -64,8 +65,10 @@ def _check_demo(rdir: Path, extra_models: int = 0):
     rates = {(r['model'], r['run_id']): int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
     assert rates[('gold', '0.5_body_issue')] == 4 and rates[('empty', '0.5_body_issue')] == 0 and len(rates) == 8 + 2 * extra_models
     ab = json.loads(open(out['comparison']).read())
-    assert ab['left_out_training_instances'] == ['demo__textkit-1', 'demo__textkit-2'] and ab['total_instances'] == 2
-    assert set(ab['instance_comparison']) == {'demo__textkit-3', 'demo__textkit-4'} and Path(out['comparison_figure']).exists()
+    n = out['ab_instances']           # the held-out tasks and the generated ones
+    assert ab['left_out_training_instances'] == ['demo__textkit-1', 'demo__textkit-2'] and n > 2 and ab['total_instances'] == n
+    assert {'demo__textkit-3', 'demo__textkit-4'} <= set(ab['instance_comparison']) and len(ab['instance_comparison']) == n
+    assert Path(out['comparison_figure']).exists() and len(load_instances(out['generated_tasks'])) == n - 2
     assert json.loads((Path(out['adapter']) / 'metrics.json').read_text())['steps'] == 4
 
 
