@@ -685,6 +685,8 @@ def _main(argv=None):
     ap.add_argument('--backend', choices=['docker', 'local'], default='docker')
     ap.add_argument('--timeout', type=float, default=900, help='seconds per test run')
     ap.add_argument('--group-size', '--group_size', type=int, default=8, help='inject: bugs proved in one sandbox')
+    ap.add_argument('--test-file-limit', '--test_file_limit', type=int, default=20,
+                    help='inject: at most this many test modules (those naming the bug\'s module) run per bug')
     add_executor_args(ap)
     ap.add_argument('--max-workers', '--max_workers', type=int, default=2)
     a = ap.parse_args(argv)
@@ -693,7 +695,8 @@ def _main(argv=None):
         s = generate(a.repo, a.source, rev_range=a.rev_range, commit=a.commit, strategies=a.strategies, per_strategy=a.per_strategy,
                      max_commits=a.max_commits, seed=a.seed, benchmarks=a.benchmarks, name=a.name, backend=a.backend,
                      max_workers=a.max_workers, timeout=a.timeout, executor=a.executor, ray_address=a.ray_address,
-                     group_size=a.group_size, model=a.model, issue_model=a.issue_model, rewrites=a.rewrites)
+                     group_size=a.group_size, model=a.model, issue_model=a.issue_model, rewrites=a.rewrites,
+                     test_file_limit=a.test_file_limit)
     except KeyboardInterrupt:
         print('interrupted: sandboxes removed; proofs saved so far are kept (run again to continue)')
         return 130
