@@ -72,3 +72,43 @@ def test_cli_errors_are_one_line(scratch):
     r = run_cli(str(ROOT / '.venv' / 'bin' / 'python'), '-m', 'swebench_lab.taskgen', 'mine', '--repo', 'nobody/nothing',
                 '--rev-range', 'HEAD', '--backend', 'local')
     assert r.returncode == 2 and 'unknown repo' in r.stderr, r.stderr
+
+
+BUGGY_TO_ROMAN = '''Here is the function with a subtle bug:
+
+```python
+def to_roman(number):
+    """Write 1..3999 in Roman numerals."""
+    if not 0 < number < 4000:
+        raise ValueError("roman numerals cover 1..3999")
+    out = []
+    for value, numeral in _VALUES[:-1]:
+        count, number = divmod(number, value)
+        out.append(numeral * count)
+    return "".join(out)
+```'''
+
+ISSUE = 'to_roman drops the last units: to_roman(3) returns an empty string instead of "III".'
+
+
+def test_a_model_writes_bugs_and_issue_texts(scratch, tmp_path, monkeypatch):
+    """`rewrite` with a model from the registry (the scripted policy behind a loopback server: it rewrites to_roman with a
+    bug, and answers garbage for every other function), and problem statements written by a model."""
+    from swebench_lab.scripted_policy import ScriptedPolicy
+    from swebench_lab.taskgen import generate
+    from swebench_lab.run_evaluation import validate
+    with ScriptedPolicy({'def to_roman(': [BUGGY_TO_ROMAN], 'Write a concise GitHub issue': [ISSUE]}, default=['no code here']) as p:
+        (tmp_path / 'models.yaml').write_text(f'bug-writer: {{base_url: "{p.base_url}", api_key_env: LOOPBACK_KEY, context_limit: 100000, '
+                                              'price_in: 1.0e-06, price_out: 2.0e-06}\n')
+        monkeypatch.setenv('SWEBENCH_LAB_MODELS', str(tmp_path / 'models.yaml'))
+        monkeypatch.setenv('LOOPBACK_KEY', 'sk-loopback')
+        s = generate('demo/textkit', 'inject', commit='HEAD', strategies=['rewrite'], model='bug-writer', issue_model='bug-writer',
+                     rewrites=1, benchmarks=[scratch['swebench']], backend='local', progress=False)
+    assert s['valid'] == 1 and s['counts']['rewrite: candidates'] == 1, s
+    assert s['counts']['rewrite: model calls'] == s['counts']['rewrite: unusable replies'] + 1
+    row = load_instances(s['dataset'])[0]
+    assert row['problem_statement'] == ISSUE and row['provenance']['strategy'] == 'rewrite'
+    assert row['provenance']['template_statement'].startswith(f"{len(row['FAIL_TO_PASS'])} test")
+    assert '-    for value, numeral in _VALUES[:-1]:' in row['patch']       # the gold patch reverts the model's bug
+    assert row['FAIL_TO_PASS'] and all(t.startswith('tests/test_roman.py::') for t in row['FAIL_TO_PASS'])
+    assert validate(s['dataset'], backend='local', progress=False)['valid'] == 1
