@@ -18,8 +18,7 @@ def scratch(tmp_path, monkeypatch):
     paths = build_demo(root, run_tests=False)
     monkeypatch.setenv('SWEBENCH_LAB_CRAWLED_DATA', str(root))
     monkeypatch.setenv('SWEBENCH_LAB_RESULTS', str(tmp_path / 'results'))
-    yield paths
-    assert tagged_containers() == [], 'containers left behind'
+    return paths
 
 
 @pytest.mark.docker
@@ -43,6 +42,7 @@ def test_injected_and_mined_rows_validate_and_an_agent_solves_one(scratch, tmp_p
     g = run_evaluation(s['dataset'], predictions_path='gold', backend='docker', progress=False)
     e = run_evaluation(s['dataset'], predictions_path='empty', backend='docker', progress=False)
     assert (g['resolved_instances'], e['resolved_instances']) == (len(rows), 0)
+    assert tagged_containers() == [], 'containers left behind'
 
 
 @pytest.mark.docker
@@ -60,6 +60,23 @@ def test_an_agent_with_the_scripted_policy_solves_a_generated_row(scratch, tmp_p
         r = runagent_multiple(s['dataset'], tmp_path / 'agent', 'x', 'openai/scripted-policy', 'mini_swe_agent', False, k=1,
                               instance_ids=[recs[0]['instance_id']], base_url=p.base_url, progress=False)
     assert (r['reward_1'], r['exit_reasons']) == (1, {'submitted': 1}), r
+    assert tagged_containers() == [], 'containers left behind'
+
+
+@pytest.mark.quick
+def test_candidates_and_their_diffs(scratch):
+    "Mining and injection need no sandbox: candidates, counts, and bugs whose revert gives the clean tree back."
+    from swebench_lab.repos import RepoStore
+    from swebench_lab.taskgen import STRATEGIES, head_of, inject_candidates, mine_candidates
+    repo = RepoStore().get('demo/textkit')
+    mined, counts = mine_candidates(repo, 'HEAD')
+    assert (len(mined), counts['skipped: root commit']) == (4, 1)
+    bugs, counts = inject_candidates(repo, 'HEAD', per_strategy=2, seed=1)
+    assert {b['provenance']['strategy'] for b in bugs} == set(STRATEGIES)
+    clean = repo.tree_of(head_of(repo))
+    for b in bugs:
+        assert repo.apply_diffs(clean, [b['bug_patch']]) == b['bug_tree'] and repo.apply_diffs(b['bug_tree'], [b['patch']]) == clean
+    assert len({b['bug_patch'] for b in bugs}) == len(bugs)
 
 
 def test_cli_errors_are_one_line(scratch):
