@@ -586,7 +586,11 @@ def clone_at(repo_path: str | Path, commit: str, dest: str | Path, store=None, r
         else: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', src, commit)
     except SwebenchLabError as e:
         try: git('-c', 'protocol.version=2', 'fetch', '--quiet', '--no-tags', '--depth', '1', src, commit)
-        except SwebenchLabError: raise e from None
+        except SwebenchLabError:    # not even the commit's own tree can be sent: the store lacks some of its files
+            missing = re.findall(r'unable to read ([0-9a-f]{40})', str(e))
+            raise SwebenchLabError(f"the store's repository lacks objects of {commit[:12]}'s own tree"
+                                   f"{' (' + ', '.join(m[:12] for m in missing[:3]) + ')' if missing else ''}: an incomplete "
+                                   f"mirror (a partial clone, or a snapshot without its largest files); fetch them into {src}. {e}") from None
         notes.append(f"the store's history of {commit[:12]} is incomplete ({str(e)[:200]}): checked out the commit alone, without its past")
     git('-c', 'advice.detachedHead=false', 'checkout', '--quiet', '--detach', 'FETCH_HEAD')
     if (dest / '.git' / 'shallow').exists():

@@ -460,7 +460,7 @@ def _cause(row: dict) -> str | None:
     if row.get('verdict') in (None, 'valid'): return None
     if _NEEDS_NETWORK.search(text): return 'needs_network'
     if any(re.search(rf"(?<![\w-]){re.escape(x)}(?![\w-])", text) for x in _left_out(row.get('environment_notes'))): return 'conda_only'
-    if row.get('verdict') == 'build_failed' and re.search(r'unknown repo|in the repository store|No space left on device|not our ref', text):
+    if row.get('verdict') == 'build_failed' and re.search(r'unknown repo|in the repository store|No space left on device|not our ref|lacks objects of|unable to read [0-9a-f]{40}', text):
         return 'machine_limit'
     return None
 
