@@ -422,7 +422,7 @@ def _outcome(before, after, t0) -> dict:
         if log.startswith(_TIMED_OUT): return {'outcome': 'timed_out', 'seconds': round(time.perf_counter() - t0, 1)}
         return {'outcome': 'no_test_output', 'decisive_line': decisive_line(log), 'seconds': round(time.perf_counter() - t0, 1)}
     return {'outcome': 'ran', **classify([sm for sm, _ in before], [sm for sm, _ in after]), 'seconds': round(time.perf_counter() - t0, 1),
-            'log_tail': before[0][1][-4000:]}
+            'error': _error_lines(before[0][1]), 'log_tail': before[0][1][-4000:]}
 
 # %% ../nbs/21_taskgen.ipynb #tg-prove-injected
 _NOT_SUITE = re.compile(r'^(examples?|docs?|benchmarks?|scripts?|tools)/')
@@ -523,7 +523,7 @@ def make_row(cand: dict, proof: dict, repo: GitRepo, writer=None) -> dict:
         row['created_at'] = _commit_date(repo, cand['clean_commit'])
         spec = InstanceSpec.from_record(row)
         row['eval_script'] = make_eval_script(row['base_commit'], '', spec.recipe.test_cmd, proof.get('test_files') or cand['test_files'])
-        error = _error_lines(proof.get('log_tail', ''))
+        error = proof.get('error') or _error_lines(proof.get('log_tail', ''))
         row['problem_statement'] = ISSUE_TEMPLATE.format(n=len(f2p), s='s' if len(f2p) > 1 else '', verb='' if len(f2p) > 1 else 's',
                                                          tests='\n'.join(f'- `{t}`' for t in f2p[:10]), error=error)
         evidence = f"Failing tests:\n{chr(10).join(f2p[:10])}\n\nTheir output ends with:\n{error}"
@@ -591,7 +591,7 @@ def generate(repo_name: str, source: str, *, rev_range: str | None = None, commi
             more, c2 = model_bugs(repo, commit, repair_model(model, temperature=0.7), rewrites, seed)
             cands += more; counts.update(c2)
         label = commit[:10]
-    name = name or f"taskgen-{repo_key(repo_name)}-{source}-{label}"
+    name = name or f"taskgen-{repo_key(repo_name)}-{source}-{re.sub(r'[^A-Za-z0-9._-]+', '-', label)}"
     out = results_dir() / 'taskgen' / name
     (out / 'proofs').mkdir(parents=True, exist_ok=True)
     for c in cands:
