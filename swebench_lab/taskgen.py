@@ -23,7 +23,7 @@ from .core import (SwebenchLabError, cli_entry, crawled_data_dir, logger, one_li
                                utcnow, write_json, write_jsonl_atomic)
 from .data import load_instances
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
-from .grading import make_eval_script, parse_log
+from .grading import make_eval_script, parse_log, parser_for
 from .recipes import InstanceSpec, shipped_recipes
 from .repos import GitRepo, RepoStore, normalize_patch, repo_key, split_diff
 from .sandbox import Limits, SandboxGone, open_sandbox
@@ -536,7 +536,8 @@ def make_row(cand: dict, proof: dict, repo: GitRepo, writer=None) -> dict:
         if text and text.strip():
             prov['template_statement'] = row['problem_statement']
             row['problem_statement'], prov['issue_model'], prov['issue_cost_usd'] = text.strip(), getattr(writer.spec, 'name', None), cost
-    row.update(FAIL_TO_PASS=json.dumps(f2p), PASS_TO_PASS=json.dumps(p2p), log_parser='parse_log_pytest', eval_type='pass_and_fail',
+    # the parser that named the tests in the proof (swebench's for the repository) names them when the row is graded
+    row.update(FAIL_TO_PASS=json.dumps(f2p), PASS_TO_PASS=json.dumps(p2p), log_parser=parser_for(None, row['repo'])[0], eval_type='pass_and_fail',
                image=None, provenance=prov)
     return row
 
