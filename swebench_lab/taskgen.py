@@ -30,9 +30,9 @@ from .sandbox import Limits, SandboxGone, open_sandbox
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'REWRITE_PROMPT', 'ISSUE_TEMPLATE', 'ISSUE_PROMPT', 'main', 'TaskgenError', 'is_test_path', 'head_of',
-           'commit_statement', 'mine_candidates', 'Reference', 'function_bugs', 'inject_candidates', 'rewrite_bug',
-           'model_bugs', 'classify', 'prove_mined', 'test_files_for', 'prove_injected', 'bug_commit', 'make_row',
-           'generate', 'print_summary']
+           'commit_statement', 'mine_candidates', 'Reference', 'realize', 'function_bugs', 'inject_candidates',
+           'rewrite_bug', 'model_bugs', 'classify', 'prove_mined', 'test_files_for', 'prove_injected', 'bug_commit',
+           'make_row', 'generate', 'print_summary']
 
 # %% ../nbs/21_taskgen.ipynb #tg-paths
 class TaskgenError(SwebenchLabError): "A task-generation input that cannot be used (a range, a commit, a strategy, a version)."
@@ -236,24 +236,34 @@ def _sites(fn) -> Iterable:
         for n in ast.walk(st):
             if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)): yield n
 
-def function_bugs(text: str, strategy: str) -> list[dict]:
-    "Every bug of `strategy` in a module's source: `{function, line, new_text}` (each one edit; each parses and changes the tree)."
+def _edits(text: str, strategy: str, names: set | None = None) -> list[dict]:
+    "Every site of `strategy` in the functions of a module (those in `names` only, when given): `{function, line, a, b, new}`, not yet checked."
     if strategy not in STRATEGIES: raise TaskgenError(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)} or rewrite")
     try: tree = ast.parse(text)
     except SyntaxError: return []
     src, out, seen = _Source(text), [], set()
-    dump = ast.dump(tree)
     for fn in _functions(tree):
+        if names is not None and fn.name not in names: continue
         for node in _sites(fn):
             for a, b, new in STRATEGIES[strategy](src, node):
                 if (a, b, new) in seen: continue
                 seen.add((a, b, new))
-                data = src.data[:a] + new.encode() + src.data[b:]
-                try: t2 = ast.parse(data)
-                except SyntaxError: continue
-                if ast.dump(t2) == dump: continue
-                out.append({'function': fn.name, 'line': src.data[:a].count(b'\n') + 1, 'new_text': data.decode()})
+                out.append({'function': fn.name, 'line': src.data[:a].count(b'\n') + 1, 'a': a, 'b': b, 'new': new})
     return out
+
+def realize(text: str, edit: dict, dump: str | None = None) -> str | None:
+    "The module with `edit` made, when it still parses and its syntax tree changed; else None."
+    data = text.encode()
+    out = data[:edit['a']] + edit['new'].encode() + data[edit['b']:]
+    try: t2 = ast.parse(out)
+    except SyntaxError: return None
+    return None if ast.dump(t2) == (dump or ast.dump(ast.parse(text))) else out.decode()
+
+def function_bugs(text: str, strategy: str) -> list[dict]:
+    "Every bug of `strategy` in a module's source: `{function, line, new_text}` (each one edit; each parses and changes the tree)."
+    edits = _edits(text, strategy)
+    dump = ast.dump(ast.parse(text)) if edits else None
+    return [{'function': e['function'], 'line': e['line'], 'new_text': t} for e in edits if (t := realize(text, e, dump))]
 
 # %% ../nbs/21_taskgen.ipynb #tg-inject
 def _test_names(repo: GitRepo, commit: str) -> tuple[list[str], str]:
@@ -284,24 +294,25 @@ def inject_candidates(repo: GitRepo, commit: str, strategies: Iterable[str] = tu
     files = [p for p in (paths or repo.list_files(commit)) if _py(p) and not is_test_path(p)]
     rng, counts, out, seen = random.Random(seed), Counter(), [], set()
     clean_tree = repo.tree_of(commit)
+    texts = {p: t for p in files if (t := repo.read_file(commit, p)) is not None}
+    dumps: dict[str, str] = {}
     for s in strategies:
-        pool = []
-        for p in files:
-            text = repo.read_file(commit, p)
-            if text is None: continue
-            pool += [(p, b) for b in function_bugs(text, s) if b['function'] in named]
+        pool = [(p, e) for p, text in texts.items() for e in _edits(text, s, named)]     # sites first, checked as drawn
         rng.shuffle(pool)
         counts[f'{s}: sites'] += len(pool)
-        for p, b in pool:
+        for p, e in pool:
             if sum(r['provenance']['strategy'] == s for r in out) >= per_strategy: break
-            tree = _tree_with(repo, commit, p, b['new_text'])
+            if p not in dumps: dumps[p] = ast.dump(ast.parse(texts[p]))
+            new_text = realize(texts[p], e, dumps[p])
+            if new_text is None: counts[f'{s}: no change or no parse'] += 1; continue
+            tree = _tree_with(repo, commit, p, new_text)
             bug = repo.diff(clean_tree, tree)
             key = hashlib.sha256(bug.encode()).hexdigest()[:10]
             if key in seen: counts[f'{s}: duplicate'] += 1; continue
             seen.add(key)
             out.append({'instance_id': f"{repo_key(repo.name)}-{s}-{key}", 'repo': repo.name, 'clean_commit': commit, 'bug_patch': bug,
                         'bug_tree': tree, 'patch': repo.diff(tree, clean_tree), 'test_patch': '', 'hints_text': '',
-                        'provenance': {'source': 'inject', 'strategy': s, 'path': p, 'function': b['function'], 'line': b['line'],
+                        'provenance': {'source': 'inject', 'strategy': s, 'path': p, 'function': e['function'], 'line': e['line'],
                                        'clean_commit': commit}})
         counts[f'{s}: candidates'] = sum(r['provenance']['strategy'] == s for r in out)
     return out, counts
@@ -386,6 +397,13 @@ def classify(before: list[dict], after: list[dict]) -> dict:
     return {'FAIL_TO_PASS': f2p, 'PASS_TO_PASS': p2p, 'flaky': sorted(flaky), 'PASS_TO_FAIL': broken}
 
 # %% ../nbs/21_taskgen.ipynb #tg-run
+def _error_lines(log: str, limit: int = 12) -> str:
+    "The assertion a failing test ended with (pytest's `E` lines), else the log's last lines."
+    for section in re.split(r'(?m)^_{3,} .+ _{3,}$', log)[1:] or [log]:      # pytest's failure sections, the first with `E` lines
+        lines = [l[1:].strip() for l in section.splitlines() if l.startswith('E ')]
+        if lines: return '\n'.join(dict.fromkeys(lines[:limit]))
+    return '\n'.join(log.strip().splitlines()[-limit:])
+
 _TIMED_OUT = 'swebench_lab taskgen: the run timed out\n'
 
 def _statuses(box, script: str, rec: dict, timeout: float) -> tuple[dict | None, str]:
@@ -495,13 +513,6 @@ ISSUE_PROMPT = """Write a concise GitHub issue, as a user of the repository {rep
 below. Describe what goes wrong and what was expected; do not name the cause, the fix, or the file to change.
 
 {evidence}"""
-
-def _error_lines(log: str, limit: int = 12) -> str:
-    "The assertion a failing test ended with (pytest's `E` lines), else the log's last lines."
-    for section in re.split(r'(?m)^_{3,} .+ _{3,}$', log)[1:] or [log]:      # pytest's failure sections, the first with `E` lines
-        lines = [l[1:].strip() for l in section.splitlines() if l.startswith('E ')]
-        if lines: return '\n'.join(dict.fromkeys(lines[:limit]))
-    return '\n'.join(log.strip().splitlines()[-limit:])
 
 def bug_commit(repo: GitRepo, row: dict) -> str:
     "A commit holding the bug (parent: the clean commit), kept by `refs/taskgen/<instance_id>`."
