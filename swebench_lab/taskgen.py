@@ -481,16 +481,18 @@ def prove_injected(rows: list[dict], backend: str = 'docker', timeout: float = 9
             r = {**r, 'test_files': [f for f in r['test_files'] if f in files]}
             if not r['test_files']: out[r['instance_id']] = {'outcome': 'no_test_file_runs_here'}; continue
             if not _apply(box, r['bug_patch']): out[r['instance_id']] = {'outcome': 'patch_not_applied'}; continue
+            own = set(r['test_files'])           # a bug's runs: its own test files only (the clean runs had them all)
+            bug_script = make_eval_script(first['clean_commit'], '', spec.recipe.test_cmd, r['test_files'])
             try:
-                runs = [_statuses(box, script, r, bug_timeout)]
-                if runs[0][0] is not None and any(runs[0][0].get(t) not in _OK for t, s in clean[0][0].items() if s in _OK):
-                    runs += [_statuses(box, script, r, bug_timeout) for _ in range(repeats - 1)]
+                runs = [_statuses(box, bug_script, r, bug_timeout)]
+                if runs[0][0] is not None and any(runs[0][0].get(t) not in _OK for t, s in clean[0][0].items()
+                                                  if s in _OK and t.split('::')[0] in own):
+                    runs += [_statuses(box, bug_script, r, bug_timeout) for _ in range(repeats - 1)]
             finally:
                 if not _apply(box, r['bug_patch'], reverse=True): box.run('git checkout -q -- .', timeout=120)
             res = _outcome(runs, clean, t1)      # before = with the bug, after = the clean code (the fix)
-            mine = set(r['test_files'])          # the group ran every bug's files; this row's eval script runs its own
-            for k in ('FAIL_TO_PASS', 'PASS_TO_PASS', 'flaky', 'PASS_TO_FAIL'):
-                if k in res: res[k] = [t for t in res[k] if t.split('::')[0] in mine]
+            for k in ('FAIL_TO_PASS', 'PASS_TO_PASS', 'flaky', 'PASS_TO_FAIL'):    # the clean runs covered every bug's files
+                if k in res: res[k] = [t for t in res[k] if t.split('::')[0] in own]
             res['seconds_with_clean_share'] = round(res['seconds'] + setup_s / len(rows), 1)
             res['test_files'] = r['test_files']
             out[r['instance_id']] = res
