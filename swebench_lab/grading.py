@@ -436,7 +436,7 @@ def read_record(report_text: str | None, fn, patch_files: Iterable[str] = ()) ->
     that never finished, is a problem."""
     patch_files = set(patch_files)
     if report_text is None: return None
-    calls, failed, raised, origins = {}, set(), set(), {}
+    calls, failed, raised, origins, xfails = {}, set(), {}, {}, set()
     sessions, statuses, plugins, problems, open_ = 0, [], set(), [], False
     for line in report_text.splitlines():
         if not line.strip(): continue
@@ -453,15 +453,18 @@ def read_record(report_text: str | None, fn, patch_files: Iterable[str] = ()) ->
         elif when == 'origin':
             if _counts(ev, patch_files): origins[nid] = ev.get('origin')
         elif when == 'raw-call':
-            if ev.get('raised') is not None: raised.add(nid)
+            if ev.get('raised') is not None: raised[nid] = ev.get('raised')
         elif when == 'call' or (when == 'setup' and ev.get('xfail')):
             xfail = ev.get('xfail') and ev.get('outcome') == 'skipped'
             st = 'XFAIL' if xfail else 'PASSED' if ev.get('outcome') == 'passed' else None
             for k in {nid, ev.get('rel')} - {None}:
                 calls[k] = nid
                 if st is None: failed.add(k)
+                if st == 'XFAIL': xfails.add(k)
     if open_: problems.append('a pytest session did not finish (killed, or its record cut)')
-    ok = [k for k, nid in calls.items() if k not in failed and nid not in raised and nid not in origins]
+    # `pytest.xfail()` inside a test raises XFailed and the test is reported xfailed: that call raised as it should
+    ok = [k for k, nid in calls.items() if k not in failed and nid not in origins
+          and (nid not in raised or (raised[nid] == 'XFailed' and k in xfails))]
     passes = fn('\n'.join(f'PASSED {k}' for k in ok), None) if ok else {}
     return {'passes': passes, 'sessions': sessions, 'exitstatus': statuses, 'origins': origins, 'plugins': sorted(plugins),
             'problems': problems}
