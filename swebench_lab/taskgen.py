@@ -9,8 +9,11 @@ import argparse
 import ast
 import hashlib
 import json
+import os
 import random
 import re
+import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -273,14 +276,26 @@ def _test_names(repo: GitRepo, commit: str) -> tuple[list[str], str]:
 
 def _tree_with(repo: GitRepo, commit: str, path: str, text: str) -> str:
     "The tree of `commit` with `path` replaced by `text` (written into the store's objects; nothing checked out)."
-    import os as _os, tempfile as _tf
     blob = repo.git('hash-object', '-w', '--stdin', input=text).stdout.strip()
     mode = repo.git('ls-tree', commit, '--', path).stdout.split()[0]
-    with _tf.TemporaryDirectory(prefix='swebench_lab-tg-') as td:
-        env = {'GIT_INDEX_FILE': _os.path.join(td, 'index')}
+    with tempfile.TemporaryDirectory(prefix='swebench_lab-tg-') as td:
+        env = {'GIT_INDEX_FILE': os.path.join(td, 'index')}
         repo.git('read-tree', commit, env=env)
         repo.git('update-index', '--cacheinfo', f'{mode},{blob},{path}', env=env)
         return repo.git('write-tree', env=env).stdout.strip()
+
+def _named(repo: GitRepo, commit: str) -> set:
+    "The names the repository's test files use at `commit` (a function qualifies when a test names it)."
+    return set(re.findall(r'[A-Za-z_]\w*', _test_names(repo, commit)[1]))
+
+def _bug_row(repo: GitRepo, commit: str, clean_tree: str, path: str, new_text: str, provenance: dict) -> dict:
+    "The candidate row of `path` rewritten as `new_text` at `commit`: the bug as a diff and a tree, the revert as its patch."
+    tree = _tree_with(repo, commit, path, new_text)
+    bug = repo.diff(clean_tree, tree)
+    key = hashlib.sha256(bug.encode()).hexdigest()[:10]
+    return {'instance_id': f"{repo_key(repo.name)}-{provenance['strategy']}-{key}", 'repo': repo.name, 'clean_commit': commit,
+            'bug_patch': bug, 'bug_tree': tree, 'patch': repo.diff(tree, clean_tree), 'test_patch': '', 'hints_text': '',
+            'provenance': {'source': 'inject', 'path': path, 'clean_commit': commit, **provenance}}
 
 def inject_candidates(repo: GitRepo, commit: str, strategies: Iterable[str] = tuple(STRATEGIES), per_strategy: int = 10,
                       seed: int = 0, paths: Iterable[str] | None = None) -> tuple[list[dict], Counter]:
@@ -289,8 +304,7 @@ def inject_candidates(repo: GitRepo, commit: str, strategies: Iterable[str] = tu
     strategies = list(strategies)
     for s in strategies:
         if s not in STRATEGIES: raise TaskgenError(f"unknown strategy {s!r}: use {', '.join(STRATEGIES)}")
-    _, tests_text = _test_names(repo, commit)
-    named = set(re.findall(r'[A-Za-z_]\w*', tests_text))
+    named = _named(repo, commit)
     files = [p for p in (paths or repo.list_files(commit)) if _py(p) and not is_test_path(p)]
     rng, counts, out, seen = random.Random(seed), Counter(), [], set()
     clean_tree = repo.tree_of(commit)
@@ -300,21 +314,16 @@ def inject_candidates(repo: GitRepo, commit: str, strategies: Iterable[str] = tu
         pool = [(p, e) for p, text in texts.items() for e in _edits(text, s, named)]     # sites first, checked as drawn
         rng.shuffle(pool)
         counts[f'{s}: sites'] += len(pool)
+        made = 0
         for p, e in pool:
-            if sum(r['provenance']['strategy'] == s for r in out) >= per_strategy: break
+            if made >= per_strategy: break
             if p not in dumps: dumps[p] = ast.dump(ast.parse(texts[p]))
             new_text = realize(texts[p], e, dumps[p])
             if new_text is None: counts[f'{s}: no change or no parse'] += 1; continue
-            tree = _tree_with(repo, commit, p, new_text)
-            bug = repo.diff(clean_tree, tree)
-            key = hashlib.sha256(bug.encode()).hexdigest()[:10]
-            if key in seen: counts[f'{s}: duplicate'] += 1; continue
-            seen.add(key)
-            out.append({'instance_id': f"{repo_key(repo.name)}-{s}-{key}", 'repo': repo.name, 'clean_commit': commit, 'bug_patch': bug,
-                        'bug_tree': tree, 'patch': repo.diff(tree, clean_tree), 'test_patch': '', 'hints_text': '',
-                        'provenance': {'source': 'inject', 'strategy': s, 'path': p, 'function': e['function'], 'line': e['line'],
-                                       'clean_commit': commit}})
-        counts[f'{s}: candidates'] = sum(r['provenance']['strategy'] == s for r in out)
+            row = _bug_row(repo, commit, clean_tree, p, new_text, {'strategy': s, 'function': e['function'], 'line': e['line']})
+            if row['bug_patch'] in seen: counts[f'{s}: duplicate'] += 1; continue
+            seen.add(row['bug_patch']); out.append(row); made += 1
+        counts[f'{s}: candidates'] = made
     return out, counts
 
 # %% ../nbs/21_taskgen.ipynb #tg-rewrite
@@ -342,7 +351,7 @@ def rewrite_bug(text: str, fn_name: str, reply: str) -> str | None:
     first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
     lines = text.splitlines(keepends=True)
     indent = re.match(r'\s*', lines[first - 1])[0]
-    body = ''.join(indent + l if l.strip() else l for l in __import__('textwrap').dedent(new_fn).splitlines(keepends=True))
+    body = ''.join(indent + l if l.strip() else l for l in textwrap.dedent(new_fn).splitlines(keepends=True))
     out = ''.join(lines[:first - 1]) + body + ''.join(lines[fn.end_lineno:])
     try: t2 = ast.parse(out)
     except SyntaxError: return None
@@ -352,9 +361,7 @@ def rewrite_bug(text: str, fn_name: str, reply: str) -> str | None:
 def model_bugs(repo: GitRepo, commit: str, model, n: int = 5, seed: int = 0) -> tuple[list[dict], Counter]:
     "Up to `n` bugs written by `model` (a `build_image.RepairModel`-like object with `chat(messages) -> (text, cost)`)."
     commit = repo.resolve(_rev(repo, commit))
-    _, tests_text = _test_names(repo, commit)
-    named = set(re.findall(r'[A-Za-z_]\w*', tests_text))
-    fns = []
+    named, fns = _named(repo, commit), []
     for p in repo.list_files(commit):
         if not _py(p) or is_test_path(p): continue
         text = repo.read_file(commit, p) or ''
@@ -370,13 +377,8 @@ def model_bugs(repo: GitRepo, commit: str, model, n: int = 5, seed: int = 0) -> 
         counts['rewrite: model calls'] += 1; counts['rewrite: cost_usd_e6'] += int(round((cost or 0) * 1e6))
         new = rewrite_bug(text, f.name, reply)
         if new is None: counts['rewrite: unusable replies'] += 1; continue
-        tree = _tree_with(repo, commit, p, new)
-        bug = repo.diff(clean_tree, tree)
-        key = hashlib.sha256(bug.encode()).hexdigest()[:10]
-        out.append({'instance_id': f"{repo_key(repo.name)}-rewrite-{key}", 'repo': repo.name, 'clean_commit': commit, 'bug_patch': bug,
-                    'bug_tree': tree, 'patch': repo.diff(tree, clean_tree), 'test_patch': '', 'hints_text': '',
-                    'provenance': {'source': 'inject', 'strategy': 'rewrite', 'path': p, 'function': f.name, 'line': f.lineno,
-                                   'clean_commit': commit, 'model': getattr(getattr(model, 'spec', None), 'name', None)}})
+        out.append(_bug_row(repo, commit, clean_tree, p, new, {'strategy': 'rewrite', 'function': f.name, 'line': f.lineno,
+                                                                'model': getattr(getattr(model, 'spec', None), 'name', None)}))
     counts['rewrite: candidates'] = len(out)
     return out, counts
 
