@@ -34,6 +34,7 @@ from .run_evaluation import evaluate_instance
 from .agent_env import SandboxEnvironment
 from .agent_models import ContextExceeded, WorkbenchTextModel, WorkbenchToolModel, WorkbenchToolTextModel, openai_tools
 from .trajectories import chat_messages
+from .tracking import log_summary, report_to_list
 
 # %% auto #0
 __all__ = ['SCAFFOLDS', 'TOOL_KINDS', 'main', 'scaffold_path', 'load_scaffold', 'WorkbenchAgent', 'exit_reason', 'git_patch',
@@ -152,6 +153,7 @@ class AgentConfig:
     ray_cpus: float = 1.0
     ray_memory_mb: int | None = None
     request_timeout: float = 600
+    report_to: str | None = None        # trackers for the run's summary (see `tracking`): tensorboard, trackio, wandb, mlflow
 
 # %% ../nbs/15_agenthub.ipynb #ah-run-one
 class Cancelled(Exception): "The batch was interrupted while this instance ran (nothing of it is recorded)."
@@ -288,6 +290,7 @@ def runagent_multiple(cfg: AgentConfig | str, *args, progress: bool = True, **kw
     c = replace(cfg, **kw) if isinstance(cfg, AgentConfig) else AgentConfig(cfg, *args, **kw)
     scaffold, access = load_scaffold(c.scaffold, c.use_fn_calling, c.scaffold_config), resolve_llm(c.llm_name, c.base_url, c.context_limit)
     recs = _batch_records(c)
+    report_to_list(c.report_to)
     out = Path(c.traj_dir); out.mkdir(parents=True, exist_ok=True)
     done = _resume(c, out)
     todo = [r for r in recs if r['instance_id'] not in done]
@@ -312,6 +315,7 @@ def runagent_multiple(cfg: AgentConfig | str, *args, progress: bool = True, **kw
         for w in writers.values(): w.close()
     summary = _run_summary(c, scaffold['mode'], out, recs, done, errors, nodes)
     write_json(out / 'run_summary.json', summary)
+    log_summary(summary, c.report_to, out, c.exp_name)
     return summary
 
 # %% ../nbs/15_agenthub.ipynb #ah-cli
@@ -349,6 +353,7 @@ def _main(argv=None):
     p.add_argument('--context_limit', type=int, help="the model's context limit, for a model the registry does not know")
     p.add_argument('--network', action='store_true', help='give the sandboxes the network (default: none)')
     p.add_argument('--instance_ids', nargs='*')
+    p.add_argument('--report_to', help='log the summary to trackers: tensorboard (under --traj_dir), trackio, wandb, mlflow')
     add_executor_args(p)
     a = ap.parse_args(argv)
     setup_logging()

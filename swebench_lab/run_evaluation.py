@@ -29,6 +29,7 @@ from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_r
                                   known_files_command, row_test_files, decisive_line)
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
+from .tracking import log_summary, report_to_list
 
 # %% auto #0
 __all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled', 'image_notes', 'evaluate_instance',
@@ -256,7 +257,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
                    instance_ids: Iterable[str] | None = None, limits: Limits | None = None, progress: bool = True,
                    prebuilt: bool = False, network: bool = False, output_dir: str | Path | None = None,
                    executor: str = 'local', ray_address: str | None = None, ray_cpus: float = 1.0, ray_memory_mb: int | None = None,
-                   apply: str = 'workbench') -> dict:
+                   apply: str = 'workbench', report_to: str | None = None) -> dict:
     """Evaluate a model's predictions on a dataset; returns the run summary (also written to summary.json).
     `prebuilt`: use each record's `image` (SWE-bench's prebuilt images) as is, for users who can pull them.
     `network`: give Docker sandboxes the default network, as SWE-bench's harness does (a patch that adds a dependency can
@@ -264,7 +265,9 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     `output_dir`: where the reports go (default `experiment_results/evaluations/<run_id or dataset>/<model>/`).
     `executor`: `local` threads, or `ray` tasks on a cluster (see `executors`); the reports are the same.
     `apply`: `workbench` (default: SWE-bench's apply chain, then once more with the patch normalised; the summary counts
-    the instances that needed it) or `swebench` (SWE-bench's chain only, for a number comparable with the official one)."""
+    the instances that needed it) or `swebench` (SWE-bench's chain only, for a number comparable with the official one).
+    `report_to`: trackers for the summary's figures (see `tracking`; TensorBoard writes under the reports' folder)."""
+    report_to_list(report_to)
     if apply not in APPLY_MODES: raise SwebenchLabError(f"apply mode {apply!r}: use one of {', '.join(APPLY_MODES)}")
     limits = replace(limits or Limits(), network=True) if network else limits
     net_key = '+network' if backend == 'docker' and (limits or Limits()).network else ''
@@ -290,6 +293,7 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     summary.update({'model': model, 'run_id': run_id, 'dataset': str(dataset_name), 'backend': backend, 'network': '+network' in net_key, 'apply': apply,
                     'predictions': str(path), 'executor': executor, **({'nodes': nodes} if executor != 'local' else {})})
     write_json(out / 'summary.json', summary)
+    log_summary(summary, report_to, out, f'eval {model} {run_id or label}')
     return summary
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-summarize
@@ -634,6 +638,7 @@ def _main(argv=None):
             p.add_argument('--apply', choices=APPLY_MODES, default='workbench',
                            help="workbench: SWE-bench's apply chain, then once more with the patch normalised (counted in the "
                                 "summary); swebench: SWE-bench's chain only, comparable with the official harness")
+            p.add_argument('--report_to', help='log the summary to trackers: tensorboard (under the reports), trackio, wandb, mlflow')
             add_executor_args(p)
     v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
     v.add_argument('--dataset_name', '--dataset-name', required=True)
@@ -656,7 +661,8 @@ def _main(argv=None):
         if a.cmd == 'run':
             s = run_evaluation(a.dataset_name, a.model, a.run_id, a.predictions_path, a.backend, a.max_workers, a.timeout,
                                a.rerun, a.instance_ids, prebuilt=a.prebuilt, network=a.network, executor=a.executor,
-                               ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb, apply=a.apply)
+                               ray_address=a.ray_address, ray_cpus=a.ray_cpus, ray_memory_mb=a.ray_memory_mb, apply=a.apply,
+                               report_to=a.report_to)
             a.model = s['model']
         elif a.cmd == 'regrade': s = regrade(a.dataset_name, a.model, a.run_id, a.predictions_path)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .tracking import attach, report_to_list
 from .core import (SwebenchLabError, cli_entry, logger, results_dir, setup_logging, write_json, atomic_write_text, iter_jsonl,
                                one_line, load_config as core_load_config)
 from .repos import split_diff
@@ -91,6 +92,7 @@ class GRPOSection:
 @dataclass
 class OutputSection:
     name: str | None = None              # the adapter's folder under experiment_results/adapters/
+    report_to: str | list = 'tensorboard'  # trackers (tracking.TRACKERS, comma-separated, or none); TensorBoard under <adapter>/tensorboard/
 
 @dataclass
 class TrainConfig:
@@ -304,9 +306,11 @@ def _train_on_rows(cfg: TrainConfig, kind: str, make_trainer) -> Path:
     "The shared course of SFT and DPO: rows, the length limit, the model, `make_trainer(model, tok, out, rows)`, the no-truncation check, resume, save."
     ds, manifest = load_rows(cfg.data.train, kind)
     max_length = max_length_for(cfg, manifest, cfg.data.train)
+    report_to_list(cfg.output.report_to)                 # an unusable tracker stops the run before the model loads
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
     trainer = make_trainer(model, tok, out, ds)
+    attach(trainer, cfg.output.report_to, out, out.name)
     per_epoch = _check_untruncated(trainer, max_length, cfg.data.train)
     resume = _resume_point(out)
     trainer.train(resume_from_checkpoint=resume)
@@ -458,6 +462,7 @@ def train_grpo(cfg: TrainConfig) -> Path:
             funcs.append(TestReward(SWEBenchEnv(recs, g.backend, g.reward_timeout), g.reward_workers,
                                     make_executor(g.executor, g.reward_workers, g.ray_address)))
         else: raise TrainingError(f"unknown grpo reward {name!r}: similarity or tests")
+    report_to_list(cfg.output.report_to)
     out = adapter_dir(_name(cfg)); out.mkdir(parents=True, exist_ok=True)
     model, tok, mode = load_model(cfg)
     args = GRPOConfig(**{k: v for k, v in _common_args(cfg, out).items() if k != 'max_length'},
@@ -465,6 +470,7 @@ def train_grpo(cfg: TrainConfig) -> Path:
                       temperature=g.temperature, beta=g.beta)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=None if cfg.model.adapter else lora_config(cfg))
+    attach(trainer, cfg.output.report_to, out, out.name)
     resume = _resume_point(out)
     trainer.train(resume_from_checkpoint=resume)
     rewards = [l.get('reward') for l in trainer.state.log_history if 'reward' in l]
