@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test quick install install-dev export check-export nbtest pytest readme docker
+.PHONY: demo test quick install install-dev export check-export nbtest pytest readme docker docs
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -73,6 +73,11 @@ docker: install
 
 ## Everything CI runs; ends with pytest's summary line.
 test: check-export nbtest pytest
+
+## The documentation site from the notebooks (into _docs/), checked page by page in headless Chromium (Debian's
+## chromium, installed when missing); screenshots in _docs/screenshots/. `python -m swebench_lab.docsite serve` serves it.
+docs: install-dev
+	$(PY) -m swebench_lab.docsite build --check
 
 ## README.md is generated from nbs/index.ipynb.
 readme: install-dev

@@ -268,7 +268,7 @@ def _resume(c: AgentConfig, out: Path) -> dict[str, dict]:
 def _run_summary(c: AgentConfig, mode: str, out: Path, recs: list[dict], done: dict, errors: dict, nodes: dict) -> dict:
     fin = [done[r['instance_id']] for r in recs if r['instance_id'] in done]
     reasons = sorted({r['exit_reason'] for r in fin})
-    return {'exp_name': c.exp_name, 'scaffold': c.scaffold, 'mode': mode, 'llm_name': c.llm_name, 'traj_dir': str(out),
+    return {'exp_name': c.exp_name, 'scaffold': c.scaffold, 'mode': mode, 'llm_name': c.llm_name, 'dataset': str(c.dataset), 'traj_dir': str(out),
             'instances': len(recs), 'finished': len(fin), 'errors': errors, 'reward_1': sum(r['reward'] for r in fin),
             'exit_reasons': {x: sum(r['exit_reason'] == x for r in fin) for x in reasons}, 'steps': sum(r['steps'] for r in fin),
             'cost': round(sum(r['cost'] for r in fin), 6), 'tokens': sum(r['token_usage']['total'] for r in fin),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -87,16 +88,27 @@ class RunIndex:
         self.skipped: dict[str, str] = {}
 
     def markers(self) -> dict[str, tuple[str, int, int]]:
-        "Every marker under the root: relative path -> (kind, mtime_ns, size)."
-        found = {}
-        for kind, patterns in MARKERS.items():
-            for pat in patterns:
-                for m in self.root.glob(pat):
-                    rel = m.relative_to(self.root).as_posix()
-                    if kind == 'agents' and rel.startswith(('evaluations/', 'adapters/', 'runs/')): continue
-                    try: st = m.stat()
-                    except OSError: continue
-                    found.setdefault(rel, (kind, st.st_mtime_ns, st.st_size))
+        "Every marker under the root: relative path -> (kind, mtime_ns, size). `os.scandir` and one `stat` per run, no glob."
+        found, root = {}, str(self.root)
+        def dirs(*parts):
+            try: return [e.name for e in os.scandir(os.path.join(root, *parts)) if e.is_dir() and not e.name.startswith('.')]
+            except (FileNotFoundError, NotADirectoryError): return []
+        def mark(kind, *parts):
+            try: st = os.stat(os.path.join(root, *parts))
+            except OSError: return False
+            found['/'.join(parts)] = (kind, st.st_mtime_ns, st.st_size); return True
+        for run in dirs('evaluations'):
+            if run == 'validate':
+                for label in dirs('evaluations', 'validate'): mark('validation', 'evaluations', 'validate', label, 'validation.json')
+            else:
+                for model in dirs('evaluations', run): mark('evaluation', 'evaluations', run, model, 'summary.json')
+        for name in dirs('adapters'): mark('training', 'adapters', name, 'metrics.json')
+        for name in dirs('runs'): mark('notebook', 'runs', name, 'run.json')
+        def agents(parts, depth):            # a batch's folder holds run_summary.json; its instance folders are not searched
+            if mark('agents', *parts, 'run_summary.json') or depth == 3: return
+            for d in dirs(*parts): agents((*parts, d), depth + 1)
+        for top in dirs():
+            if top not in ('evaluations', 'adapters', 'runs', 'environments'): agents((top,), 1)
         return found
 
     def refresh(self) -> dict:
@@ -143,7 +155,7 @@ def synthetic_runs(root: str | Path, n: int, instances: int = 20, seed: int = 0)
     "Write `n` synthetic runs under `root` (mostly evaluations with their reports; every fifth an agent batch, a training run or a notebook run)."
     import random
     rnd, root, out = random.Random(seed), Path(root), []
-    iids = [f'demo__textkit-{i}' for i in range(instances)]
+    iids = [f'synth__bench-{i}' for i in range(instances)]
     for j in range(n):
         kind = ('evaluation', 'evaluation', 'agents', 'training', 'notebook')[j % 5]
         day = f'2026-11-{1 + j % 28:02d}T{j % 24:02d}:00:00Z'
@@ -154,13 +166,13 @@ def synthetic_runs(root: str | Path, n: int, instances: int = 20, seed: int = 0)
             for i, ok in res.items():
                 write_json(d / i / 'report.json', {i: {'resolved': ok, 'patch_successfully_applied': True, 'status': 'graded'}})
                 (d / i / 'patch.diff').write_text(f'--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a = {j}\n+a = {j + 1}\n')
-            write_json(d / 'summary.json', {'model': f'model-{j % 7}', 'run_id': f'run{j}', 'dataset': 'demo-swebench.jsonl',
+            write_json(d / 'summary.json', {'model': f'model-{j % 7}', 'run_id': f'run{j}', 'dataset': 'synthetic.jsonl',
                                             'total_instances': instances, 'resolved_instances': sum(res.values()), 'error_instances': 0, 'finished': day})
         elif kind == 'agents':
             d = root / 'agents' / f'exp{j}'
             d.mkdir(parents=True, exist_ok=True)
             (d / f'exp{j}.jsonl').write_text(''.join(json.dumps({'instance_id': i, 'reward': int(ok)}) + '\n' for i, ok in res.items()))
-            write_json(d / 'run_summary.json', {'exp_name': f'exp{j}', 'llm_name': f'model-{j % 7}', 'dataset': 'demo-swebench.jsonl',
+            write_json(d / 'run_summary.json', {'exp_name': f'exp{j}', 'llm_name': f'model-{j % 7}', 'dataset': 'synthetic.jsonl',
                                                 'instances': instances, 'finished': instances, 'reward_1': sum(res.values()),
                                                 'cost': round(rnd.uniform(0, 2), 4), 'exit_reasons': {'submitted': instances}})
         elif kind == 'training':

@@ -38,6 +38,7 @@ __all__ = ['SEED_RANGE', 'UNSUPPORTED', 'CHARS_PER_TOKEN_BOUND', 'VLLM_LORA_RANK
 
 # %% ../nbs/07_serving.ipynb #srv-req
 class ChatMessage(BaseModel):
+    "One message of a chat request (OpenAI schema), checked on arrival."
     role: Literal['system', 'user', 'assistant', 'tool', 'developer']
     content: str | list[dict[str, Any]] | None = ''
 
@@ -72,15 +73,18 @@ UNSUPPORTED = {'logprobs': lambda v: not v, 'top_logprobs': lambda v: v is None,
                'response_format': lambda v: v is None or (isinstance(v, dict) and v.get('type') == 'text')}
 
 class ToolFunction(BaseModel):
+    "A tool's function: its name, description and JSON-schema parameters."
     name: str = Field(min_length=1)
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
 class Tool(BaseModel):
+    "A tool the model may call (OpenAI schema; only `function` tools)."
     type: Literal['function']
     function: ToolFunction
 
 class ChatCompletionRequest(BaseModel):
+    "A `/v1/chat/completions` request (OpenAI schema); unknown fields are allowed and ignored."
     model_config = {'extra': 'allow'}
     model: str
     messages: list[ChatMessage] = Field(min_length=1)

@@ -103,6 +103,10 @@ def test_sft_lowers_loss_and_the_server_serves_the_adapter(work, sft_adapter):
     losses = [l for _, l in m['loss_history']]
     assert m['steps'] == 16 and len(losses) == 16 and sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05, losses
     assert m['mode'] == 'lora' and m['tokens'] > 0 and m['tokens_per_s'] > 0
+    from swebench_lab.tracking import read_scalars                  # the default tracker: TensorBoard, in the adapter's folder
+    tb = read_scalars(out / 'tensorboard')
+    assert [s for s, _ in tb['train/loss']] == list(range(1, 17)) and [round(v, 4) for _, v in tb['train/loss']] == [round(l, 4) for l in losses]
+    assert 'train/learning_rate' in tb
     cfg = yaml.safe_load((out / 'config.yaml').read_text())
     assert cfg['train']['learning_rate'] == 3e-3 and cfg['model']['base_model'] == str(work['tiny']['base'])
     assert json.loads((out / 'data_manifest.json').read_text())['rows'] == 4
@@ -249,6 +253,8 @@ def test_refusals_are_clear(work, sft_adapter):
     assert r.returncode == 2 and "unknown key 'adaptr'" in r.stderr
     r = _cli('sft', f'model.base_model={base}', f"data.train={d / 'sft.jsonl'}", 'model.quantization=4bit')
     assert r.returncode == 2 and 'needs an NVIDIA GPU' in r.stderr
+    r = _cli('sft', f'model.base_model={base}', f"data.train={d / 'sft.jsonl'}", 'output.report_to=tensorboard,neptune')
+    assert r.returncode == 2 and "report_to 'neptune': unknown tracker" in r.stderr and 'Loading' not in r.stderr
     r = _cli('push', '--adapter', 'tiny-sft', '--repo_id', 'me/tiny-sft', '--dry-run')
     assert r.returncode == 0 and 'would upload' in r.stdout and 'adapter_model.safetensors' in r.stdout and 'checkpoint' not in r.stdout
     r = _cli('push', '--adapter', 'no-such-adapter', '--repo_id', 'me/x', '--dry-run')
