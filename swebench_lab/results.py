@@ -9,6 +9,7 @@ import argparse
 import html
 import json
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -21,9 +22,9 @@ from .core import SwebenchLabError, cli_entry, iter_jsonl, results_dir, write_js
 from .trajectories import trajectory_html
 
 # %% auto #0
-__all__ = ['MARKERS', 'COLUMNS', 'main', 'RunIndex', 'list_runs', 'synthetic_runs', 'find_run', 'run_outcomes', 'compare_runs',
-           'instance_files', 'instance_view', 'show_instance', 'display_table', 'plot_runs', 'ResultsView', 'results',
-           'results_html']
+__all__ = ['MARKERS', 'COLUMNS', 'INDEX_VERSION', 'main', 'RunIndex', 'list_runs', 'synthetic_runs', 'find_run', 'run_outcomes',
+           'compare_runs', 'instance_files', 'instance_view', 'show_instance', 'display_table', 'plot_runs',
+           'ComparisonView', 'ResultsView', 'results', 'results_html']
 
 # %% ../nbs/23_results.ipynb #rs-markers
 MARKERS = {'evaluation': ('evaluations/*/*/summary.json',),
@@ -36,8 +37,8 @@ COLUMNS = ['id', 'kind', 'name', 'model', 'dataset', 'date', 'instances', 'resol
 def _short(dataset) -> str | None: return Path(str(dataset)).name if dataset else None
 
 def _date(d: dict, marker: Path, *keys) -> str:
-    for k in keys:
-        if d.get(k): return str(d[k])
+    for k in keys:                  # a timestamp only (an agent batch's `finished` is a count)
+        if isinstance(d.get(k), str) and re.match(r'\d{4}-\d\d-\d\d', d[k]): return d[k]
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(marker.stat().st_mtime))
 
 def _describe(kind: str, marker: Path) -> dict:
@@ -73,6 +74,8 @@ def _describe(kind: str, marker: Path) -> dict:
     return row
 
 # %% ../nbs/23_results.ipynb #rs-index
+INDEX_VERSION = '2'      # bumped when a describer changes what a row says: every marker is read again
+
 class RunIndex:
     "The index of every run under a results folder (`experiment_results` by default)."
     def __init__(self, root: str | Path | None = None):
@@ -80,12 +83,21 @@ class RunIndex:
         self.path = self.root / '.results-index.sqlite'
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute('CREATE TABLE IF NOT EXISTS runs (marker TEXT PRIMARY KEY, kind TEXT, mtime_ns INTEGER, size INTEGER, row TEXT)')
+            self.db = self._open(self.path)
         except (sqlite3.OperationalError, PermissionError, OSError):
-            self.db = sqlite3.connect(':memory:')
-            self.db.execute('CREATE TABLE runs (marker TEXT PRIMARY KEY, kind TEXT, mtime_ns INTEGER, size INTEGER, row TEXT)')
+            self.db = self._open(':memory:')
         self.skipped: dict[str, str] = {}
+
+    @staticmethod
+    def _open(path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30)
+        with db:
+            db.execute('CREATE TABLE IF NOT EXISTS runs (marker TEXT PRIMARY KEY, kind TEXT, mtime_ns INTEGER, size INTEGER, row TEXT)')
+            db.execute('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)')
+            if (db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() or [None])[0] != INDEX_VERSION:
+                db.execute('DELETE FROM runs')
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (INDEX_VERSION,))
+        return db
 
     def markers(self) -> dict[str, tuple[str, int, int]]:
         "Every marker under the root: relative path -> (kind, mtime_ns, size). `os.scandir` and one `stat` per run, no glob."
@@ -306,39 +318,69 @@ def plot_runs(df: pd.DataFrame, top: int = 20, path: str | Path | None = None):
     if path: fig.savefig(path, dpi=110)
     return fig
 
+def _png(fig) -> str:
+    import base64, io
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90)
+    return f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"
+
+class ComparisonView(dict):
+    "`compare_runs`'s result that shows itself in Jupyter: the rates, the paired test, the figure, the changed instances."
+    def _repr_html_(self):
+        e, p = html.escape, self['pairs'][0]
+        arms = ''.join(f"<li><code>{e(a)}</code>: {r['resolved']}/{r['instances']} = {100 * r['rate']:.1f}% "
+                       f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]</li>" for a, r in self['arms'].items())
+        lists = ''.join(f"<p><b>{k}</b> ({len(p[k])}): {e(' '.join(p[k][:50]))}</p>" for k in ('improved', 'regressed'))
+        return f'<ul>{arms}</ul>' + self['table'].to_html(index=False, border=0) + (_png(self['figure']) if self.get('figure') else '') + lists
+
 class ResultsView:
-    "Every run under a results folder, for Jupyter: the table and figure; `.compare(a, b)`, `.show(run, instance)`."
+    "Every run under a results folder, for Jupyter: the table and figure; `.compare(a, b)`, `.show(run, instance)`, `.picker()`."
     def __init__(self, root=None, kind=None):
         self.root, self.df = root, list_runs(root, kind)
-    def compare(self, a, b, plot=True): return compare_runs(a, b, self.root, plot)
+    def compare(self, a, b, plot=True) -> ComparisonView:
+        c = ComparisonView(compare_runs(a, b, self.root, plot))
+        if c.get('figure') is not None:
+            import matplotlib.pyplot as plt
+            plt.close(c['figure'])          # shown once, by the view, not again by the notebook's backend
+        return c
     def show(self, run, instance_id): return show_instance(run, instance_id, self.root)
+    def picker(self):
+        "Two drop-downs of the runs that have per-instance outcomes, and a button that shows their paired comparison."
+        import ipywidgets as w
+        from IPython.display import display
+        ids = self.df[self.df['kind'].isin(['evaluation', 'agents', 'validation'])]['id'].tolist()
+        if len(ids) < 2: raise SwebenchLabError(f'{len(ids)} runs with per-instance outcomes: two are needed to compare')
+        a, b = w.Dropdown(options=ids, value=ids[1], description='A'), w.Dropdown(options=ids, value=ids[0], description='B')
+        go, out = w.Button(description='compare B vs A'), w.Output()
+        box = w.VBox([w.HBox([a, b, go]), out])
+        def click(_):
+            out.clear_output()
+            with out:
+                try: box.last = self.compare(a.value, b.value); display(box.last)
+                except SwebenchLabError as err: box.last = None; print(f'error: {err}')
+        go.on_click(click)
+        box.click, box.last = (lambda: click(None)), None
+        return box
     def _repr_html_(self):
-        import base64, io
-        buf = io.BytesIO(); plot_runs(self.df).savefig(buf, format='png', dpi=100)
         counts = ', '.join(f'{v} {k}' for k, v in self.df['kind'].value_counts().items())
         return (f"<p><b>{len(self.df)} runs</b> under <code>{html.escape(str(self.root or results_dir()))}</code>: {counts}</p>"
-                + display_table(self.df).to_html(index=False, classes='swbl-runs')
-                + f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>")
+                + display_table(self.df).to_html(index=False, border=0, classes='swbl-runs')
+                + (_png(plot_runs(self.df)) if self.df['rate'].notna().any() else '<p>(no run with a resolved rate yet)</p>'))
 
 def results(root: str | Path | None = None, kind: str | None = None) -> ResultsView:
     "The results view (see `ResultsView`)."
     return ResultsView(root, kind)
 
-_PAGE_CSS = ('body{font-family:system-ui,sans-serif;margin:24px;font-size:14px}table{border-collapse:collapse}'
+_PAGE_CSS = ('body{font-family:system-ui,sans-serif;margin:24px;font-size:14px}table{border-collapse:collapse}td:nth-child(5){white-space:nowrap}'
              'td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f0f4ff}pre{background:#f6f8fa;padding:6px;white-space:pre-wrap}')
 
 def results_html(path: str | Path, root: str | Path | None = None, compare: tuple[str, str] | None = None,
                  instance: tuple[str, str] | None = None) -> Path:
     "The results view as one standalone HTML page at `path` (with a comparison and an instance when given)."
-    import base64, io
     v = ResultsView(root)
     parts = [f'<html><head><meta charset="utf-8"><title>swebench_lab results</title><style>{_PAGE_CSS}</style></head><body>',
              '<h1>Results</h1>', v._repr_html_()]
     if compare:
-        c = v.compare(*compare, plot=True)
-        buf = io.BytesIO(); c['figure'].savefig(buf, format='png', dpi=90)
-        parts += [f'<h2>{html.escape(compare[1])} vs {html.escape(compare[0])}</h2>', c['table'].to_html(index=False),
-                  f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"]
+        parts += [f'<h2>{html.escape(compare[1])} vs {html.escape(compare[0])}</h2>', v.compare(*compare, plot=True)._repr_html_()]
     if instance: parts += ['<h2>Instance</h2>', instance_view(instance[0], instance[1], root)]
     p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(''.join(parts) + '</body></html>', encoding='utf-8')

@@ -25,6 +25,7 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'bench_agents': {'n_steps': 10, 'n_instances': 2, 'workers': [1, 2], 'repeats': 1},
         'bench_serving': {'clients': [1, 4], 'n_requests': 4, 'max_tokens': 4, 'repeats': 1},
         'bench_cluster': {'workers': 2, 'n_noop': 20, 'repeats': 1, 'rounds': 1},
+        'bench_results': {'n_runs': 50, 'instances': 4, 'repeats': 1},
         'bench_training': {'steps': 2, 'repeats': 1, 'hidden_size': 32, 'layers': 1},
         'taskgen': {'jobs': [{'repo': 'demo/textkit', 'source': 'inject', 'commit': 'HEAD'}, {'repo': 'demo/textkit', 'source': 'mine', 'rev_range': 'HEAD'},
                              {'repo': 'nobody/nothing', 'source': 'mine', 'rev_range': 'HEAD'}],
@@ -122,6 +123,10 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         assert (paired['difference'], paired['p'], len(paired['improved']) + len(paired['regressed'])) in ((1.0, 0.125, 4), (-1.0, 0.125, 4))
         assert (rdir / 'comparison_demo.png').exists()
         assert {r['repo'] for r in csv.DictReader(open(rdir / 'rates_by_repo.csv'))} == {'demo/textkit'}
+    if name == 'bench_results':
+        summary = json.loads((results_tmp / 'benchmarks' / 'bench_results.json').read_text())
+        assert summary['n_runs'] == 50 and len(summary['rows']) == 7 and all(r['median_ms'] > 0 for r in summary['rows'])
+        assert set(summary['ratios']) == {'scan / warm index', 'cold / warm index'} and (rdir / 'bench_results.png').exists()
     if name == 'evaluate':
         summary = json.loads((rdir / 'summary.json').read_text())
         assert summary['resolved_instances'] == 4 and (rdir / 'evaluation.png').exists()

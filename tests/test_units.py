@@ -214,3 +214,27 @@ def test_mcnemar_wilson_holm_and_pass_at_k_against_references():
     n, c, k = 6, 2, 3          # pass@k is the chance that a k-subset of the n samples holds a correct one: enumerate them
     subsets = list(combinations([1] * c + [0] * (n - c), k))
     assert math.isclose(pass_at_k(n, c, k), sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_results_index_reads_only_what_changed_and_the_cli_names_runs(tmp_path):
+    import json, subprocess, sys
+    from swebench_lab.results import RunIndex, list_runs, synthetic_runs
+    synthetic_runs(tmp_path, 15, instances=5)
+    assert len(list_runs(tmp_path)) == 15
+    idx = RunIndex(tmp_path)
+    assert idx.refresh()['read'] == 0                                    # the first list_runs filled the index
+    m = tmp_path / 'agents' / 'exp2' / 'run_summary.json'
+    s = json.loads(m.read_text()); s['reward_1'] = 0; m.write_text(json.dumps(s))
+    assert idx.refresh()['read'] == 1 and int(idx.table('agents').set_index('id').loc['agents/exp2', 'resolved']) == 0
+    idx.close()
+    r = subprocess.run([sys.executable, '-m', 'swebench_lab.results', '--root', str(tmp_path), 'compare', 'run0/', 'run1/'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and 'exact McNemar' in r.stdout and 'evaluations/run0/model-0: ' in r.stdout, r.stderr
+
+
+def test_tracking_refuses_unknown_or_missing_trackers_and_tensorboard_round_trips(tmp_path):
+    from swebench_lab.tracking import TrackingError, log_summary, read_scalars, report_to_list
+    with pytest.raises(TrackingError, match="unknown tracker"): report_to_list('tensorbord')
+    assert report_to_list('tensorboard, none'.replace(', none', '')) == ['tensorboard'] and report_to_list('none') == []
+    log_summary({'resolved_instances': 3, 'nested': {'cost': 0.25}}, 'tensorboard', tmp_path, 'unit')
+    assert read_scalars(tmp_path) == {'nested/cost': [(0, 0.25)], 'resolved_instances': [(0, 3.0)]}
