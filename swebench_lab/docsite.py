@@ -20,23 +20,54 @@ import yaml
 from .core import SwebenchLabError, cli_entry, logger, project_root, results_dir, settings
 
 # %% auto #0
-__all__ = ['main', 'DocsError', 'process_notebooks', 'render_cells', 'page_html', 'newest_runs', 'build_site', 'resolve_anchors',
-           'chromium_path', 'provision_browser', 'check_site', 'failures']
+__all__ = ['SKIP_FLAGS', 'main', 'DocsError', 'process_notebooks', 'render_cells', 'page_html', 'newest_runs', 'build_site',
+           'resolve_anchors', 'chromium_path', 'provision_browser', 'check_site', 'failures']
 
 # %% ../nbs/24_docsite.ipynb #ds-proc
 class DocsError(SwebenchLabError): "The documentation site could not be built or failed its check."
 
-def _proc_main(n_workers: int = 2) -> None:
-    "nbdev's steps before rendering (what `nbdev_proc_nbs` does, minus its demand for Quarto)."
+SKIP_FLAGS = ('notest', 'slow', 'docker', 'gpu')
+
+def _execute_one(src: Path, dest: Path, skip_flags=SKIP_FLAGS) -> int:
+    "Run notebook `src` as `nbdev_test` does (cells flagged `skip_flags` or `eval: false` left out) and save it, with its outputs, as `dest`; returns how many cells failed."
+    import os
+    from execnb.nbio import write_nb
+    from execnb.shell import CaptureShell
+    from nbdev.process import NBProcessor
+    nb = NBProcessor(src, rm_directives=False).nb
+    skip = lambda c: c.cell_type != 'code' or str((c.directives_ or {}).get('eval:', [''])[0]).lower() == 'false' or bool(set(skip_flags) & set(c.directives_ or {}))
+    os.environ['IN_TEST'] = '1'
+    k, cwd = CaptureShell(src), os.getcwd()
+    try:
+        os.chdir(src.parent); k.run_all(nb, exc_stop=False, preproc=skip)
+    finally: os.chdir(cwd)
+    write_nb(nb, dest)
+    return sum(any(o.get('output_type') == 'error' for o in c.get('outputs', [])) for c in nb.cells)
+
+def _execute_pair(pair) -> int: return _execute_one(*pair)
+
+def _proc_main(n_workers: int = 2, execute: bool = False) -> None:
+    "nbdev's steps before rendering (what `nbdev_proc_nbs` does, minus its demand for Quarto); `execute`: from executed copies."
+    from fastcore.parallel import parallel
     from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar, proc_nbs
     refresh_quarto_yml()
-    nbdev_sidebar.__wrapped__(path=str(project_root() / 'nbs'))
-    proc_nbs(str(project_root() / 'nbs'), n_workers=n_workers)
+    src = project_root() / 'nbs'
+    if execute:
+        dest = project_root() / '_executed'
+        shutil.rmtree(dest, ignore_errors=True); dest.mkdir()
+        for f in src.glob('*.yml'): shutil.copy(f, dest / f.name)
+        nbs = sorted(src.glob('*.ipynb'))
+        failed = parallel(_execute_pair, [(f, dest / f.name) for f in nbs], n_workers=n_workers, method='spawn')
+        for f, n in zip(nbs, failed):
+            if n: print(f'{f.name}: {n} cells failed (their errors are on the page)', file=sys.stderr)
+        src = dest
+    nbdev_sidebar.__wrapped__(path=str(src))
+    proc_nbs(str(src), n_workers=n_workers, force=execute)
 
-def process_notebooks(n_workers: int = 2, timeout: int = 1200) -> Path:
-    "Process `nbs/` into `_proc/` with nbdev (in a child process); returns `_proc/`."
-    r = subprocess.run([sys.executable, '-m', 'swebench_lab.docsite', 'proc', '--n_workers', str(n_workers)], cwd=project_root(),
-                       capture_output=True, text=True, timeout=timeout)
+def process_notebooks(n_workers: int = 2, timeout: int = 1800, execute: bool = False) -> Path:
+    "Process `nbs/` into `_proc/` with nbdev (in a child process; `execute`: run the notebooks first, as `nbdev_test` does); returns `_proc/`."
+    r = subprocess.run([sys.executable, '-m', 'swebench_lab.docsite', 'proc', '--n_workers', str(n_workers)] + (['--execute'] if execute else []),
+                       cwd=project_root(), capture_output=True, text=True, timeout=timeout)
     if r.returncode:
         tail = [l for l in (r.stderr or r.stdout).splitlines() if l.strip()][-12:]
         raise DocsError('nbdev could not process the notebooks:\n' + '\n'.join(tail))
@@ -308,22 +339,24 @@ def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.docsite', description='The documentation site from the notebooks.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     p = sub.add_parser('proc', help="nbdev's processing of nbs/ into _proc/"); p.add_argument('--n_workers', type=int, default=2)
+    p.add_argument('--execute', action='store_true')
     b = sub.add_parser('build', help='build the site'); b.add_argument('--out'); b.add_argument('--check', action='store_true')
     b.add_argument('--results-root', help='where the run notebooks, runs and trajectories are (default experiment_results)')
     b.add_argument('--n_workers', type=int, default=2)
+    b.add_argument('--execute', action='store_true', help="run the notebooks first (as nbdev_test does), so the examples' outputs are on the pages")
     b.add_argument('--quarto', action='store_true', help="render with Quarto through nbdev_docs instead (where Quarto is installed)")
     c = sub.add_parser('check', help='open every page in headless Chromium'); c.add_argument('--site')
     sub.add_parser('provision', help="install Debian's chromium for the check (apt-get) where it is missing")
     s = sub.add_parser('serve', help='serve the built site'); s.add_argument('--site'); s.add_argument('--port', type=int, default=8000)
     a = ap.parse_args(argv)
     site = Path(getattr(a, 'site', None) or getattr(a, 'out', None) or project_root() / settings().get('doc_path', '_docs'))
-    if a.cmd == 'proc': _proc_main(a.n_workers); return 0
+    if a.cmd == 'proc': _proc_main(a.n_workers, a.execute); return 0
     if a.cmd == 'build':
         t0 = time.perf_counter()
         if a.quarto:
             if not shutil.which('quarto'): raise DocsError('--quarto: no quarto on the PATH (see https://quarto.org/docs/get-started/)')
             return subprocess.run([str(Path(sys.executable).parent / 'nbdev_docs')], cwd=project_root()).returncode
-        proc = process_notebooks(a.n_workers)
+        proc = process_notebooks(a.n_workers, execute=a.execute)
         pages = build_site(site, proc, a.results_root)
         print(f'{len(pages)} pages in {site} ({time.perf_counter() - t0:.1f} s)')
         if not a.check: return 0
