@@ -212,6 +212,10 @@ FLOOD = '''diff --git a/textkit/slug.py b/textkit/slug.py
 @pytest.mark.docker
 def test_two_gigabytes_of_output_keep_memory_flat(tmp_path):
     "A test run that prints 2 GiB: the evaluator keeps the head and tail (16 MiB), its memory stays flat, the verdict stands."
+    from swebench_lab.data import load_instances
+    from swebench_lab.images import build_instance_image
+    from swebench_lab.recipes import InstanceSpec
+    build_instance_image(InstanceSpec.from_record(load_instances(DEMO_SWE)[0]))   # built here: the measure is the evaluation's alone
     code = (f"import json, resource\nfrom swebench_lab.run_evaluation import evaluate_instance\nfrom swebench_lab.data import load_instances\n"
             f"rec = load_instances({str(DEMO_SWE)!r})[0]\n"
             f"rep = evaluate_instance(rec, {FLOOD!r}, 'docker', timeout=600, out_dir={str(tmp_path / 'flood')!r})[rec['instance_id']]\n"
