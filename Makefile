@@ -76,8 +76,9 @@ test: check-export nbtest pytest
 
 ## The documentation site from the notebooks (into _docs/), checked page by page in headless Chromium (Debian's
 ## chromium, installed when missing); screenshots in _docs/screenshots/. `python -m swebench_lab.docsite serve` serves it.
+## EXECUTE=1 runs the notebooks first (as nbdev_test does) so the pages show the examples' outputs (about 6 min here).
 docs: install-dev
-	$(PY) -m swebench_lab.docsite build --check
+	$(PY) -m swebench_lab.docsite build --check $(if $(EXECUTE),--execute,)
 
 ## README.md is generated from nbs/index.ipynb.
 readme: install-dev

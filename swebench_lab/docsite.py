@@ -57,7 +57,8 @@ def _proc_main(n_workers: int = 2, execute: bool = False) -> None:
         shutil.rmtree(dest, ignore_errors=True); dest.mkdir()
         for f in src.glob('*.yml'): shutil.copy(f, dest / f.name)
         nbs = sorted(src.glob('*.ipynb'))
-        failed = parallel(_execute_pair, [(f, dest / f.name) for f in nbs], n_workers=n_workers, method='spawn')
+        from swebench_lab import docsite          # by its module's name: under `python -m` this file is __main__, which workers cannot import
+        failed = parallel(docsite._execute_pair, [(f, dest / f.name) for f in nbs], n_workers=n_workers, method='spawn')
         for f, n in zip(nbs, failed):
             if n: print(f'{f.name}: {n} cells failed (their errors are on the page)', file=sys.stderr)
         src = dest
