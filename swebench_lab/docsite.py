@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,7 +31,6 @@ SKIP_FLAGS = ('notest', 'slow', 'docker', 'gpu')
 
 def _execute_one(src: Path, dest: Path, skip_flags=SKIP_FLAGS) -> int:
     "Run notebook `src` as `nbdev_test` does (cells flagged `skip_flags` or `eval: false` left out) and save it, with its outputs, as `dest`; returns how many cells failed."
-    import os
     from execnb.nbio import write_nb
     from execnb.shell import CaptureShell
     from nbdev.process import NBProcessor
@@ -275,7 +275,7 @@ def provision_browser() -> str:
         if not shutil.which('apt-get'): raise
     logger.info("installing Debian's chromium (apt-get)")
     for cmd in (['apt-get', 'install', '-y', '-qq', 'chromium'], ['apt-get', 'update', '-qq'], ['apt-get', 'install', '-y', '-qq', 'chromium']):
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__('os').environ, 'DEBIAN_FRONTEND': 'noninteractive'})
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'})
         if cmd[1] == 'install' and r.returncode == 0: break
     else: raise DocsError(f"apt-get could not install chromium: {(r.stderr or r.stdout).strip()[-300:]}")
     return chromium_path()

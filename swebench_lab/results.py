@@ -22,16 +22,12 @@ from .core import SwebenchLabError, cli_entry, iter_jsonl, results_dir, write_js
 from .trajectories import trajectory_html
 
 # %% auto #0
-__all__ = ['MARKERS', 'COLUMNS', 'INDEX_VERSION', 'main', 'RunIndex', 'list_runs', 'synthetic_runs', 'find_run', 'run_outcomes',
-           'compare_runs', 'instance_files', 'instance_view', 'show_instance', 'display_table', 'plot_runs',
-           'ComparisonView', 'ResultsView', 'results', 'results_html']
+__all__ = ['KINDS', 'COLUMNS', 'INDEX_VERSION', 'main', 'find_markers', 'RunIndex', 'list_runs', 'synthetic_runs', 'find_run',
+           'run_outcomes', 'compare_runs', 'instance_files', 'instance_view', 'show_instance', 'display_table',
+           'plot_runs', 'ComparisonView', 'ResultsView', 'results', 'results_html']
 
 # %% ../nbs/23_results.ipynb #rs-markers
-MARKERS = {'evaluation': ('evaluations/*/*/summary.json',),
-           'validation': ('evaluations/validate/*/validation.json',),
-           'agents': ('*/run_summary.json', '*/*/run_summary.json', '*/*/*/run_summary.json'),
-           'training': ('adapters/*/metrics.json',),
-           'notebook': ('runs/*/run.json',)}
+KINDS = ('evaluation', 'validation', 'agents', 'training', 'notebook')   # their markers: see `find_markers`
 COLUMNS = ['id', 'kind', 'name', 'model', 'dataset', 'date', 'instances', 'resolved', 'rate', 'lo', 'hi', 'cost', 'status', 'path']
 
 def _short(dataset) -> str | None: return Path(str(dataset)).name if dataset else None
@@ -74,6 +70,32 @@ def _describe(kind: str, marker: Path) -> dict:
     return row
 
 # %% ../nbs/23_results.ipynb #rs-index
+def find_markers(root: str | Path) -> dict[str, tuple[str, int, int]]:
+    """Every run's marker under `root`: relative path -> (kind, mtime_ns, size). `evaluations/<run_id>/<model>/summary.json`,
+    `evaluations/validate/<label>/validation.json`, `adapters/<name>/metrics.json`, `runs/<stamp>-<name>/run.json`, and an
+    agent batch's `run_summary.json` up to three folders down elsewhere. `os.scandir` and one `stat` per run, no glob."""
+    found, root = {}, str(root)
+    def dirs(*parts):
+        try: return [e.name for e in os.scandir(os.path.join(root, *parts)) if e.is_dir() and not e.name.startswith('.')]
+        except (FileNotFoundError, NotADirectoryError): return []
+    def mark(kind, *parts):
+        try: st = os.stat(os.path.join(root, *parts))
+        except OSError: return False
+        found['/'.join(parts)] = (kind, st.st_mtime_ns, st.st_size); return True
+    for run in dirs('evaluations'):
+        if run == 'validate':
+            for label in dirs('evaluations', 'validate'): mark('validation', 'evaluations', 'validate', label, 'validation.json')
+        else:
+            for model in dirs('evaluations', run): mark('evaluation', 'evaluations', run, model, 'summary.json')
+    for name in dirs('adapters'): mark('training', 'adapters', name, 'metrics.json')
+    for name in dirs('runs'): mark('notebook', 'runs', name, 'run.json')
+    def agents(parts, depth):            # a batch's folder holds run_summary.json; its instance folders are not searched
+        if mark('agents', *parts, 'run_summary.json') or depth == 3: return
+        for d in dirs(*parts): agents((*parts, d), depth + 1)
+    for top in dirs():
+        if top not in ('evaluations', 'adapters', 'runs', 'environments'): agents((top,), 1)
+    return found
+
 INDEX_VERSION = '2'      # bumped when a describer changes what a row says: every marker is read again
 
 class RunIndex:
@@ -99,29 +121,7 @@ class RunIndex:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (INDEX_VERSION,))
         return db
 
-    def markers(self) -> dict[str, tuple[str, int, int]]:
-        "Every marker under the root: relative path -> (kind, mtime_ns, size). `os.scandir` and one `stat` per run, no glob."
-        found, root = {}, str(self.root)
-        def dirs(*parts):
-            try: return [e.name for e in os.scandir(os.path.join(root, *parts)) if e.is_dir() and not e.name.startswith('.')]
-            except (FileNotFoundError, NotADirectoryError): return []
-        def mark(kind, *parts):
-            try: st = os.stat(os.path.join(root, *parts))
-            except OSError: return False
-            found['/'.join(parts)] = (kind, st.st_mtime_ns, st.st_size); return True
-        for run in dirs('evaluations'):
-            if run == 'validate':
-                for label in dirs('evaluations', 'validate'): mark('validation', 'evaluations', 'validate', label, 'validation.json')
-            else:
-                for model in dirs('evaluations', run): mark('evaluation', 'evaluations', run, model, 'summary.json')
-        for name in dirs('adapters'): mark('training', 'adapters', name, 'metrics.json')
-        for name in dirs('runs'): mark('notebook', 'runs', name, 'run.json')
-        def agents(parts, depth):            # a batch's folder holds run_summary.json; its instance folders are not searched
-            if mark('agents', *parts, 'run_summary.json') or depth == 3: return
-            for d in dirs(*parts): agents((*parts, d), depth + 1)
-        for top in dirs():
-            if top not in ('evaluations', 'adapters', 'runs', 'environments'): agents((top,), 1)
-        return found
+    def markers(self) -> dict[str, tuple[str, int, int]]: return find_markers(self.root)
 
     def refresh(self) -> dict:
         "Bring the index up to date; returns how many markers were read, kept and dropped."
@@ -155,7 +155,7 @@ class RunIndex:
 # %% ../nbs/23_results.ipynb #rs-list
 def list_runs(root: str | Path | None = None, kind: str | None = None) -> pd.DataFrame:
     "Every run under `root` (default `experiment_results`), newest first: kind, name, model, dataset, date, instances, resolved rate [95% CI], cost."
-    if kind is not None and kind not in MARKERS: raise SwebenchLabError(f"unknown kind {kind!r}: one of {', '.join(MARKERS)}")
+    if kind is not None and kind not in KINDS: raise SwebenchLabError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
     idx = RunIndex(root)
     try:
         idx.refresh()
@@ -225,22 +225,20 @@ def run_outcomes(run: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=['instance_id', 'resolved'])
 
 # %% ../nbs/23_results.ipynb #rs-compare
-def _label(run: dict) -> str: return run['id']
-
 def compare_runs(a: str | dict, b: str | dict, root: str | Path | None = None, plot: str | Path | bool | None = None) -> dict:
     """Paired comparison of run `b` against run `a` on the instances both graded: `analysis.compare_arms`'s result, plus
     `table` (its one-row table) and `figure` (the figure, saved to `plot` when a path is given)."""
     ra = a if isinstance(a, dict) else find_run(a, root)
     rb = b if isinstance(b, dict) else find_run(b, root)
     if ra['id'] == rb['id']: raise SwebenchLabError(f"{ra['id']}: comparing a run with itself")
-    df = pd.concat([run_outcomes(ra).assign(run=_label(ra)), run_outcomes(rb).assign(run=_label(rb))], ignore_index=True)
+    df = pd.concat([run_outcomes(ra).assign(run=ra['id']), run_outcomes(rb).assign(run=rb['id'])], ignore_index=True)
     df['repo'] = df['instance_id'].str.rsplit('-', n=1).str[0].str.replace('__', '/', n=1)
-    shared = set(df[df.run == _label(ra)].instance_id) & set(df[df.run == _label(rb)].instance_id)
+    shared = set(df[df.run == ra['id']].instance_id) & set(df[df.run == rb['id']].instance_id)
     if not shared: raise SwebenchLabError(f"{ra['id']} and {rb['id']} share no instances: nothing to pair")
-    cmp = compare_arms(df, arm_col='run', baseline=_label(ra))
+    cmp = compare_arms(df, arm_col='run', baseline=ra['id'])
     cmp['table'] = comparison_table(cmp)
     if plot is not None and plot is not False:
-        cmp['figure'] = plot_comparison(df[df.instance_id.isin(shared)], cmp, _label(ra), _label(rb),
+        cmp['figure'] = plot_comparison(df[df.instance_id.isin(shared)], cmp, ra['id'], rb['id'],
                                         None if plot is True else plot, arm_col='run')
     return cmp
 
@@ -391,7 +389,7 @@ def _main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m swebench_lab.results', description='Every run under experiment_results, compared and opened.')
     ap.add_argument('--root', help='a results folder (default: experiment_results)')
     sub = ap.add_subparsers(dest='cmd')
-    l = sub.add_parser('list', help='every run, newest first'); l.add_argument('--kind', choices=list(MARKERS)); l.add_argument('--limit', type=int, default=50)
+    l = sub.add_parser('list', help='every run, newest first'); l.add_argument('--kind', choices=KINDS); l.add_argument('--limit', type=int, default=50)
     c = sub.add_parser('compare', help='paired comparison of B against A'); c.add_argument('a'); c.add_argument('b'); c.add_argument('--plot')
     s = sub.add_parser('show', help="one instance of a run: report, patch, log, trajectory"); s.add_argument('run'); s.add_argument('instance_id')
     h = sub.add_parser('html', help='the view as one HTML page'); h.add_argument('--out', required=True)
