@@ -219,6 +219,7 @@ class Batcher:
         self.lora = lora.open() if lora is not None and lora.applies else None   # else peft's adapter_names, or groups
         self.device = device or str(getattr(model, 'device', 'cpu'))
         self.waiting: collections.deque[Seq] = collections.deque()
+        self.admitting: list[Seq] = []     # rows taken from `waiting` whose prefill runs now (in neither list until it ends)
         self.running: list[Seq] = []
         self.cache, self.mask = None, None
         self.steps = self.rows_decoded = 0        # decoding steps run, and rows summed over them
@@ -233,7 +234,10 @@ class Batcher:
         if self.lora is not None: self.lora.close()
 
     @property
-    def active(self) -> int: return len(self.waiting) + sum(not s.done.is_set() for s in self.running)
+    def active(self) -> int:
+        "Rows waiting, being admitted or running: never 0 while a row moves from the queue into the batch."
+        rows = {id(s): s for s in (*self.admitting, *self.running)}
+        return len(self.waiting) + sum(not s.done.is_set() for s in rows.values())
 
     def submit(self, seqs: Sequence[Seq]) -> None:
         "Queue rows for generation; refused once the server is shutting down."
@@ -371,11 +375,13 @@ def _loop(self: Batcher) -> None:
             if self.shutdown.is_set():
                 while self.waiting: self._end(self.waiting.popleft(), error=ServerShuttingDown('the server is shutting down'))
             new = self._admit()
+            self.admitting = new
         try:
             if new: self._prefill(new)
         except Exception as e:
             logger.exception('batched prefill failed')
             for s in new: self._end(s, error=e)     # rows already joined leave at _retire with their cache rows
+        self.admitting = []
         self._retire()
         try:
             if self.running: self._decode()
