@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -30,11 +31,12 @@ from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_r
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 from .tracking import log_summary, report_to_list
+from .pro import HARNESS_ENV, HARNESS_URL, build_pro_image, evaluate_pro, find_harness, is_pro_row, official_image, official_rule, pro_key
 
 # %% auto #0
-__all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'Cancelled', 'image_notes', 'evaluate_instance',
-           'PredictionsError', 'load_predictions', 'dataset_records', 'eval_dir', 'run_predictions', 'run_evaluation',
-           'summarize', 'regrade', 'validate']
+__all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'row_image', 'Cancelled', 'image_notes',
+           'evaluate_instance', 'PredictionsError', 'load_predictions', 'dataset_records', 'eval_dir',
+           'run_predictions', 'run_evaluation', 'summarize', 'regrade', 'validate']
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-hash
 GRADER_VERSION = 5     # part of every inputs_hash: bump when grading would change a saved verdict (3: the runner record streamed, code origins, exit status; 4: origins under pytest 4-5.1's assertion rewriting; 5: log fragments and nested runs' tests listed as tests are graded from the log)
@@ -54,6 +56,14 @@ def instance_image(spec: InstanceSpec, backend: str, store: RepoStore | None = N
     if backend == 'docker': return resolve_image(spec, store)
     r = spec.recipe
     return f"local python{r.python} " + hashlib.sha256(json.dumps([r.packages, r.pip, r.env_setup, r.install, LEGACY_EDITABLE]).encode()).hexdigest()[:12]
+
+def row_image(rec: dict, backend: str, prebuilt: bool = False, store: RepoStore | None = None) -> str:
+    """What a row's reports name as their environment: `instance_image` of its spec, or for a SWE-bench Pro row the
+    harness files and image choice it is graded with (`pro.pro_key`: Pro rows run Docker only)."""
+    if is_pro_row(rec):
+        if backend != 'docker': raise SwebenchLabError(f"{rec['instance_id']}: SWE-bench Pro rows are graded in Docker only (backend {backend!r})")
+        return pro_key(rec, find_harness(), prebuilt)
+    return instance_image(InstanceSpec.from_record(rec, prebuilt=prebuilt), backend, store)
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-one
 class Cancelled(Exception): "The run was interrupted while this instance was being evaluated (no report is written)."
@@ -95,6 +105,10 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
                       run_unpatched: bool = False, apply: str = 'workbench') -> dict:
     """Run one instance's tests with `patch` applied (none with `run_unpatched`); returns the per-instance report (official shape, extra keys).
     `apply`: `workbench` (SWE-bench's chain, then once more with the patch normalised) or `swebench` (its chain only)."""
+    if is_pro_row(rec):     # graded by SWE-bench Pro's own procedure and rule (`pro`)
+        rep = evaluate_pro(rec, patch, find_harness(), max(timeout, 1800), limits, store, out_dir, labels, prebuilt, run_unpatched, cancel)
+        rep[rec['instance_id']]['inputs_hash'] = inputs_hash(rec, patch, backend, row_image(rec, backend, prebuilt))
+        return rep
     iid, spec = rec['instance_id'], InstanceSpec.from_record(rec, prebuilt=prebuilt)
     script, image = eval_script_for(rec, spec), instance_image(spec, backend, store)
     script, observed = with_exit_status(script)       # exit-code scripts end with their test command's status
@@ -281,8 +295,8 @@ def run_evaluation(dataset_name: str, model: str | None = None, run_id: str | No
     out = Path(output_dir) if output_dir else eval_dir(run_id or label, model)
     errors, keys, store = {}, {}, RepoStore()
     for r in recs:
-        try: keys[r['instance_id']] = inputs_hash(r, preds.get(r['instance_id']), backend + net_key,
-                                                  instance_image(InstanceSpec.from_record(r, prebuilt=prebuilt), backend, store))
+        try: keys[r['instance_id']] = inputs_hash(r, preds.get(r['instance_id']), backend + ('' if is_pro_row(r) else net_key),
+                                                  row_image(r, backend, prebuilt, store))
         except SwebenchLabError as e: errors[r['instance_id']] = one_line(str(e))[:1000]
     todo = [r for r in recs if r['instance_id'] in keys and (rerun or (_saved(out, r['instance_id']) or {}).get('inputs_hash') != keys[r['instance_id']])]
     write = lambda iid, rep: write_json(out / iid / 'report.json', {iid: rep})
@@ -402,8 +416,12 @@ def _stop_build_on(cancel: threading.Event, instance_id: str) -> threading.Event
 def _build_job(rec: dict, backend: str, prebuilt: bool, cancel: threading.Event | None = None) -> dict:
     "The instance image of `rec` built (docker), timed: `{python, image, build_s}`; stopped when `cancel` is set."
     from swebench_lab.images import build_instance_image
-    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
     t0 = time.perf_counter()
+    if is_pro_row(rec):
+        if backend != 'docker': raise SwebenchLabError(f"{rec['instance_id']}: SWE-bench Pro rows are graded in Docker only")
+        image = official_image(rec) if prebuilt else build_pro_image(rec, find_harness())
+        return {'python': None, 'image': image, 'build_s': round(time.perf_counter() - t0, 1)}
+    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
     if backend != 'docker': image = None
     else:
         done = _stop_build_on(cancel, spec.instance_id) if cancel is not None else None
@@ -433,9 +451,8 @@ def _verdict(g: dict, u: dict) -> dict:
 def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, prebuilt: bool, labels: dict, cancel) -> dict:
     "One row's report with the gold patch (`arm='gold'`) or none (`'unpatched'`), reused when saved with the same inputs."
     iid, patch = rec['instance_id'], gold_patch(rec) if arm == 'gold' else None
-    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-    key = inputs_hash(rec, patch, backend + ('+network' if limits.network and backend == 'docker' else ''),
-                      instance_image(spec, backend)) + ('-unpatched' if arm == 'unpatched' else '')
+    net = '+network' if limits.network and backend == 'docker' and not is_pro_row(rec) else ''
+    key = inputs_hash(rec, patch, backend + net, row_image(rec, backend, prebuilt)) + ('-unpatched' if arm == 'unpatched' else '')
     if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key: return saved
     try: rep = evaluate_instance(rec, patch, backend, timeout, limits, None, d / iid, labels=labels, prebuilt=prebuilt, cancel=cancel,
                                  run_unpatched=arm == 'unpatched')[iid]
@@ -478,10 +495,16 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     row.update(gold_status=g.get('status'), unpatched_status=u.get('status'), gold_test_s=g.get('test_duration_s'),
                unpatched_test_s=u.get('test_duration_s'))
     if notes := g.get('environment_notes'): row['environment_notes'] = notes
-    agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None,
-                                (r.get('record') or {}).get('known_files'))['agree']
-             for d, r in ((out / 'gold' / iid, g), (out / 'unpatched' / iid, u)) if (d / 'test_output.log').exists()]
-    row['agrees_with_swebench'] = all(agree) if agree else None
+    if is_pro_row(rec):      # Pro's own grading statements (read from its evaluator) on the same output.json
+        rule = official_rule(find_harness())
+        agree = [rule(json.loads((d / 'output.json').read_text()), rec) == bool(r.get('resolved'))
+                 for d, r in ((out / 'gold' / iid, g), (out / 'unpatched' / iid, u)) if rule and (d / 'output.json').exists()]
+        row['agrees_with_pro'] = all(agree) if agree else None
+    else:
+        agree = [swebench_agreement(rec, d / 'test_output.log', (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None,
+                                    (r.get('record') or {}).get('known_files'))['agree']
+                 for d, r in ((out / 'gold' / iid, g), (out / 'unpatched' / iid, u)) if (d / 'test_output.log').exists()]
+        row['agrees_with_swebench'] = all(agree) if agree else None
     row.update(_verdict(g, u))
     r = g if g.get('status') == NO_TEST_OUTPUT or not g.get('resolved') else u
     log = out / ('gold' if r is g else 'unpatched') / iid / 'test_output.log'
@@ -497,8 +520,7 @@ _FINAL = {'valid', 'gold_fails', 'empty_passes', NO_TEST_OUTPUT}
 
 def _row_key(rec: dict, backend: str, network: bool, prebuilt: bool) -> str:
     "What a row's verdict depends on, known before anything is built: the row, the image tag it gets, the grader, the network."
-    spec = InstanceSpec.from_record(rec, prebuilt=prebuilt)
-    return inputs_hash(rec, gold_patch(rec), backend + ('+network' if network else ''), instance_image(spec, backend))
+    return inputs_hash(rec, gold_patch(rec), backend + ('+network' if network and not is_pro_row(rec) else ''), row_image(rec, backend, prebuilt))
 
 def validate(dataset_name: str, instance_ids: Iterable[str] | None = None, backend: str = 'docker', max_workers: int = 2,
              timeout: float = 1800, prebuilt: bool = False, progress: bool = True, network: bool = False,
@@ -560,6 +582,9 @@ def _write_validation(dataset_name, network: bool, table: list[dict], out: Path,
     summary = {'dataset': str(dataset_name), 'network': network, 'total': len(table), 'valid': sum(r.get('verdict') == 'valid' for r in table),
                'agree_with_swebench': sum(r.get('agrees_with_swebench') is True for r in table),
                'disagree_with_swebench': [r['instance_id'] for r in table if r.get('agrees_with_swebench') is False],
+               **({'agree_with_pro': sum(r.get('agrees_with_pro') is True for r in table),
+                   'disagree_with_pro': [r['instance_id'] for r in table if r.get('agrees_with_pro') is False]}
+                  if any('agrees_with_pro' in r for r in table) else {}),
                'verdicts': dict(Counter(r.get('verdict') for r in table)), 'instances': table}
     write_json(out / 'validation.json', {**summary, 'instances': table + list(others)})
     summary['path'] = str(out / 'validation.json')
@@ -592,7 +617,8 @@ class _DiskBound:
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-cli
 def _print_validation(s: dict):
-    cols = ['instance_id', 'version', 'python', 'verdict', 'cause', 'build_s', 'gold_test_s', 'unpatched_test_s', 'agrees_with_swebench', 'reason']
+    agree = 'agrees_with_pro' if 'agree_with_pro' in s else 'agrees_with_swebench'
+    cols = ['instance_id', 'version', 'python', 'verdict', 'cause', 'build_s', 'gold_test_s', 'unpatched_test_s', agree, 'reason']
     def why(r):      # the reason, with the decisive log line when the reason does not already quote it
         reason, line = r.get('reason') or '', r.get('decisive_line')
         return f'{reason} ({line})' if line and line not in reason else reason
@@ -602,7 +628,9 @@ def _print_validation(s: dict):
     print('  '.join(c.ljust(w[i]) for i, c in enumerate(cols)))
     for x in rows: print('  '.join(v[:70].ljust(w[i]) for i, v in enumerate(x)))
     print(f"\n{s['valid']}/{s['total']} valid; {s['verdicts']}; grading agrees with swebench on {s['agree_with_swebench']}"
-          f"{'; disagrees on ' + ', '.join(s['disagree_with_swebench']) if s['disagree_with_swebench'] else ''}\n{s['path']}")
+          f"{'; disagrees on ' + ', '.join(s['disagree_with_swebench']) if s['disagree_with_swebench'] else ''}"
+          + (f"; with SWE-bench Pro's rule on {s['agree_with_pro']}" + (f" (disagrees on {', '.join(s['disagree_with_pro'])})" if s['disagree_with_pro'] else '')
+             if 'agree_with_pro' in s else '') + f"\n{s['path']}")
 
 # %% ../nbs/09_run_evaluation.ipynb #ev-print-summary
 def _print_summary(s: dict):
@@ -639,6 +667,8 @@ def _main(argv=None):
                            help="workbench: SWE-bench's apply chain, then once more with the patch normalised (counted in the "
                                 "summary); swebench: SWE-bench's chain only, comparable with the official harness")
             p.add_argument('--report_to', help='log the summary to trackers: tensorboard (under the reports), trackio, wandb, mlflow')
+            p.add_argument('--pro_harness', '--pro-harness', help=f'SWE-bench Pro rows: a clone of {HARNESS_URL} (default: ${HARNESS_ENV}, '
+                                                                  'then crawled_data/SWE-bench_Pro-os)')
             add_executor_args(p)
     v = sub.add_parser('validate', help='check environments: gold resolves and the unpatched code does not')
     v.add_argument('--dataset_name', '--dataset-name', required=True)
@@ -650,8 +680,10 @@ def _main(argv=None):
     v.add_argument('--network', action='store_true', help="give sandboxes the network, as SWE-bench's harness does (default: none)")
     v.add_argument('--max_disk_gb', '--max-disk-gb', type=float, default=None,
                    help="keep the engine's image layers under this size: least recently used instance images are removed first")
+    v.add_argument('--pro_harness', '--pro-harness', help=f'SWE-bench Pro rows: a clone of {HARNESS_URL}')
     a = ap.parse_args(argv)
     setup_logging()
+    if getattr(a, 'pro_harness', None): os.environ[HARNESS_ENV] = str(find_harness(a.pro_harness).root)   # workers and nodes read it too
     try:
         if a.cmd == 'validate':
             s = validate(a.dataset_name, a.instance_ids, a.backend, a.max_workers, a.timeout, a.prebuilt, network=a.network,

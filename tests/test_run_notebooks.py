@@ -30,9 +30,11 @@ TINY = {'demo': {'info_pct': 0.5, 'topn': 1, 'max_tokens': 8, 'backend': 'local'
         'taskgen': {'jobs': [{'repo': 'demo/textkit', 'source': 'inject', 'commit': 'HEAD'}, {'repo': 'demo/textkit', 'source': 'mine', 'rev_range': 'HEAD'},
                              {'repo': 'nobody/nothing', 'source': 'mine', 'rev_range': 'HEAD'}],
                     'strategies': ['flip_comparison', 'off_by_one'], 'per_strategy': 2, 'backend': 'local'},
+        'pro_pipeline': {'samples': 1, 'max_tokens': 16, 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2'],
+                         'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2']},
         'train': {'backend': 'local', 'sft_overrides': ['train.max_steps=4', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1'],
                   'dpo_overrides': ['train.max_steps=2', 'train.per_device_train_batch_size=2', 'train.gradient_accumulation_steps=1']}}
-DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents', 'bench_cluster'}
+DOCKER = {'bench_evaluation', 'bench_adversarial', 'bench_agents', 'bench_cluster', 'pro_pipeline'}
 def _scratch_crawled_data(tmp_path):
     "A copy of the committed inputs, so runs never write into the project's crawled_data/."
     d = tmp_path / 'crawled_data'
@@ -115,6 +117,15 @@ def test_run_notebook(name, results_tmp, tmp_path, monkeypatch):
         assert [r['executor'] for r in summary['noop']] == ['local', 'ray'] and all(r['ms_per_task_median'] > 0 for r in summary['noop'])
         assert summary['instances_per_measurement'] == 4 and summary['driver_folders_per_s'] > 0
         assert {'env', 'inst'} <= {r['kind'] for r in summary['images']} and len(summary['plans']) == 6
+    if name == 'pro_pipeline':
+        out = json.loads((rdir / 'outputs.json').read_text())
+        assert len(out['train_ids']) == 2 and len(out['heldout_ids']) == 2 and not set(out['train_ids']) & set(out['heldout_ids'])
+        assert out['gold_resolved'] == 2 and out['pairs'] >= 2 and set(out['adapters']) == {'sft', 'dpo'}
+        assert out['comparison']['instances'] == 2 and (rdir / 'loss.png').exists()
+        for d in (rdir / 'evaluations' / 'heldout').iterdir():      # held-out answers graded by the Pro harness
+            for rep in d.glob('*/report.json'):
+                r = next(iter(json.loads(rep.read_text()).values()))
+                assert r['grading'] == 'swebench_pro' or r['status'] == 'empty_patch', r
     if name == 'results':
         import csv
         rates = {r['model']: int(r['resolved']) for r in csv.DictReader(open(rdir / 'rates.csv'))}
