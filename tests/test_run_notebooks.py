@@ -40,6 +40,7 @@ def _scratch_crawled_data(tmp_path):
     d = tmp_path / 'crawled_data'
     shutil.copytree(ROOT / 'crawled_data' / 'bench', d / 'bench')
     shutil.copytree(ROOT / 'crawled_data' / 'envs', d / 'envs')
+    shutil.copytree(ROOT / 'crawled_data' / 'SWE-bench_Pro-demo', d / 'SWE-bench_Pro-demo')
     (d / 'repos').mkdir()
     shutil.copy(ROOT / 'crawled_data' / 'repos' / 'demo__textkit.bundle', d / 'repos')
     return d
