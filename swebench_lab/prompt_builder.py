@@ -56,7 +56,11 @@ def requirement_text(rec: dict, pr_mes: bool = True, issue_mes: bool = True) -> 
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-task-text
 def task_text(rec: dict) -> str:
-    "The task as a person would be given it: a SWE-bench issue (`problem_statement`), or an edit-history task's PR and issue text."
+    """The task as a person would be given it: a SWE-bench issue (`problem_statement`), a SWE-bench Pro issue with its
+    requirements and new interfaces (Pro's own template, as its harness's `create_problem_statement` writes it), or an
+    edit-history task's PR and issue text."""
+    if rec.get('problem_statement') and 'requirements' in rec and 'interface' in rec:
+        return f"{rec['problem_statement']}\n\nRequirements:\n{rec['requirements']}\n\nNew interfaces introduced:\n{rec['interface']}"
     return rec['problem_statement'] if rec.get('problem_statement') else requirement_text(rec)
 
 # %% ../nbs/04_prompt_builder.ipynb #pb-runid
@@ -297,7 +301,7 @@ def build_swebench_record(rec: dict, repo: GitRepo | None, context: str = 'oracl
         if context == 'oracle': files = oracle_files(repo, tree, files_touched(rec['patch']))
         elif context == 'bm25': files = bm25_files(repo, tree, rec['problem_statement'], topn, retriever or BM25Retriever())
         else: raise SwebenchLabError(f"unknown context {context!r}: use oracle, bm25 or none")
-    prompt, dropped = fit_prompt(PromptParts('issue', rec['problem_statement'].replace('\r\n', '\n').strip(), [], files).render(),
+    prompt, dropped = fit_prompt(PromptParts('issue', task_text(rec).replace('\r\n', '\n').strip(), [], files).render(),
                                  max_tokens, lambda t: count_tokens(t, encoding))
     run_id = f'bm25_{topn}' if context == 'bm25' else context
     return {**rec, 'prompt': prompt, 'run_id': run_id, 'prompt_shape': 'issue',

@@ -101,7 +101,7 @@ def test_validate_demo_pro_rows(results_tmp):
 
 
 @pytest.mark.docker
-def test_a_patch_that_rewrites_the_graded_tests_cannot_pass(results_tmp, tmp_path):
+def test_a_patch_that_rewrites_the_graded_tests_cannot_pass(results_tmp, tmp_path, monkeypatch):
     """Pro checks the graded test files out of the fix commit after the patch: a patch that rewrites them so that every
     graded test passes trivially is graded on the real tests, and loses; the gold patch on the same row wins."""
     import difflib
@@ -119,11 +119,9 @@ def test_a_patch_that_rewrites_the_graded_tests_cannot_pass(results_tmp, tmp_pat
     preds = tmp_path / 'preds.jsonl'
     write_jsonl_atomic(preds, [{'instance_id': row['instance_id'], 'model_name_or_path': m, 'model_patch': p}
                                for m, p in (('cheat', cheat),)])
-    os.environ[HARNESS_ENV] = str(DEMO_HARNESS)
-    try:
-        s = run_evaluation(str(DEMO_ROWS), 'cheat', None, str(preds), 'docker', max_workers=1, instance_ids=[row['instance_id']], progress=False)
-        g = run_evaluation(str(DEMO_ROWS), 'gold', None, 'gold', 'docker', max_workers=1, instance_ids=[row['instance_id']], progress=False)
-    finally: os.environ.pop(HARNESS_ENV, None)
+    monkeypatch.setenv(HARNESS_ENV, str(DEMO_HARNESS))
+    s = run_evaluation(str(DEMO_ROWS), 'cheat', None, str(preds), 'docker', max_workers=1, instance_ids=[row['instance_id']], progress=False)
+    g = run_evaluation(str(DEMO_ROWS), 'gold', None, 'gold', 'docker', max_workers=1, instance_ids=[row['instance_id']], progress=False)
     rep = json.loads(next(results_tmp.rglob(f"cheat/{row['instance_id']}/report.json")).read_text())[row['instance_id']]
     assert rep['patch_successfully_applied'] and not rep['resolved'] and rep['tests_status']['FAIL_TO_PASS']['failure'], rep
     assert s['resolved_instances'] == 0 and g['resolved_instances'] == 1
