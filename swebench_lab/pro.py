@@ -24,10 +24,10 @@ logger = logging.getLogger('swebench_lab')
 
 # %% auto #0
 __all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WHEEL_BIN', 'WHY_NOT', 'DEMO_RUN_SCRIPT',
-           'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'ProHarnessError', 'ProHarness', 'find_harness', 'as_list',
-           'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows', 'strip_binary_hunks',
-           'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule', 'official_image',
-           'node_install', 'base_from', 'unsupported_reason', 'offline_run', 'ProBuild', 'pro_build',
+           'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'main', 'ProHarnessError', 'ProHarness', 'find_harness',
+           'as_list', 'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows',
+           'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
+           'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run', 'ProBuild', 'pro_build',
            'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key', 'pro_tests_status', 'evaluate_pro',
            'build_demo_pro']
 
@@ -110,7 +110,7 @@ def row_from_harness(harness: ProHarness, iid: str, store=None) -> dict:
     changed = repo.git('diff', '--name-only', '--no-renames', info['base_commit'], fix).stdout.split()
     test_files = [f for f in changed if f in tests or _TEST_PATH.search(f)]
     code_files = [f for f in changed if f not in test_files]
-    diff = lambda files: repo.git('diff', '--no-renames', '--full-index', info['base_commit'], fix, '--', *files).stdout if files else ''
+    diff = lambda files: repo.git('diff', '--no-renames', info['base_commit'], fix, '--', *files).stdout if files else ''
     msg = repo.git('log', '-1', '--format=%B', fix).stdout.strip()
     return {'repo': info['repo'], 'instance_id': iid, 'base_commit': info['base_commit'], 'patch': diff(code_files),
             'test_patch': diff(test_files), 'problem_statement': msg, 'requirements': '', 'interface': '',
@@ -548,10 +548,52 @@ def build_demo_pro(root: str | Path | None = None) -> dict[str, Path]:
                      'before_repo_set_cmd': f"git reset --hard {sw['base_commit']}\ngit clean -fd \ngit checkout {sw['base_commit']} \n"
                                             f"git checkout {fix} -- {' '.join(tests)}",
                      'selected_test_files_to_run': str(tests)})
+        info = (f"Instance ID: {iid}\nRepository: {sw['repo']}\nBase Commit: {sw['base_commit']}\nTest Files: {json.dumps(tests)}\n"
+                f"FAIL_TO_PASS: {sw['FAIL_TO_PASS']}\nPASS_TO_PASS: {sw['PASS_TO_PASS']}\n")
         for rel, text in ((f'run_scripts/{iid}/run_script.sh', DEMO_RUN_SCRIPT), (f'run_scripts/{iid}/parser.py', DEMO_PARSER),
+                          (f'run_scripts/{iid}/instance_info.txt', info),
                           (f'dockerfiles/base_dockerfile/{iid}/Dockerfile', DEMO_BASE.format(repo=sw['repo'], env=env)),
                           (f'dockerfiles/instance_dockerfile/{iid}/Dockerfile', DEMO_INSTANCE.format(key=key, env=env, base=sw['base_commit']))):
             (harness / rel).parent.mkdir(parents=True, exist_ok=True); atomic_write_text(harness / rel, text)
     out = root / 'bench' / 'demo-pro.jsonl'
     write_jsonl_atomic(out, rows)
     return {'rows': out, 'harness': harness}
+
+# %% ../nbs/09c_pro.ipynb #pro-cli
+def _main(argv=None):
+    import argparse
+    from swebench_lab.core import setup_logging, write_jsonl_atomic
+    ap = argparse.ArgumentParser(prog='python -m swebench_lab.pro')
+    sub = ap.add_subparsers(dest='cmd', required=True)
+    r = sub.add_parser('rows', help='Pro rows built from the harness and the repositories in the store')
+    r.add_argument('--ids', nargs='*', default=[]); r.add_argument('--repo'); r.add_argument('--out', required=True)
+    c = sub.add_parser('check', help='where rows differ from the harness')
+    c.add_argument('--dataset', required=True)
+    for p in (r, c): p.add_argument('--pro_harness', '--pro-harness')
+    a = ap.parse_args(argv)
+    setup_logging()
+    h = find_harness(a.pro_harness)
+    if a.cmd == 'check':
+        from swebench_lab.data import load_instances
+        rows = load_instances(a.dataset)
+        diffs = check_rows(rows, h)
+        for d in diffs: print(f"{d['instance_id']}  {d['field']}: {d['problem']}")
+        print(f"{len(rows)} rows, {len(diffs)} differences from the harness at {h.root}")
+        return 1 if diffs else 0
+    ids = list(a.ids) + ([i for i in h.instance_ids() if instance_info(h, i).get('repo') == a.repo] if a.repo else [])
+    if not ids: raise SwebenchLabError('rows: name instances with --ids or a repository with --repo')
+    rows, failed = [], {}
+    for iid in ids:
+        try: rows.append(row_from_harness(h, iid))
+        except SwebenchLabError as e: failed[iid] = one_line(str(e))[:300]
+    write_jsonl_atomic(a.out, rows)
+    for iid, why in failed.items(): print(f'{iid}: not built: {why}')
+    print(f"{len(rows)} rows written to {a.out}; {len(failed)} not built")
+    return 0 if rows else 1
+
+from .core import cli_entry
+main = cli_entry(_main)
+
+# %% ../nbs/09c_pro.ipynb #pro-entry-point
+#| eval: false
+if __name__ == '__main__': raise SystemExit(main())

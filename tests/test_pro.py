@@ -142,3 +142,24 @@ def test_validate_a_real_pro_row(iid, results_tmp):
     v = json.loads(next(results_tmp.rglob('validation.json')).read_text())
     row = next(x for x in v['instances'] if x['instance_id'] == iid)
     assert row['verdict'] == 'valid' and row['agrees_with_pro'] is True, (row, r.stdout[-1500:])
+
+
+@pytest.mark.quick
+def test_rows_from_the_harness_match_the_rows_and_check_finds_a_changed_one(tmp_path):
+    "`pro rows` rebuilds the demo's Pro rows from the harness and the store; `pro check` passes them and names a changed field."
+    from swebench_lab.core import write_jsonl_atomic
+    from swebench_lab.data import load_instances
+    out = tmp_path / 'rows.jsonl'
+    ids = [r['instance_id'] for r in load_instances(DEMO_ROWS)]
+    r = run_cli(sys.executable, '-m', 'swebench_lab.pro', 'rows', '--ids', *ids, '--out', str(out), '--pro_harness', str(DEMO_HARNESS))
+    assert r.returncode == 0, r.stdout + r.stderr
+    built, given = load_instances(out), load_instances(DEMO_ROWS)
+    assert [b['instance_id'] for b in built] == ids
+    for b, g in zip(built, given):
+        assert (b['patch'], b['test_patch'], b['before_repo_set_cmd'], b['fail_to_pass']) == (g['patch'], g['test_patch'], g['before_repo_set_cmd'], g['fail_to_pass'])
+        assert b['problem_statement_source'] == 'commit_message'
+    assert run_cli(sys.executable, '-m', 'swebench_lab.pro', 'check', '--dataset', str(out), '--pro_harness', str(DEMO_HARNESS)).returncode == 0
+    changed = [{**built[0], 'pass_to_pass': '[]'}] + built[1:]
+    write_jsonl_atomic(tmp_path / 'changed.jsonl', changed)
+    r = run_cli(sys.executable, '-m', 'swebench_lab.pro', 'check', '--dataset', str(tmp_path / 'changed.jsonl'), '--pro_harness', str(DEMO_HARNESS))
+    assert r.returncode == 1 and f"{ids[0]}  pass_to_pass: differs from the harness" in r.stdout
