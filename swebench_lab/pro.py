@@ -27,9 +27,9 @@ __all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WH
            'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'main', 'ProHarnessError', 'ProHarness', 'find_harness',
            'as_list', 'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows',
            'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
-           'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run', 'ProBuild', 'pro_build',
-           'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key', 'pro_tests_status', 'evaluate_pro',
-           'build_demo_pro']
+           'forged_lines', 'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run',
+           'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
+           'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
 HARNESS_ENV = 'SWEBENCH_LAB_PRO_HARNESS'
@@ -195,6 +195,27 @@ def official_rule(harness: ProHarness):
                 return bool(ns['result'])
             return rule
     raise ProHarnessError(f"{harness.root / 'swe_bench_pro_eval.py'}: no `passed_tests = …; result = …` statements (a changed evaluator)")
+
+# %% ../nbs/09c_pro.ipynb #pro-forged
+_STATUS_WORD = re.compile(r'["\'][^"\'\n]*(?:::\S*\s+(?:PASSED|FAILED|XPASS|XFAIL|ERROR)\b|--- (?:PASS|FAIL):|"status":\s*"(?:PASSED|passed)")')
+
+def forged_lines(patch: str | None, rec: dict) -> list[str]:
+    """Added lines of `patch` that could forge the run's output (`file: line`): they name a graded test, or write a test
+    report line in a string (`…::… PASSED`, Go's `--- PASS:`, a JSON `"status": "PASSED"`). The test files Pro checks out after the patch are left out (they are reset anyway)."""
+    from swebench_lab.repos import split_diff
+    if not patch: return []
+    reset = set((rec.get('before_repo_set_cmd') or '').strip().split('\n')[-1].split(' -- ', 1)[-1].split())
+    names = {t for t in as_list(rec.get('fail_to_pass')) + as_list(rec.get('pass_to_pass')) if len(t) >= 8}
+    out = []
+    try: fps = split_diff(patch)
+    except SwebenchLabError: return []
+    for fp in fps:
+        if fp.path in reset: continue
+        for line in fp.text.splitlines():
+            if not line.startswith('+') or line.startswith('+++'): continue
+            text = line[1:]
+            if _STATUS_WORD.search(text) or any(n in text for n in names): out.append(f'{fp.path}: {text.strip()[:160]}')
+    return out[:20]
 
 # %% ../nbs/09c_pro.ipynb #pro-image-uri
 PRO_REGISTRY_USER = 'jefzda'
@@ -435,8 +456,9 @@ def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None
              'entryscript.sh': entry_script(rec, harness), 'patch.diff': strip_binary_hunks(patch or '')}
     image = official_image(rec) if prebuilt else build_pro_image(rec, harness, store)
     from swebench_lab.patching import suspicious_lines
+    forged = forged_lines(patch, rec)
     meta = {'grading': 'swebench_pro', 'image': image, 'backend': 'docker', 'binary_hunks_stripped': files['patch.diff'] != (patch or ''),
-            'suspicious': suspicious_lines(patch or '', rec.get('repo'))}     # Pro's rule trusts its parser: the workbench flags reaches into the runner
+            'suspicious': suspicious_lines(patch or '', rec.get('repo')) + forged}
     out_dir = Path(out_dir) if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -472,9 +494,10 @@ def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None
         atomic_write_text(out_dir / 'test_output.log', '\n'.join([r.output, got['stdout.log'] or '', got['stderr.log'] or '']))
         for name, text in got.items():
             if text is not None: atomic_write_text(out_dir / name, text)
-    status = 'timed_out' if r.timed_out else 'graded' if output is not None else 'no_test_output'
+    status = 'timed_out' if r.timed_out else 'tampered' if forged else 'graded' if output is not None else 'no_test_output'
+    official = pro_resolved(output, f2p, p2p) if not r.timed_out else False
     return {iid: {'patch_is_None': patch is None, 'patch_exists': bool(patch and patch.strip()), 'patch_successfully_applied': applied,
-                  'resolved': pro_resolved(output, f2p, p2p) if not r.timed_out else False,
+                  'resolved': official and not forged, 'pro_resolved': official, **({'tampered': True} if forged else {}),
                   'tests_status': pro_tests_status(output, f2p, p2p), 'status': status, **meta,
                   'apply_method': 'none (unpatched run)' if run_unpatched else 'git apply -v (Pro)', 'parsed_tests': len((output or {}).get('tests', [])),
                   'test_duration_s': round(r.duration, 3), 'duration_s': round(time.perf_counter() - t0, 3)}}

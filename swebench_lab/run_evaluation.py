@@ -497,7 +497,7 @@ def _validate_row(rec: dict, backend: str, timeout: float, network: bool, prebui
     if notes := g.get('environment_notes'): row['environment_notes'] = notes
     if is_pro_row(rec):      # Pro's own grading statements (read from its evaluator) on the same output.json
         rule = official_rule(find_harness())
-        agree = [rule(json.loads((d / 'output.json').read_text()), rec) == bool(r.get('resolved'))
+        agree = [rule(json.loads((d / 'output.json').read_text()), rec) == bool(r.get('pro_resolved', r.get('resolved')))
                  for d, r in ((out / 'gold' / iid, g), (out / 'unpatched' / iid, u)) if rule and (d / 'output.json').exists()]
         row['agrees_with_pro'] = all(agree) if agree else None
     else:

@@ -163,3 +163,25 @@ def test_rows_from_the_harness_match_the_rows_and_check_finds_a_changed_one(tmp_
     write_jsonl_atomic(tmp_path / 'changed.jsonl', changed)
     r = run_cli(sys.executable, '-m', 'swebench_lab.pro', 'check', '--dataset', str(tmp_path / 'changed.jsonl'), '--pro_harness', str(DEMO_HARNESS))
     assert r.returncode == 1 and f"{ids[0]}  pass_to_pass: differs from the harness" in r.stdout
+
+
+@pytest.mark.docker
+def test_a_patch_that_forges_the_test_output_fools_pros_rule_but_not_the_workbench(results_tmp, tmp_path, monkeypatch):
+    """Pro's parser reads what the run prints: a conftest.py that prints a PASSED line for every graded test makes Pro's rule
+    say resolved (`pro_resolved`, kept as Pro's verdict) while nothing is fixed; the workbench reports it tampered, not resolved."""
+    from swebench_lab.core import write_jsonl_atomic
+    from swebench_lab.data import load_instances
+    from swebench_lab.run_evaluation import run_evaluation
+    row = load_instances(DEMO_ROWS)[0]
+    tests = as_list(row['fail_to_pass']) + as_list(row['pass_to_pass'])
+    body = ['def pytest_sessionfinish(session):'] + [f'    print({(t + " PASSED")!r})' for t in tests]
+    forge = (f"diff --git a/conftest.py b/conftest.py\nnew file mode 100644\n--- /dev/null\n+++ b/conftest.py\n@@ -0,0 +1,{len(body)} @@\n"
+             + ''.join(f'+{l}\n' for l in body))
+    preds = tmp_path / 'preds.jsonl'
+    write_jsonl_atomic(preds, [{'instance_id': row['instance_id'], 'model_name_or_path': 'forge', 'model_patch': forge}])
+    monkeypatch.setenv(HARNESS_ENV, str(DEMO_HARNESS))
+    s = run_evaluation(str(DEMO_ROWS), 'forge', None, str(preds), 'docker', max_workers=1, instance_ids=[row['instance_id']], progress=False)
+    rep = json.loads(next(results_tmp.rglob(f"forge/{row['instance_id']}/report.json")).read_text())[row['instance_id']]
+    out = json.loads(next(results_tmp.rglob(f"forge/{row['instance_id']}/output.json")).read_text())
+    assert pro_resolved(out, row['fail_to_pass'], row['pass_to_pass']) and rep['pro_resolved'], 'the forged lines should fool Pro\'s parser'
+    assert rep['status'] == 'tampered' and not rep['resolved'] and rep['suspicious'] and s['resolved_instances'] == 0, rep
