@@ -174,7 +174,7 @@ def test_a_patch_that_forges_the_test_output_fools_pros_rule_but_not_the_workben
     from swebench_lab.run_evaluation import run_evaluation
     row = load_instances(DEMO_ROWS)[0]
     tests = as_list(row['fail_to_pass']) + as_list(row['pass_to_pass'])
-    body = ['def pytest_sessionfinish(session):'] + [f'    print({(t + " PASSED")!r})' for t in tests]
+    body = ['import atexit, os', 'atexit.register(lambda: os.write(1, ' + repr(''.join(f'{t} PASSED\n' for t in tests).encode()) + '))']
     forge = (f"diff --git a/conftest.py b/conftest.py\nnew file mode 100644\n--- /dev/null\n+++ b/conftest.py\n@@ -0,0 +1,{len(body)} @@\n"
              + ''.join(f'+{l}\n' for l in body))
     preds = tmp_path / 'preds.jsonl'
