@@ -29,7 +29,7 @@ __all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WH
            'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
            'forged_lines', 'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run',
            'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
-           'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
+           'github_dependencies', 'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
 HARNESS_ENV = 'SWEBENCH_LAB_PRO_HARNESS'
@@ -329,7 +329,8 @@ def pro_build(rec: dict, harness: ProHarness, base_tag: str, python_bin: str) ->
         notes.append('submodules are not fetched (GitHub is not reachable): the build\'s `git submodule update` finds none')
     if cutoff: notes.append(f'PyPI as of {cutoff} through the workbench\'s date-cut index (Pro: pypi-timemachine {cutoff})')
     commits = list(dict.fromkeys(re.findall(r'\bgit checkout ([0-9a-f]{40})\b', base) + [rec['base_commit']] + [c for c in [fix_commit(rec)] if c]))
-    text = _FROM.sub(lambda m: m[0] + '\nCOPY pro-build-notes.txt /opt/swebench_lab/notes/pro-build.txt', text, count=1)
+    text = _FROM.sub(lambda m: m[0] + '\nCOPY pro-build-notes.txt /opt/swebench_lab/notes/pro-build.txt\nCOPY github/ /opt/swebench_lab/github/'
+                     '\nRUN sh /opt/swebench_lab/github/config.sh', text, count=1)
     return ProBuild(text.rstrip() + f'\nLABEL swebench_lab=instance\nWORKDIR /app\n', files, python, commits, cutoff, notes)
 
 def _image_env(python_bin: str, node: bool = False) -> list[str]:
@@ -408,6 +409,7 @@ def build_pro_image(rec: dict, harness: ProHarness, store=None, client=None) -> 
             _, lacking = commits_checkout(src, build.commits, ctx / 'repo')
             notes = build.notes + [f"{p}: not in the store's copy of {rec['repo']} (an incomplete mirror): left out of the checkout" for p in lacking]
             if (ctx / 'repo' / '.gitmodules').exists(): _submodules(ctx / 'repo', store, rec['repo'], notes)
+            github_dependencies(ctx / 'repo', build.commits[:2], store, ctx / 'github', notes)
             (ctx / 'pro-build-notes.txt').write_text(''.join(n + '\n' for n in notes))
             for name, body in build.files.items(): (ctx / name).write_text(body)
             (ctx / 'Dockerfile').write_text(build.dockerfile)
@@ -434,6 +436,32 @@ def _submodules(dest: Path, store, repo: str, notes: list) -> None:
     for line in urls.splitlines():
         key, _, url = line.partition(' ')
         if url.startswith('/testbed/'): subprocess.run(['git', 'config', key, '/app/' + url[len('/testbed/'):]], cwd=dest)
+
+# %% ../nbs/09c_pro.ipynb #pro-github
+_GH_DEP = re.compile(r'github\.com[/:]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?(?=[@#/\s"\'),]|$)', re.M)
+_DEP_FILES = ('*requirements*.txt', '*requirements*.in', 'requirements/*.txt', 'setup.py', 'setup.cfg', 'pyproject.toml', 'Pipfile', 'package.json')
+
+def github_dependencies(repo_dir: Path, commits: list[str], store, dest: Path, notes: list) -> list[str]:
+    "GitHub repositories the requirement files of `commits` name, as bare copies in `dest` with a git config script; returns them."
+    dest.mkdir(parents=True, exist_ok=True)
+    found = set()
+    for c in commits:
+        r = subprocess.run(['git', 'grep', '-h', '-I', '-E', 'github\\.com[/:]', c, '--', *_DEP_FILES], cwd=repo_dir, capture_output=True, text=True)
+        found |= {(o, n) for o, n in _GH_DEP.findall(r.stdout) if n not in ('issues', 'pulls', 'blob', 'tree')}
+    lines, got = ['#!/bin/sh', 'set -e'], []
+    for o, n in sorted(found):
+        try: src = store.get(f'{o}/{n}').path
+        except SwebenchLabError: notes.append(f'needs github.com/{o}/{n} (named in its requirements), which is not in the store'); continue
+        bare = dest / f'{o}__{n}.git'
+        r = subprocess.run(['git', 'clone', '--bare', '--quiet', '--no-hardlinks', str(src), str(bare)], capture_output=True, text=True)
+        if r.returncode: notes.append(f'github.com/{o}/{n}: copying it from the store failed ({one_line(r.stderr)[:150]})'); continue
+        url = f'file:///opt/swebench_lab/github/{o}__{n}.git'
+        for spelling in (f'https://github.com/{o}/{n}', f'https://github.com/{o}/{n}.git', f'git@github.com:{o}/{n}.git',
+                         f'ssh://git@github.com/{o}/{n}.git', f'git://github.com/{o}/{n}.git'):
+            lines.append(f"git config --system --add url.{url}.insteadOf '{spelling}'")
+        got.append(f'{o}/{n}'); notes.append(f'github.com/{o}/{n} (a requirement) from the store')
+    (dest / 'config.sh').write_text('\n'.join(lines) + '\n')
+    return got
 
 # %% ../nbs/09c_pro.ipynb #pro-eval
 def pro_tests_status(output: dict | None, f2p, p2p) -> dict:
