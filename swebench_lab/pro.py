@@ -29,7 +29,7 @@ __all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WH
            'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
            'forged_lines', 'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run',
            'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
-           'github_dependencies', 'pro_tests_status', 'evaluate_pro', 'build_demo_pro']
+           'github_dependencies', 'pro_tests_status', 'grade_output', 'evaluate_pro', 'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
 HARNESS_ENV = 'SWEBENCH_LAB_PRO_HARNESS'
@@ -470,6 +470,18 @@ def pro_tests_status(output: dict | None, f2p, p2p) -> dict:
     return {k: {'success': [t for t in tests if t in ok], 'failure': [t for t in tests if t not in ok]}
             for k, tests in (('FAIL_TO_PASS', as_list(f2p)), ('PASS_TO_PASS', as_list(p2p)))}
 
+def grade_output(rec: dict, output: dict | None, patch: str | None, timed_out: bool = False) -> dict:
+    """The verdict fields of a report from Pro's `output.json` (None: the parser wrote none) and the patch: `pro_resolved`
+    (Pro's rule), `resolved` (that, unless the patch forges the output), `tests_status`, `status` (`regrade` uses it too)."""
+    from swebench_lab.patching import suspicious_lines
+    f2p, p2p = rec.get('fail_to_pass'), rec.get('pass_to_pass')
+    forged = forged_lines(patch, rec)
+    official = pro_resolved(output, f2p, p2p) and not timed_out
+    status = 'timed_out' if timed_out else 'tampered' if forged else 'graded' if output is not None else 'no_test_output'
+    return {'resolved': official and not forged, 'pro_resolved': official, **({'tampered': True} if forged else {}),
+            'tests_status': pro_tests_status(output, f2p, p2p), 'status': status,
+            'suspicious': suspicious_lines(patch or '', rec.get('repo')) + forged}
+
 def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None, timeout: float = 1800, limits=None,
                  store=None, out_dir: Path | None = None, labels: dict | None = None, prebuilt: bool = False,
                  run_unpatched: bool = False, cancel: threading.Event | None = None) -> dict:
@@ -479,14 +491,10 @@ def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None
     from swebench_lab.sandbox import DockerSandbox, Limits, SandboxGone
     from swebench_lab.images import LABEL
     iid, harness = rec['instance_id'], harness or find_harness()
-    f2p, p2p = as_list(rec.get('fail_to_pass')), as_list(rec.get('pass_to_pass'))
     files = {'run_script.sh': harness.read(iid, 'run_script.sh'), 'parser.py': harness.read(iid, 'parser.py'),
              'entryscript.sh': entry_script(rec, harness), 'patch.diff': strip_binary_hunks(patch or '')}
     image = official_image(rec) if prebuilt else build_pro_image(rec, harness, store)
-    from swebench_lab.patching import suspicious_lines
-    forged = forged_lines(patch, rec)
-    meta = {'grading': 'swebench_pro', 'image': image, 'backend': 'docker', 'binary_hunks_stripped': files['patch.diff'] != (patch or ''),
-            'suspicious': suspicious_lines(patch or '', rec.get('repo')) + forged}
+    meta = {'grading': 'swebench_pro', 'image': image, 'backend': 'docker', 'binary_hunks_stripped': files['patch.diff'] != (patch or '')}
     out_dir = Path(out_dir) if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -522,11 +530,8 @@ def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None
         atomic_write_text(out_dir / 'test_output.log', '\n'.join([r.output, got['stdout.log'] or '', got['stderr.log'] or '']))
         for name, text in got.items():
             if text is not None: atomic_write_text(out_dir / name, text)
-    status = 'timed_out' if r.timed_out else 'tampered' if forged else 'graded' if output is not None else 'no_test_output'
-    official = pro_resolved(output, f2p, p2p) if not r.timed_out else False
     return {iid: {'patch_is_None': patch is None, 'patch_exists': bool(patch and patch.strip()), 'patch_successfully_applied': applied,
-                  'resolved': official and not forged, 'pro_resolved': official, **({'tampered': True} if forged else {}),
-                  'tests_status': pro_tests_status(output, f2p, p2p), 'status': status, **meta,
+                  **grade_output(rec, output, patch, r.timed_out), **meta,
                   'apply_method': 'none (unpatched run)' if run_unpatched else 'git apply -v (Pro)', 'parsed_tests': len((output or {}).get('tests', [])),
                   'test_duration_s': round(r.duration, 3), 'duration_s': round(time.perf_counter() - t0, 3)}}
 

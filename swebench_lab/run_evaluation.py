@@ -31,7 +31,7 @@ from .grading import (runner_mounts, KILLED, NO_TEST_OUTPUT, REPORT_ENV, close_r
 from .patching import APPLY_MODES, apply_patch, patch_paths, reset_test_infrastructure, suspicious_lines
 from .executors import RunGuard, add_executor_args, drive, make_executor, new_run_label
 from .tracking import log_summary, report_to_list
-from .pro import HARNESS_ENV, HARNESS_URL, build_pro_image, evaluate_pro, find_harness, is_pro_row, official_image, official_rule, pro_key
+from .pro import HARNESS_ENV, HARNESS_URL, build_pro_image, evaluate_pro, grade_output, find_harness, is_pro_row, official_image, official_rule, pro_key
 
 # %% auto #0
 __all__ = ['GRADER_VERSION', 'main', 'inputs_hash', 'instance_image', 'row_image', 'Cancelled', 'image_notes',
@@ -365,7 +365,11 @@ def regrade(dataset_name: str, model: str, run_id: str | None = None, prediction
     for rec in recs:
         d, iid = out / rec['instance_id'], rec['instance_id']
         old = _saved(out, iid)
-        if old and old.get('status') in ('graded', 'tampered', NO_TEST_OUTPUT) and (d / 'test_output.log').exists():
+        if old and is_pro_row(rec) and old.get('status') in ('graded', 'tampered', NO_TEST_OUTPUT):   # Pro's rule on the saved output.json
+            output = json.loads((d / 'output.json').read_text()) if (d / 'output.json').exists() else None
+            patch = (d / 'patch.diff').read_text() if (d / 'patch.diff').exists() else ''
+            write_json(d / 'report.json', {iid: {**old, **grade_output(rec, output, patch)}})
+        elif old and old.get('status') in ('graded', 'tampered', NO_TEST_OUTPUT) and (d / 'test_output.log').exists():
             runner = (d / 'runner_report.jsonl').read_text() if (d / 'runner_report.jsonl').exists() else None
             patch = (d / 'patch.diff').read_text() if (d / 'patch.diff').exists() else ''
             new = grade_log(rec, (d / 'test_output.log').read_text(), runner, patch_files=patch_paths(patch), **old.get('record', {}))[iid]

@@ -185,3 +185,7 @@ def test_a_patch_that_forges_the_test_output_fools_pros_rule_but_not_the_workben
     out = json.loads(next(results_tmp.rglob(f"forge/{row['instance_id']}/output.json")).read_text())
     assert pro_resolved(out, row['fail_to_pass'], row['pass_to_pass']) and rep['pro_resolved'], 'the forged lines should fool Pro\'s parser'
     assert rep['status'] == 'tampered' and not rep['resolved'] and rep['suspicious'] and s['resolved_instances'] == 0, rep
+    from swebench_lab.run_evaluation import regrade          # grading again from the saved output.json gives the same verdict
+    assert regrade(str(DEMO_ROWS), 'forge')['resolved_instances'] == 0
+    again = json.loads(next(results_tmp.rglob(f"forge/{row['instance_id']}/report.json")).read_text())[row['instance_id']]
+    assert (again['status'], again['resolved'], again['pro_resolved']) == ('tampered', False, True)
