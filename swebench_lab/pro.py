@@ -23,12 +23,12 @@ from .core import SwebenchLabError, atomic_write_text, crawled_data_dir, one_lin
 logger = logging.getLogger('swebench_lab')
 
 # %% auto #0
-__all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WHEEL_BIN', 'WHY_NOT', 'DEMO_RUN_SCRIPT',
-           'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'main', 'ProHarnessError', 'ProHarness', 'find_harness',
-           'as_list', 'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows',
+__all__ = ['logger', 'HARNESS_ENV', 'HARNESS_URL', 'PRO_REGISTRY_USER', 'NODE_WHEEL_BIN', 'WHY_NOT', 'PRO_BUILD_VERSION',
+           'DEMO_RUN_SCRIPT', 'DEMO_PARSER', 'DEMO_BASE', 'DEMO_INSTANCE', 'main', 'ProHarnessError', 'ProHarness',
+           'find_harness', 'as_list', 'is_pro_row', 'fix_commit', 'instance_info', 'row_from_harness', 'check_rows',
            'strip_binary_hunks', 'env_exports', 'entry_script', 'passed_tests', 'pro_resolved', 'official_rule',
            'forged_lines', 'official_image', 'node_install', 'base_from', 'unsupported_reason', 'offline_run',
-           'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key',
+           'ProBuild', 'pro_build', 'commits_checkout', 'pro_image_tag', 'build_pro_image', 'pro_key', 'github_names',
            'github_dependencies', 'pro_tests_status', 'grade_output', 'evaluate_pro', 'build_demo_pro']
 
 # %% ../nbs/09c_pro.ipynb #pro-harness
@@ -374,10 +374,13 @@ def commits_checkout(src: str | Path, commits: list[str], dest: str | Path) -> t
 _PRO_LOCKS: dict[str, threading.Lock] = {}
 _PRO_LOCKS_LOCK = threading.Lock()
 
-def pro_image_tag(rec: dict, build: ProBuild, base_tag: str) -> str:
+PRO_BUILD_VERSION = 2       # part of every Pro image's tag: bump when the build's context changes in a way its Dockerfile does not show
+
+def pro_image_tag(rec: dict, build: ProBuild, base_tag: str, extra=()) -> str:
+    "The image's tag: a hash of everything its build reads (base, Dockerfile, files, commits, PyPI date, GitHub copies)."
     from swebench_lab.images import content_hash
     name = re.sub(r'[^a-z0-9_.-]+', '-', rec['repo'].lower().replace('/', '__'))
-    return f"swebench-lab/pro-{name}:{content_hash(base_tag, build.dockerfile, json.dumps(build.files, sort_keys=True), build.commits, build.cutoff)}"
+    return f"swebench-lab/pro-{name}:{content_hash(base_tag, build.dockerfile, json.dumps(build.files, sort_keys=True), build.commits, build.cutoff, PRO_BUILD_VERSION, *extra)}"
 
 def build_pro_image(rec: dict, harness: ProHarness, store=None, client=None) -> str:
     "The offline-built image of a Pro row (built when absent): Pro's Dockerfiles on the workbench's Debian base, the repo from `store`."
@@ -397,19 +400,20 @@ def build_pro_image(rec: dict, harness: ProHarness, store=None, client=None) -> 
         from swebench_lab.images import build_base_image
         base_tag, bin_dir = build_base_image(host_suite(), client), NODE_WHEEL_BIN
     build = pro_build(rec, harness, base_tag, bin_dir)
-    tag = pro_image_tag(rec, build, base_tag)
+    store = store or RepoStore()
+    src = store.get(rec['repo']).path
+    deps = [d for d in github_names(src, build.commits[:2]) if d.lower() != rec['repo'].lower()]
+    tag = pro_image_tag(rec, build, base_tag, deps)
     with _PRO_LOCKS_LOCK: lock = _PRO_LOCKS.setdefault(tag, threading.Lock())
     with lock:
         if image_exists(client, tag): return tag
-        store = store or RepoStore()
-        src = store.get(rec['repo']).path
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix='pro-build-') as td:
             ctx = Path(td)
             _, lacking = commits_checkout(src, build.commits, ctx / 'repo')
             notes = build.notes + [f"{p}: not in the store's copy of {rec['repo']} (an incomplete mirror): left out of the checkout" for p in lacking]
             if (ctx / 'repo' / '.gitmodules').exists(): _submodules(ctx / 'repo', store, rec['repo'], notes)
-            github_dependencies(ctx / 'repo', build.commits[:2], store, ctx / 'github', notes)
+            github_dependencies(deps, store, ctx / 'github', notes)
             (ctx / 'pro-build-notes.txt').write_text(''.join(n + '\n' for n in notes))
             for name, body in build.files.items(): (ctx / name).write_text(body)
             (ctx / 'Dockerfile').write_text(build.dockerfile)
@@ -438,28 +442,34 @@ def _submodules(dest: Path, store, repo: str, notes: list) -> None:
         if url.startswith('/testbed/'): subprocess.run(['git', 'config', key, '/app/' + url[len('/testbed/'):]], cwd=dest)
 
 # %% ../nbs/09c_pro.ipynb #pro-github
-_GH_DEP = re.compile(r'github\.com[/:]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?(?=[@#/\s"\'),]|$)', re.M)
+_GH_DEP = re.compile(r'(?:git\+(?:https|ssh|git)://(?:git@)?github\.com[/:]|(?<![\w/.-])github:)([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?(?=[@#/\s"\'),]|$)', re.M)
 _DEP_FILES = ('*requirements*.txt', '*requirements*.in', 'requirements/*.txt', 'setup.py', 'setup.cfg', 'pyproject.toml', 'Pipfile', 'package.json')
 
-def github_dependencies(repo_dir: Path, commits: list[str], store, dest: Path, notes: list) -> list[str]:
-    "GitHub repositories the requirement files of `commits` name, as bare copies in `dest` with a git config script; returns them."
-    dest.mkdir(parents=True, exist_ok=True)
+def github_names(src: str | Path, commits: list[str]) -> list[str]:
+    "The GitHub repositories (`owner/name`) that requirement and package files of `commits` install from git (`git+https://github.com/…`, npm's `github:`)."
     found = set()
     for c in commits:
-        r = subprocess.run(['git', 'grep', '-h', '-I', '-E', 'github\\.com[/:]', c, '--', *_DEP_FILES], cwd=repo_dir, capture_output=True, text=True)
-        found |= {(o, n) for o, n in _GH_DEP.findall(r.stdout) if n not in ('issues', 'pulls', 'blob', 'tree')}
+        r = subprocess.run(['git', 'grep', '-h', '-I', '-E', r'git\+(https|ssh|git)://(git@)?github\.com|github:', c, '--', *_DEP_FILES],
+                           cwd=src, capture_output=True, text=True)
+        found |= {f'{o}/{n}' for o, n in _GH_DEP.findall(r.stdout)}
+    return sorted(found)
+
+def github_dependencies(names: list[str], store, dest: Path, notes: list) -> list[str]:
+    "Bare copies of the repositories `names` the store has, in `dest`, with `config.sh` pointing git at them; returns those copied."
+    dest.mkdir(parents=True, exist_ok=True)
     lines, got = ['#!/bin/sh', 'set -e'], []
-    for o, n in sorted(found):
-        try: src = store.get(f'{o}/{n}').path
-        except SwebenchLabError: notes.append(f'needs github.com/{o}/{n} (named in its requirements), which is not in the store'); continue
+    for name in names:
+        o, n = name.split('/')
+        try: src = store.get(name).path
+        except SwebenchLabError: notes.append(f'needs github.com/{name} (a git requirement), which is not in the store'); continue
         bare = dest / f'{o}__{n}.git'
         r = subprocess.run(['git', 'clone', '--bare', '--quiet', '--no-hardlinks', str(src), str(bare)], capture_output=True, text=True)
-        if r.returncode: notes.append(f'github.com/{o}/{n}: copying it from the store failed ({one_line(r.stderr)[:150]})'); continue
+        if r.returncode: notes.append(f'github.com/{name}: copying it from the store failed ({one_line(r.stderr)[:150]})'); continue
         url = f'file:///opt/swebench_lab/github/{o}__{n}.git'
-        for spelling in (f'https://github.com/{o}/{n}', f'https://github.com/{o}/{n}.git', f'git@github.com:{o}/{n}.git',
-                         f'ssh://git@github.com/{o}/{n}.git', f'git://github.com/{o}/{n}.git'):
+        for spelling in (f'https://github.com/{name}', f'https://github.com/{name}.git', f'git@github.com:{name}.git',
+                         f'ssh://git@github.com/{name}.git', f'git://github.com/{name}.git'):
             lines.append(f"git config --system --add url.{url}.insteadOf '{spelling}'")
-        got.append(f'{o}/{n}'); notes.append(f'github.com/{o}/{n} (a requirement) from the store')
+        got.append(name); notes.append(f'github.com/{name} (a git requirement) from the store')
     (dest / 'config.sh').write_text('\n'.join(lines) + '\n')
     return got
 
