@@ -529,9 +529,7 @@ def evaluate_pro(rec: dict, patch: str | None, harness: ProHarness | None = None
             try: got[name] = box.read_file(f'/workspace/{name}').decode(errors='replace')
             except Exception: got[name] = None
     finally: box.close()
-    if cancel is not None and cancel.is_set():
-        from swebench_lab.run_evaluation import Cancelled
-        raise Cancelled(iid)
+    if cancel is not None and cancel.is_set(): return {}       # interrupted: no report (the caller raises its Cancelled)
     try: output = json.loads(got['output.json']) if got['output.json'] else None
     except ValueError: output = None
     applied = not run_unpatched and 'Applied patch' in r.output and not re.search(

@@ -107,6 +107,7 @@ def evaluate_instance(rec: dict, patch: str | None, backend: str = 'docker', tim
     `apply`: `workbench` (SWE-bench's chain, then once more with the patch normalised) or `swebench` (its chain only)."""
     if is_pro_row(rec):     # graded by SWE-bench Pro's own procedure and rule (`pro`)
         rep = evaluate_pro(rec, patch, find_harness(), max(timeout, 1800), limits, store, out_dir, labels, prebuilt, run_unpatched, cancel)
+        if cancel is not None and cancel.is_set(): raise Cancelled(rec['instance_id'])
         rep[rec['instance_id']]['inputs_hash'] = inputs_hash(rec, patch, backend, row_image(rec, backend, prebuilt))
         return rep
     iid, spec = rec['instance_id'], InstanceSpec.from_record(rec, prebuilt=prebuilt)
@@ -457,7 +458,7 @@ def _arm(rec: dict, arm: str, d: Path, backend: str, timeout: float, limits, pre
     iid, patch = rec['instance_id'], gold_patch(rec) if arm == 'gold' else None
     net = '+network' if limits.network and backend == 'docker' and not is_pro_row(rec) else ''
     key = inputs_hash(rec, patch, backend + net, row_image(rec, backend, prebuilt)) + ('-unpatched' if arm == 'unpatched' else '')
-    if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key: return saved
+    if (saved := _saved(d, iid)) and saved.get('inputs_hash') == key and saved.get('status') != 'error': return saved   # an error is tried again
     try: rep = evaluate_instance(rec, patch, backend, timeout, limits, None, d / iid, labels=labels, prebuilt=prebuilt, cancel=cancel,
                                  run_unpatched=arm == 'unpatched')[iid]
     except Cancelled: raise
