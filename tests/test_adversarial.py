@@ -218,8 +218,9 @@ def test_two_gigabytes_of_output_keep_memory_flat(tmp_path):
     build_instance_image(InstanceSpec.from_record(load_instances(DEMO_SWE)[0]))   # built here: the measure is the evaluation's alone
     code = (f"import json, resource\nfrom swebench_lab.run_evaluation import evaluate_instance\nfrom swebench_lab.data import load_instances\n"
             f"rec = load_instances({str(DEMO_SWE)!r})[0]\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
             f"rep = evaluate_instance(rec, {FLOOD!r}, 'docker', timeout=600, out_dir={str(tmp_path / 'flood')!r})[rec['instance_id']]\n"
-            "print(json.dumps({'rep': rep, 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+            "print(json.dumps({'rep': rep, 'before_mb': before, 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -227,7 +228,9 @@ def test_two_gigabytes_of_output_keep_memory_flat(tmp_path):
     assert rep['output_bytes'] >= 2 * 2**30 and rep['output_truncated'], rep
     assert rep['status'] == 'graded' and rep['resolved'] is False, rep      # the tests' own summary survived the flood
     assert (tmp_path / 'flood' / 'test_output.log').stat().st_size < 17 * 2**20
-    assert res['maxrss_mb'] < 600, res['maxrss_mb']
+    # flat: what the evaluation adds to the process's peak (imports excluded: they vary with the machine's packages) is far
+    # below the 2 GiB it read
+    assert res['maxrss_mb'] - res['before_mb'] < 300, res
 
 
 POISON = '''diff --git a/textkit/slug.py b/textkit/slug.py
